@@ -1,0 +1,53 @@
+"""The unified context of UniCoRn: (user_id, query, country, source_entity_id, task), with imputation.
+
+- search: the source entity is null;
+- prequery: neither query nor source;
+- more_like_this: a missing query is imputed from the tokens of the source entity's title.
+Training and the service both build contexts here, so imputation is identical on both paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from model_export.text import normalize
+
+TASK_INDEX = {"search": 1, "prequery": 2, "more_like_this": 3}  # 0: unknown
+PERSONALIZATION_LEVELS = ("none", "cluster", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class UnifiedContext:
+    task: str
+    country: str | None
+    user_id: str | None
+    query: str  # normalised; "" when none
+    source_entity_id: str | None
+    query_imputed: bool = False
+
+
+def build_context(
+    task: str,
+    country: str | None,
+    user_id: str | None,
+    query: str | None,
+    source_entity_id: str | None,
+    source_title: Callable[[str], str | None],
+    impute: bool = True,
+) -> UnifiedContext:
+    """Apply the imputation rules. source_title(entity_id) returns a title or None when unknown."""
+    country = country.upper() if country else None
+    if task == "search":
+        return UnifiedContext(task, country, user_id, normalize(query), None)
+    if task == "prequery":
+        return UnifiedContext(task, country, user_id, "", None)
+    normalized = normalize(query)
+    if not normalized and impute and source_entity_id is not None:
+        normalized = normalize(source_title(source_entity_id))
+        return UnifiedContext(task, country, user_id, normalized, source_entity_id, bool(normalized))
+    return UnifiedContext(task, country, user_id, normalized, source_entity_id)
+
+
+def personalization_rank(level: str) -> int:
+    return PERSONALIZATION_LEVELS.index(level)

@@ -1,0 +1,132 @@
+"""Export: the versioned bundle the service loads.
+
+bundle/
+  model.onnx      opset 17, dynamic context (B) and candidate (N) axes
+  manifest.json   the whole contract with the service (see `export_bundle`)
+  tables/         feature tables (entities, statistics, users, clusters, factors, histories)
+
+Export fails unless onnxruntime and torch agree within PARITY_TOLERANCE on a held-out batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, INPUT_NAMES
+from model_export.tables import HISTORY_LENGTH
+from model_export.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
+
+PARITY_TOLERANCE = 1e-4
+OPSET = 17
+IMPUTATION = {
+    "search": "source_entity_id is set to null",
+    "prequery": "query and source_entity_id are set to null",
+    "more_like_this": "a missing query is imputed from the normalised tokens of the source entity's title",
+}
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and torch disagree on the exported model."""
+
+
+def _input_spec(batch: dict[str, np.ndarray]) -> list[dict]:
+    axes = {"ctx_ids": ["B", len(CTX_IDS)], "ctx_query": ["B", MAX_QUERY_TOKENS], "cand_ids": ["N", len(CAND_IDS)],
+            "cand_genres": ["N", 3], "cand_dense": ["N", len(DENSE_FEATURES)], "cand_ctx": ["N"]}  # fmt: skip
+    return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in INPUT_NAMES]
+
+
+def _hash_files(root: Path) -> tuple[str, dict[str, str]]:
+    files = {}
+    total = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        files[str(path.relative_to(root))] = digest
+        total.update(f"{path.relative_to(root)}:{digest}\n".encode())
+    return total.hexdigest(), files
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.ndarray]) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, batch)[0]
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES)).numpy()
+    diff = float(np.max(np.abs(got - want))) if len(want) else 0.0
+    if not diff <= PARITY_TOLERANCE:
+        raise ParityError(f"onnxruntime and torch differ by {diff:.2e} (> {PARITY_TOLERANCE:.0e}); bundle not exported")
+    return diff
+
+
+def held_out_batch(enc, n_requests: int = 64) -> dict[str, np.ndarray]:
+    """The first n_requests requests of an encoded split, as one batch of B contexts and N candidates."""
+    x = enc.inputs
+    rows = np.flatnonzero(x["cand_ctx"] < n_requests)
+    return {
+        "ctx_ids": x["ctx_ids"][:n_requests],
+        "ctx_query": x["ctx_query"][:n_requests],
+        "cand_ids": x["cand_ids"][rows],
+        "cand_genres": x["cand_genres"][rows],
+        "cand_dense": x["cand_dense"][rows],
+        "cand_ctx": x["cand_ctx"][rows],
+    }
+
+
+def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, data_summary: dict) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    batch = held_out_batch(val_enc)
+    onnx_path = out / "model.onnx"
+    model.eval()
+    torch.onnx.export(
+        model,
+        tuple(torch.from_numpy(batch[k]) for k in INPUT_NAMES),
+        str(onnx_path),
+        input_names=list(INPUT_NAMES),
+        output_names=["score"],
+        dynamic_axes={k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    parity = check_parity(model, onnx_path, batch)
+    tables.save(out / "tables")
+    content_hash, files = _hash_files(out)
+    created = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    manifest = {
+        "format": 1,
+        "version": f"{created}-{content_hash[:12]}",
+        "content_hash": content_hash,
+        "created": created,
+        "personalization": cfg.personalization,
+        "tasks": list(cfg.tasks),
+        "train_config": asdict(cfg) | {"tasks": list(cfg.tasks)},
+        "model": model.spec.to_dict(),
+        "onnx": {"file": "model.onnx", "opset": OPSET, "inputs": _input_spec(batch),
+                 "outputs": [{"name": "score", "dtype": "float32", "shape": ["N"]}]},  # fmt: skip
+        "features": {"ctx_ids": list(CTX_IDS), "cand_ids": list(CAND_IDS), "dense": list(DENSE_FEATURES),
+                     "max_query_tokens": MAX_QUERY_TOKENS, "token_buckets": TOKEN_BUCKETS,
+                     "history_length": HISTORY_LENGTH},  # fmt: skip
+        "imputation": IMPUTATION,
+        "tables": files,
+        "training_data": data_summary,
+        "training": training,
+        "parity_max_abs_diff": parity,
+        "metrics": None,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def record_metrics(bundle: Path | str, metrics: dict) -> dict:
+    path = Path(bundle) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["metrics"] = metrics
+    path.write_text(json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,163 @@
+"""Feature encoding shared by training and serving: unified contexts + candidates -> model inputs.
+
+Inputs are compact: integer ids and a few floats; embedding look-ups happen inside the model. A batch
+holds B contexts and N candidates; `cand_ctx[n]` names the context of candidate n, so one request is
+B=1 and the context part is computed once and broadcast inside the model. The service calls exactly
+these functions with B=1 (or with several requests when micro-batching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from model_export.context import TASK_INDEX, UnifiedContext, personalization_rank
+from model_export.lexical import match_features
+from model_export.tables import HISTORY_LENGTH, FeatureTables
+from model_export.text import MAX_QUERY_TOKENS, token_ids
+
+DENSE_FEATURES = (
+    "pop_global", "pop_country", "release_year", "qe_clicks", "qe_ctr", "title_prefix", "token_match",
+    "co_clicks", "genre_jaccard", "als_affinity", "history_affinity", "query_length",
+)  # fmt: skip
+CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
+CAND_IDS = ("entity", "kind")
+INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
+CTR_SMOOTHING = 10.0
+
+
+@dataclass
+class EncodedContexts:
+    ctx_ids: np.ndarray  # (B, 5) int64
+    ctx_query: np.ndarray  # (B, MAX_QUERY_TOKENS) int64
+    queries: list[str]
+    query_ids: np.ndarray  # (B,) id in the query-statistics vocabulary, 0 unknown
+    user_vec: np.ndarray  # (B, F) collaborative-filtering user factors
+    hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
+
+
+@lru_cache(maxsize=500_000)
+def _match(query: str, title: str) -> tuple[float, float]:
+    return match_features(query, title)
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    if keys.size == 0:
+        return np.zeros(query.shape, np.float32)
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
+
+
+def history_vector(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
+    """Mean collaborative-filtering factor of the most recent HISTORY_LENGTH engaged entities."""
+    recent = np.asarray(recent, np.int64)[:HISTORY_LENGTH]
+    if recent.size == 0:
+        return np.zeros(tables.item_factors.shape[1], np.float32)
+    return tables.item_factors[recent].mean(0)
+
+
+class FeatureEncoder:
+    def __init__(self, tables: FeatureTables, level: str):
+        """level: the personalization level of the model these features feed."""
+        self.t = tables
+        self.level = level
+        self._e1 = tables.n_entities + 1
+
+    def entity_indices(self, entity_ids) -> np.ndarray:
+        get = self.t.entity_index.get
+        return np.fromiter((get(e, 0) for e in entity_ids), np.int64)
+
+    def encode_contexts(self, contexts: list[UnifiedContext], hist_vec: np.ndarray | None = None,
+                        level: str | None = None) -> EncodedContexts:  # fmt: skip
+        """hist_vec: (B, F) from `history_vector` (serving) or `history_vectors` (training)."""
+        t, B = self.t, len(contexts)
+        rank = personalization_rank(level or self.level)
+        ids = np.zeros((B, len(CTX_IDS)), np.int64)
+        query = np.zeros((B, MAX_QUERY_TOKENS), np.int64)
+        qids = np.zeros(B, np.int64)
+        for i, c in enumerate(contexts):
+            user = t.user_index.get(c.user_id, 0) if c.user_id is not None else 0
+            ids[i] = (
+                TASK_INDEX.get(c.task, 0),
+                t.country_index.get(c.country, 0) if c.country else 0,
+                t.user_cluster[user] if rank >= 1 else 0,
+                t.entity_index.get(c.source_entity_id, 0) if c.source_entity_id else 0,
+                user if rank >= 2 else 0,
+            )
+            toks = token_ids(c.query)
+            query[i, : len(toks)] = toks
+            qids[i] = t.query_index.get(c.query, 0)
+        F = t.item_factors.shape[1]
+        if rank >= 2:
+            user_vec = t.user_factors[ids[:, 4]]
+            hist = np.zeros((B, F), np.float32) if hist_vec is None else np.asarray(hist_vec, np.float32)
+        else:
+            user_vec = np.zeros((B, F), np.float32)
+            hist = np.zeros((B, F), np.float32)
+        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist)
+
+    def encode_candidates(self, ctx: EncodedContexts, cand: np.ndarray, cand_ctx: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's inputs for candidates `cand` (entity indices, 0 = unknown)."""
+        t, e1 = self.t, self._e1
+        cand = np.asarray(cand, np.int64)
+        cand_ctx = np.asarray(cand_ctx, np.int64)
+        country = ctx.ctx_ids[cand_ctx, 1]
+        source = ctx.ctx_ids[cand_ctx, 3]
+        qe_key = ctx.query_ids[cand_ctx] * e1 + cand
+        clicks = _lookup(t.qe_keys, t.qe_clicks, qe_key)
+        impressions = _lookup(t.qe_keys, t.qe_impressions, qe_key)
+        co = _lookup(t.co_keys, t.co_clicks, source * e1 + cand)
+        g_src, g_cand = t.genre_hot[source], t.genre_hot[cand]
+        inter = (g_src & g_cand).sum(1)
+        union = (g_src | g_cand).sum(1)
+        titles, queries = t.norm_titles, ctx.queries
+        match = np.array([_match(queries[c], titles[e]) for c, e in zip(cand_ctx.tolist(), cand.tolist())],
+                         np.float32).reshape(-1, 2)  # fmt: skip
+        qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
+        items = t.item_factors[cand]
+        dense = np.stack(
+            [
+                t.pop[cand, 0],
+                t.pop[cand, country],
+                np.where(cand > 0, (t.year[cand] - 2000.0) / 30.0, 0.0),
+                np.log1p(clicks),
+                np.where(impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0),
+                match[:, 0],
+                match[:, 1],
+                np.log1p(co),
+                np.where(union > 0, inter / np.maximum(union, 1), 0.0),
+                np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items),
+                np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items),
+                np.minimum(qlen, 40.0) / 20.0,
+            ],
+            axis=1,
+        ).astype(np.float32)
+        return {
+            "ctx_ids": ctx.ctx_ids,
+            "ctx_query": ctx.ctx_query,
+            "cand_ids": np.stack([cand, t.kind[cand]], axis=1),
+            "cand_genres": t.genre_ids[cand],
+            "cand_dense": dense,
+            "cand_ctx": cand_ctx,
+        }
+
+
+def history_vectors(tables: FeatureTables, click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray,
+                    req_user: np.ndarray, req_ts: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Training path of `history_vector`, vectorised: for each request, the mean item factor of the
+    user's last HISTORY_LENGTH clicks strictly before the request time."""
+    F = tables.item_factors.shape[1]
+    t0 = min(click_ts.min(initial=0), req_ts.min(initial=0))
+    span = int(max(click_ts.max(initial=0), req_ts.max(initial=0)) - t0) + 1
+    click_key = click_user.astype(np.int64) * span + (click_ts - t0)
+    order = np.argsort(click_key, kind="stable")
+    click_key, ce = click_key[order], click_entity[order]
+    csum = np.zeros((len(ce) + 1, F), np.float64)
+    csum[1:] = np.cumsum(tables.item_factors[ce], axis=0)
+    first = np.searchsorted(click_key, req_user.astype(np.int64) * span, side="left")
+    end = np.searchsorted(click_key, req_user.astype(np.int64) * span + (req_ts - t0), side="left")
+    start = np.maximum(first, end - HISTORY_LENGTH)
+    n = (end - start)[:, None]
+    return np.where(n > 0, (csum[end] - csum[start]) / np.maximum(n, 1), 0.0).astype(np.float32)

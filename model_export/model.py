@@ -1,0 +1,110 @@
+"""The unified contextual ranker (UniCoRn): P(engagement | context, target entity).
+
+Embeddings for every categorical feature (task, country, user cluster, source entity, user, query
+tokens, target entity, kind, genres); the context tower runs once per context and is gathered for
+each candidate (`cand_ctx`), then DCN-v2 cross layers and a residual MLP score each candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from model_export.features import CTX_IDS, DENSE_FEATURES
+from model_export.text import TOKEN_BUCKETS
+
+
+@dataclass
+class ModelSpec:
+    n_countries: int
+    n_clusters: int
+    n_entities: int
+    n_users: int
+    n_genres: int
+    dense_mean: list[float]
+    dense_std: list[float]
+    dim: int = 32
+    hidden: int = 128
+    cross_layers: int = 2  # 0 turns feature crossing off (MLP only)
+    mlp_blocks: int = 2
+    task_feature: bool = True
+    user_embedding: bool = True  # learned user representations (personalization "full")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrossLayer(nn.Module):
+    """DCN-v2: x_{l+1} = x0 * (W x_l + b) + x_l."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Mean of non-padding embeddings (id 0 is padding); written out so it exports to plain ONNX ops."""
+    mask = (ids > 0).unsqueeze(-1).to(table.weight.dtype)
+    return (table(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class UnifiedRanker(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        d = spec.dim
+        self.task = nn.Embedding(4, d)
+        self.country = nn.Embedding(spec.n_countries + 1, d)
+        self.cluster = nn.Embedding(spec.n_clusters + 1, d)
+        self.entity = nn.Embedding(spec.n_entities + 1, d)  # shared by source and target entities
+        self.user = nn.Embedding(spec.n_users + 1, d)
+        self.token = nn.Embedding(TOKEN_BUCKETS, d, padding_idx=0)
+        self.kind = nn.Embedding(3, 8)
+        self.genre = nn.Embedding(spec.n_genres + 1, 16, padding_idx=0)
+        for emb in (self.entity, self.user, self.token):
+            nn.init.normal_(emb.weight, std=0.01)
+        self.ctx_proj = nn.Sequential(nn.Linear(d * (len(CTX_IDS) + 1), spec.hidden), nn.ReLU())
+        self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
+        self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
+        width = spec.hidden + d + 8 + 16 + len(DENSE_FEATURES)
+        self.cross = nn.ModuleList(CrossLayer(width) for _ in range(spec.cross_layers))
+        self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
+        self.head = nn.Linear(width, 1)
+
+    def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
+        task = self.task(ctx_ids[:, 0])
+        if not self.spec.task_feature:
+            task = torch.zeros_like(task)
+        user = self.user(ctx_ids[:, 4])
+        if not self.spec.user_embedding:
+            user = torch.zeros_like(user)
+        parts = [task, self.country(ctx_ids[:, 1]), self.cluster(ctx_ids[:, 2]), self.entity(ctx_ids[:, 3]), user,
+                 _bag(self.token, ctx_query)]  # fmt: skip
+        return self.ctx_proj(torch.cat(parts, dim=1))
+
+    def logits(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
+        ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
+        dense = (cand_dense - self.dense_mean) / self.dense_std
+        x0 = torch.cat([ctx, self.entity(cand_ids[:, 0]), self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense], 1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.head(self.mlp(x)).squeeze(-1)
+
+    def forward(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
+        """Scores in (0, 1), one per candidate: what the service ranks by."""
+        return torch.sigmoid(self.logits(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx))

@@ -1,0 +1,356 @@
+"""Deterministic synthetic engagement logs for a streaming catalog, in the documented schema.
+
+Structure a model can learn, with every part of the unified context mattering:
+- Zipf popularity, a home country per entity (boosted there) and per-country availability;
+- users with a country and a taste over genres drawn from a few latent taste clusters;
+- titles from a word vocabulary where franchises and sequels share words;
+- search: the user types a title (or a keyword of it) keystroke by keystroke, sometimes with a typo;
+  impressions are lexical candidates for each prefix; clicks depend on relevance and taste;
+- prequery: impressions from popularity and taste; clicks by taste;
+- more_like_this: clicks favour shared genres and franchise, and taste.
+Everything is vectorised per task; Python loops run over sessions and unique prefixes, never events.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from model_export.lexical import TitleIndex
+from model_export.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from model_export.text import normalize
+
+COUNTRIES = ("US", "GB", "CA", "DE", "FR", "ES", "IT", "BR", "MX", "IN", "JP", "KR")
+COUNTRY_WEIGHTS = (0.34, 0.1, 0.06, 0.08, 0.07, 0.05, 0.04, 0.08, 0.05, 0.07, 0.04, 0.02)
+GENRES = (
+    "action", "comedy", "drama", "thriller", "horror", "romance", "scifi", "fantasy",
+    "documentary", "animation", "crime", "family", "mystery", "adventure", "reality", "anime",
+)  # fmt: skip
+WORDS = """
+stranger things dark crown house night star river city lost king queen shadow fire ice moon sun ocean
+storm wild secret last first black white red blue golden silent broken hidden dream heart blood iron
+glass paper ghost witch dragon empire legend kingdom mountain island road street garden winter summer
+spring autumn rain snow wind thunder light dawn dusk midnight morning echo mirror window door bridge
+tower castle forest desert valley canyon harbor station train ship plane rocket planet galaxy orbit
+signal code cipher puzzle game hunter runner rider driver pilot doctor lawyer detective agent spy
+soldier captain chef baker artist singer dancer writer teacher student family brothers sisters
+daughter son mother father friends strangers lovers rivals heroes villains monsters robots aliens
+zombies vampires wolves tigers lions eagles sharks horses cats dogs bears foxes ravens crows
+diamond silver copper steel stone crystal velvet silk cotton honey sugar salt pepper coffee tea
+wine whiskey money power glory honor justice freedom chaos order truth lies love hate fear hope
+revenge escape return rise fall awakening origins reckoning journey quest voyage mission chase
+heist trial verdict game show party wedding funeral holiday vacation summer camp school college
+office hospital prison palace village farm ranch jungle arctic pacific atlantic northern southern
+eastern western central royal grand little big tiny giant ancient modern future past eternal
+""".split()
+WORDS = tuple(dict.fromkeys(WORDS))
+TASK_EVENT_SHARE = {"search": 0.4, "prequery": 0.35, "more_like_this": 0.25}
+SEARCH_IMPRESSIONS, PREQUERY_IMPRESSIONS, MLT_IMPRESSIONS = 10, 20, 15
+DAYS = 28
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    users: int = 20_000
+    entities: int = 5_000
+    events: int = 1_000_000
+    seed: int = 0
+    taste_clusters: int = 8
+    zipf_exponent: float = 1.0
+    franchise_share: float = 0.3
+    typo_rate: float = 0.1
+    keyword_rate: float = 0.3
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _gumbel_topk(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Row-wise sample without replacement of k columns by Gumbel-top-k; -inf columns never win."""
+    noisy = logits + rng.gumbel(size=logits.shape)
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-noisy, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(noisy, top, axis=1), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    valid = np.isfinite(np.take_along_axis(logits, top, axis=1))
+    return np.where(valid, top, -1)
+
+
+class _Catalog:
+    """Entities (1-based indices), users and the latent structure that drives engagement."""
+
+    def __init__(self, p: SynthParams, rng: np.random.Generator):
+        E, U, G, C = p.entities, p.users, len(GENRES), len(COUNTRIES)
+        self.p = p
+        ranks = rng.permutation(E)
+        self.pop = np.zeros(E + 1)
+        self.pop[1:] = 1.0 / (ranks + 10.0) ** p.zipf_exponent
+        self.quality = np.zeros(E + 1)
+        self.quality[1:] = rng.normal(0, 0.5, E)
+        self.home = np.zeros(E + 1, dtype=np.int64)
+        self.home[1:] = rng.choice(C, E, p=COUNTRY_WEIGHTS)
+        self.avail = rng.random((E + 1, C)) < 0.6
+        self.avail[np.arange(E + 1), self.home] = True
+        self.avail[0] = False
+        self.kind = np.where(rng.random(E + 1) < 0.1, 1, 0)
+        genre_pop = rng.dirichlet(np.ones(G) * 2)
+        self.genres = np.zeros((E + 1, G), dtype=bool)
+        n_genres = rng.integers(1, 4, E + 1)
+        for k in range(3):
+            g = rng.choice(G, E + 1, p=genre_pop)
+            self.genres[np.arange(E + 1), g] |= k < n_genres
+        self.year = rng.integers(1970, 2027, E + 1)
+        self._titles(rng)
+        # Users: country, activity and taste from latent clusters.
+        self.user_country = rng.choice(C, U, p=COUNTRY_WEIGHTS)
+        self.user_activity = rng.pareto(1.5, U) + 1.0
+        self.user_activity /= self.user_activity.sum()
+        self.user_cluster = rng.integers(0, p.taste_clusters, U)
+        cluster_logits = rng.normal(0, 2.0, (p.taste_clusters, G))
+        logits = cluster_logits[self.user_cluster] + rng.normal(0, 0.7, (U, G))
+        self.taste = np.exp(logits - logits.max(1, keepdims=True))
+        self.taste /= self.taste.sum(1, keepdims=True)
+        genre_share = self.genres / np.maximum(self.genres.sum(1, keepdims=True), 1)
+        self.genre_share = genre_share * G  # taste 1.0 means indifferent
+        pop_c = self.pop[:, None] * np.where(self.home[:, None] == np.arange(C), 3.0, 1.0)
+        self.pop_country = np.where(self.avail, pop_c, 0.0)  # (E+1, C)
+
+    def _titles(self, rng: np.random.Generator) -> None:
+        E = self.p.entities
+        word_p = 1.0 / (np.arange(len(WORDS)) + 5.0)
+        word_p /= word_p.sum()
+        self.franchise = np.zeros(E + 1, dtype=np.int64)
+        titles = [""] * (E + 1)
+        idx = rng.permutation(np.arange(1, E + 1))
+        n_fr = int(E * self.p.franchise_share)
+        members = idx[:n_fr]
+        fid, pos = 0, 0
+        while pos < len(members):
+            size = int(rng.integers(2, 6))
+            group = members[pos : pos + size]
+            fid += 1
+            base = " ".join(rng.choice(WORDS, int(rng.integers(1, 3)), p=word_p))
+            first = group[0]
+            for j, e in enumerate(group):
+                self.franchise[e] = fid
+                self.genres[e] = self.genres[first] | self.genres[e] & (rng.random() < 0.3)
+                if j == 0:
+                    titles[e] = base
+                elif rng.random() < 0.5:
+                    titles[e] = f"{base} {j + 1}"
+                else:
+                    titles[e] = f"{base}: {rng.choice(WORDS, p=word_p)}"
+            pos += size
+        for e in idx[n_fr:]:
+            words = rng.choice(WORDS, int(rng.integers(1, 4)), p=word_p)
+            titles[e] = ("The " if rng.random() < 0.15 else "") + " ".join(words)
+        self.titles = [t.title() if t else t for t in titles]
+        self.norm_titles = [normalize(t) for t in self.titles]
+
+    def log_taste(self, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
+        """log taste of users[i] for ents[i, j]; ents may hold -1 pads (read as entity 0)."""
+        safe = np.maximum(ents, 0)
+        share = self.genre_share[safe]  # (R, K, G)
+        t = np.einsum("rkg,rg->rk", share, self.taste[users])
+        return np.log(np.maximum(t, 1e-3))
+
+
+def _pick_users(cat: _Catalog, n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(cat.p.users, n, p=cat.user_activity)
+
+
+def _sample_by_country(cat, countries, k, rng, weights_fn=None):
+    """For each row, k entities drawn from its country's availability-weighted popularity."""
+    out = np.zeros((len(countries), k), dtype=np.int64)
+    for c in np.unique(countries):
+        rows = np.flatnonzero(countries == c)
+        w = cat.pop_country[:, c] if weights_fn is None else weights_fn(c)
+        out[rows] = rng.choice(len(w), (len(rows), k), p=w / w.sum())
+    return out
+
+
+def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
+    p = cat.p
+    n_sessions = max(1, int(n_events / (SEARCH_IMPRESSIONS * 0.75) / 4.5))
+    users = _pick_users(cat, n_sessions, rng)
+    country = cat.user_country[users]
+    pool = _sample_by_country(cat, country, 30, rng)
+    target = pool[np.arange(n_sessions), np.argmax(cat.log_taste(users, pool) + rng.gumbel(size=pool.shape), 1)]
+    # What the user types: the title or one keyword of it, stopping after a few keystrokes.
+    stop = 1 + rng.geometric(0.22, n_sessions)
+    keyword = rng.random(n_sessions) < p.keyword_rate
+    typo = rng.random(n_sessions) < p.typo_rate
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    req_session, req_query = [], []
+    for s in range(n_sessions):
+        text = cat.norm_titles[target[s]]
+        if keyword[s]:
+            words = text.split()
+            text = words[rng.integers(len(words))]
+        if typo[s] and len(text) > 3:
+            i = int(rng.integers(1, len(text)))
+            text = text[:i] + letters[rng.integers(26)] + text[i + 1 :]
+        last = None
+        for n in range(1, min(len(text), stop[s]) + 1):
+            prefix = text[:n].strip()
+            if prefix and prefix != last:
+                req_session.append(s)
+                req_query.append(prefix)
+                last = prefix
+    req_session = np.asarray(req_session)
+    index = TitleIndex(cat.norm_titles)
+    # Candidates per unique (prefix, country): the 30 most popular lexical matches.
+    keys = [(q, int(country[s])) for q, s in zip(req_query, req_session)]
+    uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    pools = np.full((len(uniq), 30), -1, dtype=np.int64)
+    for (q, c), i in uniq.items():
+        m = index.lookup(q)
+        m = m[cat.avail[m, c]]
+        if m.size:
+            m = m[np.argsort(-cat.pop_country[m, c])[:30]]
+            pools[i, : m.size] = m
+    req_pool = pools[[uniq[k] for k in keys]]
+    rc = country[req_session]
+    logits = np.where(req_pool > 0, np.log(cat.pop_country[np.maximum(req_pool, 0), rc[:, None]] + 1e-12), -np.inf)
+    shown = _gumbel_topk(logits, SEARCH_IMPRESSIONS, rng)
+    ents = np.where(shown >= 0, np.take_along_axis(req_pool, np.maximum(shown, 0), 1), -1)
+    ru = users[req_session]
+    is_target = ents == target[req_session][:, None]
+    prefix_match = np.array(
+        [[cat.norm_titles[e].startswith(q) if e > 0 else False for e in row] for q, row in zip(req_query, ents)]
+    )
+    logit = (
+        -3.2 + 3.5 * is_target + 0.8 * prefix_match + 1.2 * cat.log_taste(ru, ents)
+        + cat.quality[np.maximum(ents, 0)] + 0.3 * np.log(cat.pop[np.maximum(ents, 0)] * len(cat.pop) + 1e-9) / 3
+    )  # fmt: skip
+    query = np.asarray(req_query, dtype=object)
+    return ru, rc, query, None, ents, logit, req_session
+
+
+def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
+    n = max(1, n_events // PREQUERY_IMPRESSIONS)
+    users = _pick_users(cat, n, rng)
+    country = cat.user_country[users]
+    pool = np.zeros((n, 400), dtype=np.int64)
+    for c in np.unique(country):
+        top = np.argsort(-cat.pop_country[:, c])[:400]
+        pool[country == c] = top
+    taste = cat.log_taste(users, pool)
+    logits = np.log(cat.pop_country[pool, country[:, None]] + 1e-12) + 0.5 * taste
+    shown = _gumbel_topk(logits, PREQUERY_IMPRESSIONS, rng)
+    ents = np.take_along_axis(pool, shown, 1)
+    logit = -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[ents] + 0.3 * np.log(cat.pop[ents] * len(cat.pop)) / 3
+    return users, country, None, None, ents, logit, None
+
+
+def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
+    n = max(1, n_events // MLT_IMPRESSIONS)
+    users = _pick_users(cat, n, rng)
+    country = cat.user_country[users]
+    source = _sample_by_country(cat, country, 1, rng)[:, 0]
+    popular = _sample_by_country(cat, country, 30, rng)
+    primary = np.argmax(cat.genres[source], 1)
+    same_genre = np.zeros((n, 30), dtype=np.int64)
+    for g in np.unique(primary):
+        rows_g = primary == g
+        sub = _sample_by_country(cat, country[rows_g], 30, rng, lambda c: cat.pop_country[:, c] * cat.genres[:, g] + 1e-12)
+        same_genre[rows_g] = sub
+    fr_members = {}
+    for e in np.flatnonzero(cat.franchise):
+        fr_members.setdefault(cat.franchise[e], []).append(e)
+    franchise = np.zeros((n, 5), dtype=np.int64)
+    for i, s in enumerate(source):
+        if cat.franchise[s]:
+            m = fr_members[cat.franchise[s]][:5]
+            franchise[i, : len(m)] = m
+    pool = np.concatenate([popular, same_genre, franchise], 1)
+    srt = np.sort(pool, 1)
+    dup = np.concatenate([np.zeros((n, 1), bool), srt[:, 1:] == srt[:, :-1]], 1)
+    pool = srt
+    g_src = cat.genres[source][:, None, :]
+    g_pool = cat.genres[pool]
+    jacc = (g_src & g_pool).sum(-1) / np.maximum((g_src | g_pool).sum(-1), 1)
+    same_fr = (cat.franchise[pool] == cat.franchise[source][:, None]) & (cat.franchise[source][:, None] > 0)
+    ok = ~dup & (pool > 0) & (pool != source[:, None]) & cat.avail[pool, country[:, None]]
+    logits = np.where(ok, np.log(cat.pop_country[pool, country[:, None]] + 1e-12) + 2 * jacc + 3 * same_fr, -np.inf)
+    shown = _gumbel_topk(logits, MLT_IMPRESSIONS, rng)
+    ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
+    j = np.take_along_axis(jacc, np.maximum(shown, 0), 1)
+    f = np.take_along_axis(same_fr, np.maximum(shown, 0), 1)
+    logit = -3.0 + 2.0 * j + 2.5 * f + 1.0 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)]
+    return users, country, None, source, ents, logit, None
+
+
+def generate(p: SynthParams, out_dir: Path | str) -> dict:
+    """Write events.parquet, entities.parquet and synth.json to out_dir; return a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(p.seed)
+    steps = tqdm(total=5, desc="synth", unit="step")
+    cat = _Catalog(p, rng)
+    steps.update()
+    eids = np.array([""] + [f"e{i:06d}" for i in range(1, p.entities + 1)], dtype=object)
+    uids = np.array([f"u{i:07d}" for i in range(p.users)], dtype=object)
+    countries = np.array(COUNTRIES, dtype=object)
+    columns: dict[str, list] = {k: [] for k in EVENT_SCHEMA.names}
+    next_request = 0
+    for task, fn in (("search", _search), ("prequery", _prequery), ("more_like_this", _more_like_this)):
+        users, country, query, source, ents, logit, session = fn(cat, int(p.events * TASK_EVENT_SHARE[task]), rng)
+        R, K = ents.shape
+        valid = ents > 0
+        clicked = (rng.random(ents.shape) < _sigmoid(logit)) & valid
+        play_p = _sigmoid(0.5 + 0.8 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)])
+        played = clicked & (rng.random(ents.shape) < play_p)
+        if session is None:
+            ts = rng.uniform(0, DAYS * 86400, R)
+        else:  # keystrokes of one session are ~300 ms apart
+            start = rng.uniform(0, DAYS * 86400, session.max() + 1)
+            first = np.searchsorted(session, session, side="left")
+            ts = start[session] + 0.3 * (np.arange(R) - first)
+        rows, cols = np.nonzero(valid)
+        columns["request_id"].append(rows + next_request)
+        columns["user_id"].append(uids[users[rows]])
+        columns["country"].append(countries[country[rows]])
+        columns["task"].append(np.full(rows.size, task, dtype=object))
+        columns["query"].append(query[rows] if query is not None else np.full(rows.size, None, dtype=object))
+        columns["source_entity_id"].append(eids[source[rows]] if source is not None else np.full(rows.size, None, dtype=object))
+        columns["target_entity_id"].append(eids[ents[rows, cols]])
+        columns["clicked"].append(clicked[rows, cols])
+        columns["played"].append(played[rows, cols])
+        columns["timestamp"].append((ts[rows] * 1000).astype("int64") + 1_767_225_600_000)
+        next_request += R
+        steps.update()
+    data = {k: np.concatenate(v) for k, v in columns.items()}
+    # Request ids follow time, so a time split never cuts a request.
+    req_ts = np.zeros(next_request, dtype=np.int64)
+    req_ts[data["request_id"]] = data["timestamp"]
+    new_id = np.empty(next_request, dtype=np.int64)
+    new_id[np.argsort(req_ts, kind="stable")] = np.arange(next_request)
+    data["request_id"] = new_id[data["request_id"]]
+    order = np.lexsort((data["target_entity_id"].astype(str), data["request_id"]))
+    arrays = [pa.array(data[k][order], type=EVENT_SCHEMA.field(k).type) if k != "timestamp" else pa.array(data[k][order]).cast(pa.timestamp("ms")) for k in EVENT_SCHEMA.names]
+    pq.write_table(pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), out / "events.parquet")
+    entities = pa.table(
+        {
+            "entity_id": eids[1:].tolist(),
+            "title": cat.titles[1:],
+            "kind": ["game" if k else "video" for k in cat.kind[1:]],
+            "genres": [[GENRES[g] for g in np.flatnonzero(row)] for row in cat.genres[1:]],
+            "release_year": cat.year[1:].astype("int32"),
+            "countries": [[COUNTRIES[c] for c in np.flatnonzero(row)] for row in cat.avail[1:]],
+        },
+        schema=ENTITY_SCHEMA,
+    )
+    pq.write_table(entities, out / "entities.parquet")
+    summary = {"params": asdict(p), "events": int(len(order)), "requests": int(next_request), "clicks": int(data["clicked"].sum())}
+    (out / "synth.json").write_text(json.dumps(summary, indent=2))
+    steps.update()
+    steps.close()
+    return summary

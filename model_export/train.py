@@ -1,0 +1,163 @@
+"""Training: encode the splits with the shared feature code, fit with BCE + Adam, early-stop on validation.
+
+`train_bundle` is what `unirank train` runs: feature tables from the feature window, the model fitted
+on the fit window, the ONNX bundle exported (with the parity check) and evaluated on the test window.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model_export.context import PERSONALIZATION_LEVELS, personalization_rank
+from model_export.data import Dataset
+from model_export.features import DENSE_FEATURES, INPUT_NAMES, FeatureEncoder
+from model_export.splits import Encoded, click_log, encode_split
+from model_export.model import ModelSpec, UnifiedRanker
+from model_export.tables import FeatureTables
+
+_PERSONAL_DENSE = [DENSE_FEATURES.index("als_affinity"), DENSE_FEATURES.index("history_affinity")]
+
+
+@dataclass
+class TrainConfig:
+    personalization: str = "full"
+    tasks: tuple[str, ...] = ("search", "prequery", "more_like_this")
+    epochs: int = 8
+    batch_size: int = 1024
+    lr: float = 2e-3
+    patience: int = 1
+    seed: int = 0
+    impute: bool = True
+    cross_layers: int = 2
+    task_feature: bool = True
+    cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
+    threads: int = 2
+
+
+def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpec:
+    dense = fit.inputs["cand_dense"]
+    return ModelSpec(
+        n_countries=len(tables.countries) - 1,
+        n_clusters=tables.n_clusters,
+        n_entities=tables.n_entities,
+        n_users=len(tables.user_ids) - 1,
+        n_genres=len(tables.genres) - 1,
+        dense_mean=dense.mean(0).tolist(),
+        dense_std=np.maximum(dense.std(0), 1e-3).tolist(),
+        cross_layers=cfg.cross_layers,
+        task_feature=cfg.task_feature,
+        user_embedding=personalization_rank(cfg.personalization) >= 2,
+    )
+
+
+def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float):
+    """Inputs for a batch of impressions, each with its own context row (cand_ctx = arange)."""
+    x = enc.inputs
+    req = x["cand_ctx"][rows]
+    ctx_ids = x["ctx_ids"][req].copy()
+    dense = x["cand_dense"][rows].copy()
+    if rng is not None and cold_rate > 0:
+        cold = rng.random(len(rows)) < cold_rate
+        ctx_ids[cold, 2] = 0
+        ctx_ids[cold, 4] = 0
+        dense[np.ix_(cold, _PERSONAL_DENSE)] = 0.0
+    batch = {
+        "ctx_ids": ctx_ids,
+        "ctx_query": x["ctx_query"][req],
+        "cand_ids": x["cand_ids"][rows],
+        "cand_genres": x["cand_genres"][rows],
+        "cand_dense": dense,
+        "cand_ctx": np.arange(len(rows), dtype=np.int64),
+    }
+    return [torch.from_numpy(batch[k]) for k in INPUT_NAMES]
+
+
+@torch.no_grad()
+def predict(model: UnifiedRanker, enc: Encoded, batch_size: int = 8192) -> np.ndarray:
+    model.eval()
+    out = np.empty(len(enc), np.float32)
+    for s in range(0, len(enc), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(enc)))
+        out[rows] = model(*_rows_batch(enc, rows, None, 0.0)).numpy()
+    return out
+
+
+def _logloss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainConfig, log=print) -> tuple[UnifiedRanker, dict]:
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    spec = make_spec(tables, fit_enc, cfg)
+    model = UnifiedRanker(spec)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    labels = torch.from_numpy(fit_enc.labels)
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        order = rng.permutation(len(fit_enc))
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
+        total = 0.0
+        for s in bar:
+            rows = order[s : s + cfg.batch_size]
+            loss = loss_fn(model.logits(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate)), labels[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+        seconds = time.perf_counter() - started
+        val = _logloss(predict(model, val_enc), val_enc.labels)
+        history.append({"epoch": epoch, "train_logloss": total / len(order), "val_logloss": val, "seconds": seconds})
+        log(f"epoch {epoch}: train logloss {total / len(order):.4f}  val logloss {val:.4f}  ({seconds:.1f}s, {len(order)} rows)")
+        if val < best - 1e-4:
+            best, bad = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad > cfg.patience:
+                log(f"early stop after epoch {epoch}")
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"epochs": history, "best_val_logloss": best}
+
+
+def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print) -> dict:
+    """Everything `unirank train` does; returns the manifest."""
+    from model_export.evaluate import evaluate_bundle
+    from model_export.export import export_bundle, record_metrics
+
+    if cfg.personalization not in PERSONALIZATION_LEVELS:
+        raise ValueError(f"personalization must be one of {PERSONALIZATION_LEVELS}")
+    started = time.perf_counter()
+    dataset = Dataset.load(data_dir)
+    log(f"loaded {dataset.events.num_rows} events, {dataset.entities.num_rows} entities")
+    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=cfg.seed)
+    encoder = FeatureEncoder(tables, cfg.personalization)
+    clicks = click_log(encoder, dataset) if personalization_rank(cfg.personalization) >= 2 else None
+    fit_enc = encode_split(encoder, dataset, "fit", cfg.tasks, cfg.impute, clicks)
+    val_enc = encode_split(encoder, dataset, "validation", cfg.tasks, cfg.impute, clicks)
+    log(f"encoded fit {len(fit_enc)} rows, validation {len(val_enc)} rows in {time.perf_counter() - started:.1f}s")
+    model, training = fit(tables, fit_enc, val_enc, cfg, log)
+    summary = {
+        "events": dataset.events.num_rows,
+        "entities": dataset.entities.num_rows,
+        "rows": {s: int(dataset.split(s).num_rows) for s in ("feature", "fit", "validation", "test")},
+        "tasks": list(cfg.tasks),
+    }
+    manifest = export_bundle(model, tables, val_enc, out, cfg, training, summary)
+    metrics = evaluate_bundle(out, data_dir)
+    manifest = record_metrics(out, metrics)
+    log(f"bundle {manifest['version']} written to {out} in {time.perf_counter() - started:.1f}s")
+    return manifest

@@ -1,0 +1,102 @@
+"""The `unirank` command: one CLI for every job (data, train, evaluate, build-demo, serve, bench).
+
+Heavy imports (torch, the service) happen inside each command, so `unirank serve` never loads torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="unirank: a unified search and recommendation ranker.", no_args_is_help=True)
+data_app = typer.Typer(help="Engagement data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ALL_TASKS = "search,prequery,more_like_this"
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output directory (events.parquet, entities.parquet)")],
+    users: int = 20_000,
+    entities: int = 5_000,
+    events: int = 1_000_000,
+    seed: int = 0,
+) -> None:
+    """Generate a deterministic synthetic streaming-catalog log."""
+    from model_export.synth import SynthParams, generate
+
+    started = time.perf_counter()
+    summary = generate(SynthParams(users=users, entities=entities, events=events, seed=seed), out)
+    typer.echo(f"{summary['events']} events, {summary['requests']} requests, {summary['clicks']} clicks "
+               f"written to {out} in {time.perf_counter() - started:.1f}s")  # fmt: skip
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset directory in the event schema")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write")],
+    personalization: Annotated[str, typer.Option(help="none | cluster | full")] = "full",
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks to train on")] = ALL_TASKS,
+    epochs: int = 8,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> None:
+    """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
+    from model_export.evaluate import format_table
+    from model_export.train import TrainConfig, train_bundle
+
+    cfg = TrainConfig(personalization=personalization, tasks=tuple(tasks.split(",")), epochs=epochs, seed=seed,
+                      batch_size=batch_size)  # fmt: skip
+    manifest = train_bundle(data, out, cfg, log=typer.echo)
+    typer.echo(format_table(manifest["metrics"]))
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory")],
+    data: Annotated[Path, typer.Option(help="Dataset directory")],
+    split: str = "test",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Where to write the JSON")] = None,
+) -> None:
+    """Offline metrics per task for a bundle (through onnxruntime) next to a popularity baseline."""
+    from model_export.evaluate import evaluate_bundle, format_table
+
+    json_out = json_out or Path("results") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    result = evaluate_bundle(bundle, data, split, json_out)
+    typer.echo(format_table(result))
+    typer.echo(f"written to {json_out}")
+
+
+@app.command("build-demo")
+def build_demo(
+    out: Annotated[Path, typer.Option(help="Bundle directory")] = Path("artifacts/demo"),
+    data: Annotated[Path, typer.Option(help="Where the demo dataset goes")] = Path("artifacts/demo-data"),
+    events: int = 200_000,
+    seed: int = 0,
+) -> None:
+    """Small synthetic data -> train -> export, in one go (the bundle `make serve` uses)."""
+    from model_export.evaluate import format_table
+    from model_export.synth import SynthParams, generate
+    from model_export.train import TrainConfig, train_bundle
+
+    started = time.perf_counter()
+    generate(SynthParams(users=4_000, entities=2_000, events=events, seed=seed), data)
+    manifest = train_bundle(data, out, TrainConfig(personalization="full", epochs=6, seed=seed), log=typer.echo)
+    typer.echo(format_table(manifest["metrics"]))
+    typer.echo(f"demo bundle ready in {time.perf_counter() - started:.0f}s: {out}")
+
+
+@app.command()
+def manifest(bundle: Path) -> None:
+    """Print a bundle's manifest summary."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    typer.echo(json.dumps({k: m[k] for k in ("version", "personalization", "tasks", "parity_max_abs_diff")}, indent=2))
+
+
+if __name__ == "__main__":
+    app()
