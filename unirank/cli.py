@@ -92,6 +92,37 @@ def build_demo(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory")] = Path("artifacts/demo"),
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    log_level: str = "info",
+) -> None:
+    """Serve a bundle over HTTP (uvicorn with uvloop and httptools). Without REDIS_URL, an embedded Redis."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    os.environ["UNIRANK_BUNDLE"] = str(bundle)
+    embedded = None
+    if workers > 1:
+        if not (os.environ.get("REDIS_URL") or os.environ.get("UNIRANK_REDIS_URL")):
+            from service.cache import EmbeddedRedis
+
+            embedded = EmbeddedRedis()  # one server shared by every worker
+            os.environ["REDIS_URL"] = embedded.url
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="unirank-prom-"))
+    try:
+        uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers, loop="uvloop",
+                    http="httptools", access_log=False, log_level=log_level, timeout_graceful_shutdown=20)  # fmt: skip
+    finally:
+        if embedded:
+            embedded.close()
+
+
+@app.command()
 def manifest(bundle: Path) -> None:
     """Print a bundle's manifest summary."""
     m = json.loads((bundle / "manifest.json").read_text())

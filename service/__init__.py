@@ -1,0 +1,1 @@
+"""The unirank ranking service: FastAPI + Redis + onnxruntime. It never imports torch."""

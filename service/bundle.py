@@ -1,0 +1,74 @@
+"""Loading a bundle: manifest, feature tables, the onnxruntime session and the retrieval indices."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_export.tables import FeatureTables
+from service.features import ServingFeatures
+from service.retrieval import Retriever
+from service.scoring import Scorer
+from service.settings import Settings
+
+log = logging.getLogger("unirank.bundle")
+
+
+class BundleMissing(FileNotFoundError):
+    pass
+
+
+@dataclass
+class LoadedBundle:
+    path: Path
+    manifest: dict
+    tables: FeatureTables
+    scorer: Scorer
+    retriever: Retriever
+    features: ServingFeatures
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def level(self) -> str:
+        return self.manifest["personalization"]
+
+    @property
+    def impute(self) -> bool:
+        return self.manifest.get("train_config", {}).get("impute", True)
+
+    @classmethod
+    def load(cls, path: Path | str, settings: Settings) -> LoadedBundle:
+        path = Path(path)
+        if not (path / "manifest.json").is_file() or not (path / "model.onnx").is_file():
+            raise BundleMissing(f"no bundle at {path} (manifest.json and model.onnx expected)")
+        manifest = json.loads((path / "manifest.json").read_text())
+        tables = FeatureTables.load(path / "tables")
+        bundle = cls(
+            path=path,
+            manifest=manifest,
+            tables=tables,
+            scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads),
+            retriever=Retriever(tables, settings.retrieval_limit),
+            features=ServingFeatures(tables, manifest["personalization"]),
+        )
+        bundle._warm_up()
+        log.info("bundle %s loaded from %s (personalization %s, %s)", bundle.version, path, bundle.level, bundle.scorer.provider)
+        return bundle
+
+    def _warm_up(self) -> None:
+        """First calls allocate and build the title index; do them before traffic arrives."""
+        from model_export.context import UnifiedContext
+        from service.context import RequestContext
+
+        self.tables.title_index  # noqa: B018 (builds it)
+        rc = RequestContext(UnifiedContext("search", None, None, "a", None), "none", 0, 0, 0, 0)
+        cand = np.arange(1, min(200, self.tables.n_entities) + 1)
+        for _ in range(3):
+            self.scorer.score(self.features.inputs(rc, cand))

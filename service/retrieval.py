@@ -1,0 +1,66 @@
+"""Candidate retrieval when a request brings no candidates; only entities available in the country.
+
+- search: the title index (token prefixes, one-edit typos), most popular first when there are many;
+- prequery: popular in the country, plus favourites of the user's cluster;
+- more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_export.tables import FeatureTables
+
+
+def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
+    merged = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    _, first = np.unique(merged, return_index=True)
+    return merged[np.sort(first)]
+
+
+class Retriever:
+    def __init__(self, tables: FeatureTables, limit: int = 200):
+        self.t = tables
+        self.limit = limit
+        t = tables
+        C = len(t.countries)
+        self.country_top = [self._top(np.flatnonzero(t.avail[:, c]), t.pop[:, c], limit) for c in range(C)]
+        self.genre_top = [self._top(np.flatnonzero(t.genre_hot[:, g]), t.pop[:, 0], limit) for g in range(len(t.genres))]
+        e1 = t.n_entities + 1
+        src, tgt = np.divmod(t.co_keys, e1)
+        order = np.lexsort((-t.co_clicks, src))
+        src, tgt = src[order], tgt[order]
+        bounds = np.searchsorted(src, np.arange(e1 + 1))
+        self.co_neighbours = [tgt[bounds[i] : bounds[i + 1]][:limit] for i in range(e1)]
+
+    @staticmethod
+    def _top(candidates: np.ndarray, pop: np.ndarray, n: int) -> np.ndarray:
+        candidates = candidates[candidates > 0]
+        return candidates[np.argsort(-pop[candidates], kind="stable")[:n]]
+
+    def _available(self, cand: np.ndarray, country: int) -> np.ndarray:
+        return cand[self.t.avail[cand, country]]
+
+    def search(self, query: str, country: int) -> np.ndarray:
+        found = self._available(self.t.title_index.lookup(query), country)
+        if found.size > self.limit:
+            found = found[np.argsort(-self.t.pop[found, country], kind="stable")[: self.limit]]
+        return found
+
+    def prequery(self, country: int, cluster: int) -> np.ndarray:
+        favourites = self.t.cluster_favourites[cluster]
+        parts = [self.country_top[country], favourites[favourites > 0]]
+        return self._available(_unique_in_order(parts), country)[: self.limit + len(parts[1])]
+
+    def more_like_this(self, source: int, country: int) -> np.ndarray:
+        if source == 0:  # unknown source: nothing to be similar to, so the popular titles
+            return self.country_top[country]
+        t = self.t
+        parts = [self.co_neighbours[source], t.title_index.lookup(t.norm_titles[source])[:50]]
+        parts += [self.genre_top[g][:50] for g in np.flatnonzero(t.genre_hot[source])]
+        cand = self._available(_unique_in_order(parts), country)
+        cand = cand[cand != source]
+        if cand.size < self.limit:
+            extra = self.country_top[country]
+            cand = _unique_in_order([cand, extra[extra != source]])
+        return cand[: self.limit]

