@@ -238,15 +238,17 @@ def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
     n = max(1, n_events // PREQUERY_IMPRESSIONS)
     users = _pick_users(cat, n, rng)
     country = cat.user_country[users]
-    pool = np.zeros((n, 400), dtype=np.int64)
+    size = min(400, cat.p.entities)
+    pool = np.zeros((n, size), dtype=np.int64)
     for c in np.unique(country):
-        top = np.argsort(-cat.pop_country[:, c])[:400]
-        pool[country == c] = top
+        pool[country == c] = np.argsort(-cat.pop_country[:, c])[:size]
     taste = cat.log_taste(users, pool)
-    logits = np.log(cat.pop_country[pool, country[:, None]] + 1e-12) + 0.5 * taste
+    pop = cat.pop_country[pool, country[:, None]]
+    logits = np.where(pop > 0, np.log(pop + 1e-12) + 0.5 * taste, -np.inf)
     shown = _gumbel_topk(logits, PREQUERY_IMPRESSIONS, rng)
-    ents = np.take_along_axis(pool, shown, 1)
-    logit = -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[ents] + 0.3 * np.log(cat.pop[ents] * len(cat.pop)) / 3
+    ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
+    safe = np.maximum(ents, 0)
+    logit = -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[safe] + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
     return users, country, None, None, ents, logit, None
 
 

@@ -1,0 +1,77 @@
+"""The synthetic generator and the schema readers."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from model_export.schema import SchemaError, read_entities, read_events
+from model_export.synth import SynthParams, generate
+
+
+def test_generator_is_deterministic(tmp_path):
+    p = SynthParams(users=300, entities=200, events=8_000, seed=11)
+    generate(p, tmp_path / "a")
+    generate(p, tmp_path / "b")
+    generate(SynthParams(users=300, entities=200, events=8_000, seed=12), tmp_path / "c")
+    a, b, c = (pq.read_table(tmp_path / d / "events.parquet") for d in "abc")
+    assert a.equals(b)
+    assert pq.read_table(tmp_path / "a" / "entities.parquet").equals(pq.read_table(tmp_path / "b" / "entities.parquet"))
+    assert not a.equals(c)
+
+
+def test_generated_data_follows_the_schema(data_dir):
+    events = read_events(data_dir / "events.parquet")
+    entities = read_entities(data_dir / "entities.parquet")
+    assert set(events.column("task").unique().to_pylist()) == {"search", "prequery", "more_like_this"}
+    assert "US" in events.column("country").unique().to_pylist()
+    assert all(len(c) == 2 and c.isupper() for c in events.column("country").unique().to_pylist())
+    search = events.filter(pc.equal(events.column("task"), "search"))
+    assert search.column("query").null_count == 0
+    assert search.column("source_entity_id").null_count == search.num_rows
+    mlt = events.filter(pc.equal(events.column("task"), "more_like_this"))
+    assert mlt.column("source_entity_id").null_count == 0
+    # Every impression is of an entity available in the request's country.
+    avail = {e: set(c) for e, c in zip(entities.column("entity_id").to_pylist(), entities.column("countries").to_pylist())}
+    rows = events.select(["country", "target_entity_id"]).to_pylist()
+    assert all(r["country"] in avail[r["target_entity_id"]] for r in rows)
+    assert 0 < pc.mean(events.column("clicked").cast(pa.float64())).as_py() < 0.5
+
+
+def test_search_logs_hold_keystroke_prefixes(data_dir):
+    events = read_events(data_dir / "events.parquet")
+    search = events.filter(pc.equal(events.column("task"), "search")).sort_by("request_id")
+    queries = search.group_by(["request_id", "user_id", "query"]).aggregate([]).sort_by("request_id").to_pylist()
+    growing = sum(1 for a, b in zip(queries, queries[1:])
+                  if a["user_id"] == b["user_id"] and b["query"].startswith(a["query"]) and len(b["query"]) == len(a["query"]) + 1)  # fmt: skip
+    assert growing > len(queries) * 0.3
+    assert any(len(q["query"]) == 1 for q in queries)
+
+
+def test_missing_column_names_file_and_column(data_dir, tmp_path):
+    table = pq.read_table(data_dir / "events.parquet").drop_columns(["clicked"])
+    path = tmp_path / "broken.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(SchemaError, match=r"broken\.parquet.*'clicked'"):
+        read_events(path)
+
+
+def test_wrong_type_names_the_column(data_dir, tmp_path):
+    table = pq.read_table(data_dir / "entities.parquet")
+    table = table.set_column(table.schema.get_field_index("release_year"), "release_year",
+                             pa.array([str(y) for y in table.column("release_year").to_pylist()]))  # fmt: skip
+    path = tmp_path / "entities.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(SchemaError, match=r"entities\.parquet.*'release_year'.*string"):
+        read_entities(path)
+
+
+def test_unknown_task_is_rejected(data_dir, tmp_path):
+    table = pq.read_table(data_dir / "events.parquet")
+    tasks = np.array(table.column("task").to_pylist(), dtype=object)
+    tasks[0] = "browse"
+    table = table.set_column(table.schema.get_field_index("task"), "task", pa.array(tasks.tolist()))
+    pq.write_table(table, tmp_path / "events.parquet")
+    with pytest.raises(SchemaError, match="'task'.*browse"):
+        read_events(tmp_path / "events.parquet")

@@ -1,0 +1,93 @@
+"""Imputation, normalisation, lexical matching, and training/serving feature parity."""
+
+import numpy as np
+import pytest
+
+from model_export.context import build_context
+from model_export.data import Dataset
+from model_export.features import INPUT_NAMES, FeatureEncoder, history_vector
+from model_export.lexical import TitleIndex
+from model_export.splits import click_log, encode_split
+from model_export.tables import HISTORY_LENGTH, FeatureTables
+from model_export.text import normalize
+from service.context import build_request_context
+from service.features import ServingFeatures
+from service.schemas import RankRequest
+
+TITLES = {"e1": "Stranger Things", "e2": "The Crown"}
+
+
+def test_normalisation():
+    assert normalize("  Pokémon   GO! ") == "pokemon go"
+    assert normalize("ＳＴＲＡＮＧＥＲ") == "stranger"  # full-width letters (NFKC)
+    assert normalize("Amélie\u00a0&\tCo.") == "amelie co"
+    assert normalize(None) == ""
+
+
+def test_search_nulls_the_source():
+    c = build_context("search", "us", "u1", "Strang", "e1", TITLES.get)
+    assert (c.query, c.source_entity_id, c.country, c.query_imputed) == ("strang", None, "US", False)
+
+
+def test_more_like_this_imputes_the_query_from_the_source_title():
+    c = build_context("more_like_this", "US", "u1", None, "e1", TITLES.get)
+    assert (c.query, c.source_entity_id, c.query_imputed) == ("stranger things", "e1", True)
+    no_impute = build_context("more_like_this", "US", "u1", None, "e1", TITLES.get, impute=False)
+    assert no_impute.query == "" and not no_impute.query_imputed
+    unknown = build_context("more_like_this", "US", "u1", None, "nope", TITLES.get)
+    assert unknown.query == "" and unknown.source_entity_id == "nope"
+
+
+def test_prequery_has_neither_query_nor_source():
+    c = build_context("prequery", "US", "u1", "ignored", "e1", TITLES.get)
+    assert (c.query, c.source_entity_id) == ("", None)
+
+
+def test_title_index_prefixes_and_typos():
+    index = TitleIndex(["", "stranger things", "strange days", "the crown"])
+    assert set(index.lookup("str")) == {1, 2}
+    assert set(index.lookup("stranger th")) == {1}
+    assert set(index.lookup("strsnger")) == {1}  # substituted letter
+    assert set(index.lookup("crwn")) == {3}  # dropped letter
+    assert index.lookup("zzzz").size == 0
+
+
+@pytest.fixture(scope="module")
+def tables(bundle_dir) -> FeatureTables:
+    return FeatureTables.load(bundle_dir / "tables")
+
+
+def test_training_and_serving_build_identical_tensors(tables, data_dir):
+    encoder = FeatureEncoder(tables, "full")
+    dataset = Dataset.load(data_dir)
+    clicks = click_log(encoder, dataset)
+    enc = encode_split(encoder, dataset, "test", clicks=clicks)
+    serving = ServingFeatures(tables, "full")
+    req = enc.requests
+    rng = np.random.default_rng(0)
+    checked = set()
+    for r in rng.choice(len(req), 60, replace=False):
+        rows = np.flatnonzero(enc.inputs["cand_ctx"] == r)
+        request = RankRequest(task=req.task[r], country=req.country[r], user_id=req.user_id[r], query=req.query[r],
+                              source_entity_id=req.source_entity_id[r], candidates=list(req.target_entity_id[rows]))  # fmt: skip
+        rc = build_request_context(request, tables, "full")
+        # The serving path's history: this user's clicks strictly before the request, newest first.
+        user = tables.user_index.get(req.user_id[r], 0)
+        before = (clicks[0] == user) & (clicks[1] < req.timestamp[r])
+        recent = clicks[2][before][np.argsort(clicks[1][before], kind="stable")[::-1]][:HISTORY_LENGTH]
+        got = serving.inputs(rc, serving.encoder.entity_indices(request.candidates), history_vector(tables, recent))
+        for name in INPUT_NAMES:
+            want = enc.inputs[name][rows] if name.startswith("cand") else enc.inputs[name][[r]]
+            if name == "cand_ctx":
+                want = want - r
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+        checked.add(req.task[r])
+    assert checked == {"search", "prequery", "more_like_this"}
+
+
+def test_cold_start_candidates_get_zero_features(tables):
+    serving = ServingFeatures(tables, "full")
+    rc = build_request_context(RankRequest(task="search", country="US", query="the"), tables, "full")
+    x = serving.inputs(rc, np.array([0, 1]), None)
+    assert x["cand_ids"][0].tolist() == [0, 0] and x["cand_genres"][0].tolist() == [0, 0, 0]
+    assert np.all(x["cand_dense"][0, :5] == 0)
