@@ -2,6 +2,7 @@
 
 bundle/
   model.onnx      opset 17, dynamic context (B) and candidate (N) axes
+  checkpoint.pt   the torch weights (the service never reads them; the benchmark's reference does)
   manifest.json   the whole contract with the service (see `export_bundle`)
   tables/         feature tables (entities, statistics, users, clusters, factors, histories)
 
@@ -96,6 +97,8 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         dynamo=False,
     )
     parity = check_parity(model, onnx_path, batch)
+    # The torch weights travel too, for the eager-mode reference the benchmark compares against.
+    torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
     tables.save(out / "tables")
     content_hash, files = _hash_files(out)
     created = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -164,6 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         REQUEST_LATENCY.labels(endpoint="/events", task="").observe(time.perf_counter() - started)
         return _json({"accepted": stored}, 202)
 
+    if settings.bench_endpoints:
+
+        @app.post("/bench/noop", include_in_schema=False)
+        async def noop(request: Request) -> Response:
+            """The HTTP stack's own limit: read the body, answer a fixed small JSON."""
+            await request.body()
+            return Response(b'{"items":[]}', media_type=JSON)
+
     @app.get("/entities/{entity_id}")
     async def entity(entity_id: str) -> Response:
         if state.bundle is None:

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     max_candidates: int = 1000
     max_events: int = 1000
     bundle_poll_s: float = Field(1.0, description="How often to look for a missing bundle")
+    bench_endpoints: bool = Field(False, description="Expose POST /bench/noop (the benchmark's ceiling)")
     admin_token: str | None = Field(None, description="Token for protected endpoints")
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from model_export.tables import FeatureTables
 from model_export.text import normalize
-from tests.conftest import LiveServer, free_port
+from loadtest.processes import free_port
+from tests.conftest import LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,36 @@ def serve(
 
 
 @app.command()
+def bench(
+    bundle: Annotated[Path, typer.Option(help="Bundle to serve")] = Path("artifacts/demo"),
+    quick: Annotated[bool, typer.Option(help="Short run (under 2 minutes), no concurrency sweep")] = False,
+    out: Annotated[Path, typer.Option(help="Where results go")] = Path("results"),
+) -> None:
+    """One run: Redis + the service + the naive reference, every scenario, JSON + table + PNG."""
+    from loadtest.bench import format_table, run_bench
+
+    result = run_bench(bundle, quick, out)
+    typer.echo(format_table(result))
+    typer.echo(f"written: {', '.join(result['files'].values())}")
+
+
+@app.command()
+def latency(
+    bundle: Annotated[Path, typer.Option(help="The bundle the service runs (for realistic request bodies)")] = Path("artifacts/demo"),
+    url: str = "http://127.0.0.1:8000",
+    n: int = 1000,
+) -> None:
+    """Single-request latency (p50/p99 over N sequential calls): cache hit, cache miss, 200 candidates."""
+    from loadtest.latency import sequential_latency
+    from loadtest.scenarios import Scenarios
+
+    result = sequential_latency(url, Scenarios(bundle), n)
+    typer.echo("| scenario | n | p50 ms | p99 ms | server p50 ms | server p99 ms |\n|---|---|---|---|---|---|")
+    for name, r in result.items():
+        typer.echo(f"| {name} | {r['n']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['server_p50_ms']:.2f} | {r['server_p99_ms']:.2f} |")
+
+
+@app.command()
 def manifest(bundle: Path) -> None:
     """Print a bundle's manifest summary."""
     m = json.loads((bundle / "manifest.json").read_text())
