@@ -37,6 +37,11 @@ class ParityError(RuntimeError):
     """onnxruntime and torch disagree on the exported model."""
 
 
+# Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
+# assume they are equal and reuse buffers wrongly.
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}}
+
+
 def _input_spec(batch: dict[str, np.ndarray]) -> list[dict]:
     axes = {"ctx_ids": ["B", len(CTX_IDS)], "ctx_query": ["B", MAX_QUERY_TOKENS], "cand_ids": ["N", len(CAND_IDS)],
             "cand_genres": ["N", 3], "cand_dense": ["N", len(DENSE_FEATURES)], "cand_ctx": ["N"]}  # fmt: skip
@@ -92,7 +97,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         str(onnx_path),
         input_names=list(INPUT_NAMES),
         output_names=["score"],
-        dynamic_axes={k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}},
+        dynamic_axes=DYNAMIC_AXES,
         opset_version=OPSET,
         dynamo=False,
     )

@@ -26,10 +26,13 @@ class ModelSpec:
     dense_mean: list[float]
     dense_std: list[float]
     dim: int = 32
-    hidden: int = 128
+    ctx_dim: int = 64  # width of the context vector each candidate sees
+    hidden: int = 64
     cross_layers: int = 2  # 0 turns feature crossing off (MLP only)
-    mlp_blocks: int = 2
+    cross_rank: int = 16  # low-rank cross layers (DCN-v2 "LowRank"); 0 = full rank
+    mlp_blocks: int = 1
     task_feature: bool = True
+    interaction: bool = True  # context (x) target entity element-wise product (GMF) as an input
     user_embedding: bool = True  # learned user representations (personalization "full")
 
     def to_dict(self) -> dict:
@@ -37,11 +40,15 @@ class ModelSpec:
 
 
 class CrossLayer(nn.Module):
-    """DCN-v2: x_{l+1} = x0 * (W x_l + b) + x_l."""
+    """DCN-v2: x_{l+1} = x0 * (W x_l + b) + x_l, with W = U V of rank `rank` when rank > 0
+    (the per-candidate cost falls from width^2 to 2 width rank)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rank: int = 0):
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
+        if 0 < rank < dim // 2:
+            self.linear = nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
+        else:
+            self.linear = nn.Linear(dim, dim)
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x0 * self.linear(x) + x
@@ -54,6 +61,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x)
+
+
+def model_width(spec: ModelSpec) -> int:
+    """Width of the per-candidate vector: context, entity, context x entity, kind (8), genres (16), dense."""
+    return spec.ctx_dim + spec.dim * (2 if spec.interaction else 1) + 8 + 16 + len(DENSE_FEATURES)
 
 
 def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -78,10 +90,11 @@ class UnifiedRanker(nn.Module):
         for emb in (self.entity, self.user, self.token):
             nn.init.normal_(emb.weight, std=0.01)
         self.ctx_proj = nn.Sequential(nn.Linear(d * (len(CTX_IDS) + 1), spec.hidden), nn.ReLU())
+        self.ctx_out = nn.Linear(spec.hidden, spec.ctx_dim + (d if spec.interaction else 0))
         self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
-        width = spec.hidden + d + 8 + 16 + len(DENSE_FEATURES)
-        self.cross = nn.ModuleList(CrossLayer(width) for _ in range(spec.cross_layers))
+        width = model_width(spec)
+        self.cross = nn.ModuleList(CrossLayer(width, spec.cross_rank) for _ in range(spec.cross_layers))
         self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
         self.head = nn.Linear(width, 1)
 
@@ -94,12 +107,16 @@ class UnifiedRanker(nn.Module):
             user = torch.zeros_like(user)
         parts = [task, self.country(ctx_ids[:, 1]), self.cluster(ctx_ids[:, 2]), self.entity(ctx_ids[:, 3]), user,
                  _bag(self.token, ctx_query)]  # fmt: skip
-        return self.ctx_proj(torch.cat(parts, dim=1))
+        return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
     def logits(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
         ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
         dense = (cand_dense - self.dense_mean) / self.dense_std
-        x0 = torch.cat([ctx, self.entity(cand_ids[:, 0]), self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense], 1)
+        entity = self.entity(cand_ids[:, 0])
+        parts = [ctx[:, : self.spec.ctx_dim], entity]
+        if self.spec.interaction:
+            parts.append(ctx[:, self.spec.ctx_dim :] * entity)
+        x0 = torch.cat([*parts, self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense], 1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

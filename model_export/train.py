@@ -35,6 +35,11 @@ class TrainConfig:
     seed: int = 0
     impute: bool = True
     cross_layers: int = 2
+    cross_rank: int = 16
+    ctx_dim: int = 64
+    hidden: int = 64
+    mlp_blocks: int = 1
+    interaction: bool = True
     task_feature: bool = True
     cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
     threads: int = 2
@@ -51,6 +56,11 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
         dense_mean=dense.mean(0).tolist(),
         dense_std=np.maximum(dense.std(0), 1e-3).tolist(),
         cross_layers=cfg.cross_layers,
+        cross_rank=cfg.cross_rank,
+        ctx_dim=cfg.ctx_dim,
+        hidden=cfg.hidden,
+        mlp_blocks=cfg.mlp_blocks,
+        interaction=cfg.interaction,
         task_feature=cfg.task_feature,
         user_embedding=personalization_rank(cfg.personalization) >= 2,
     )

@@ -8,7 +8,7 @@ import torch
 
 from model_export.data import Dataset
 from model_export.evaluate import ranking_metrics
-from model_export.export import ParityError, check_parity, held_out_batch
+from model_export.export import DYNAMIC_AXES, ParityError, check_parity, held_out_batch
 from model_export.features import FeatureEncoder
 from model_export.splits import encode_split
 from model_export.tables import FeatureTables
@@ -61,8 +61,7 @@ def test_onnx_parity_check_passes_and_catches_a_mismatch(bundle_dir, data_dir, t
     batch = held_out_batch(val_enc)
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, tuple(torch.from_numpy(batch[k]) for k in batch), str(path), input_names=list(batch),
-                      output_names=["score"], opset_version=17, dynamo=False,
-                      dynamic_axes={k: {0: "n"} for k in batch})  # fmt: skip
+                      output_names=["score"], opset_version=17, dynamo=False, dynamic_axes=DYNAMIC_AXES)  # fmt: skip
     assert check_parity(model, path, batch) <= 1e-4
     # A batch with a different number of candidates (dynamic axis) still agrees.
     small = held_out_batch(val_enc, n_requests=3)
