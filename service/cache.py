@@ -1,7 +1,10 @@
 """Redis: the connection (REDIS_URL, or an embedded redis-server), the keystroke cache and single flight.
 
-The cached value is the ranked items already encoded as JSON, so a hit costs one GET and no encoding.
-Redis failures never fail a ranking: the cache is bypassed and the error counted.
+The cached value is the ranked items already encoded as JSON, so a hit costs no encoding. Two layers:
+a small per-worker in-memory TTL cache in front of Redis (a hit there skips the network round trip,
+which is most of the cost of a keystroke), and Redis, shared by every worker and replica. Keys hold
+the model version, so neither layer can serve a ranking of another model. Redis failures never fail a
+ranking: the cache is bypassed and the error counted.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from cachetools import TTLCache
 from redis.exceptions import RedisError
 
-from service.metrics import ERRORS
+from service.metrics import CACHE_LAYER, ERRORS
 
 log = logging.getLogger("unirank.cache")
 
@@ -49,19 +53,32 @@ def connect(url: str, timeout_s: float, max_connections: int) -> aioredis.Redis:
 
 
 class RankCache:
-    def __init__(self, client: aioredis.Redis, ttl_s: int):
+    def __init__(self, client: aioredis.Redis, ttl_s: int, local_size: int = 0, local_ttl_s: float = 0.0):
         self.client = client
         self.ttl_s = ttl_s
+        self.local: TTLCache | None = TTLCache(local_size, local_ttl_s) if local_size > 0 and local_ttl_s > 0 else None
         self._inflight: dict[str, asyncio.Future] = {}
+        self._local_hits = CACHE_LAYER.labels(layer="local")
+        self._redis_hits = CACHE_LAYER.labels(layer="redis")
 
     async def get(self, key: str) -> bytes | None:
+        if self.local is not None and (value := self.local.get(key)) is not None:
+            self._local_hits.inc()
+            return value
         try:
-            return await self.client.get(key)
+            value = await self.client.get(key)
         except (RedisError, OSError) as exc:
             ERRORS.labels(type=f"redis_{type(exc).__name__}").inc()
             return None
+        if value is not None:
+            self._redis_hits.inc()
+            if self.local is not None:
+                self.local[key] = value
+        return value
 
     async def set(self, key: str, value: bytes) -> None:
+        if self.local is not None:
+            self.local[key] = value
         try:
             await self.client.set(key, value, ex=self.ttl_s)
         except (RedisError, OSError) as exc:

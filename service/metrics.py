@@ -14,6 +14,7 @@ STAGE_LATENCY = Histogram("unirank_stage_duration_seconds", "Latency of /rank st
 CANDIDATES = Histogram("unirank_candidates", "Candidates scored per /rank request", ["task"],
                        buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000))  # fmt: skip
 CACHE = Counter("unirank_cache_total", "Keystroke cache look-ups by result", ["result"])
+CACHE_LAYER = Counter("unirank_cache_layer_hits_total", "Cache hits by layer (local: this worker's memory)", ["layer"])
 ERRORS = Counter("unirank_errors_total", "Errors by type", ["type"])
 EVENTS = Counter("unirank_events_total", "Engagement events stored", ["action"])
 MODEL_INFO = Gauge("unirank_model_info", "The loaded model (value 1)", ["version", "personalization", "provider"],

