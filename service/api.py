@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from service.bundle import BundleMissing, LoadedBundle
 from service.cache import EmbeddedRedis, RankCache, connect
 from service.context import PersonalizationError
-from service.events import store_events
+from service.events import EventStore
 from service.metrics import ERRORS, EVENTS, MODEL_INFO, REQUEST_LATENCY, render
 from service.ranker import Ranker, Timings
 from service.schemas import EventBatch, RankRequest
@@ -72,6 +73,7 @@ class State:
         self.embedded: EmbeddedRedis | None = None
         self.redis = None
         self.cache: RankCache | None = None
+        self.events: EventStore | None = None
         self.bundle: LoadedBundle | None = None
         self.ranker: Ranker | None = None
         self.load_error: str | None = "loading"
@@ -110,7 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.embedded = await asyncio.to_thread(EmbeddedRedis)
             url = state.embedded.url
         state.redis = connect(url, settings.redis_timeout_s, settings.redis_max_connections)
-        state.cache = RankCache(state.redis, settings.cache_ttl_s)
+        state.events = EventStore(state.redis, settings.history_ttl_s)
+        state.cache = RankCache(state.redis, settings.cache_ttl_s, settings.local_cache_size, settings.local_cache_ttl_s)
         state.loader = asyncio.create_task(state.load_bundle_when_present())
         yield
         state.loader.cancel()
@@ -155,12 +158,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValidationError as exc:
             return validation_error(exc.errors(include_url=False), root="events")
         try:
-            stored = await store_events(state.redis, batch, settings.history_ttl_s)
+            stored = await state.events.store(batch)
         except (RedisError, OSError) as exc:
             ERRORS.labels(type=f"events_{type(exc).__name__}").inc()
             return _json({"detail": "events could not be stored; retry"}, 503, {"Retry-After": "1"})
-        for ev in batch:
-            EVENTS.labels(action=ev.action).inc()
+        for action, n in Counter(ev.action for ev in batch).items():
+            EVENTS.labels(action=action).inc(n)
         REQUEST_LATENCY.labels(endpoint="/events", task="").observe(time.perf_counter() - started)
         return _json({"accepted": stored}, 202)
 
