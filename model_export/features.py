@@ -113,8 +113,11 @@ class FeatureEncoder:
         inter = (g_src & g_cand).sum(1)
         union = (g_src | g_cand).sum(1)
         titles, queries = t.norm_titles, ctx.queries
-        match = np.array([_match(queries[c], titles[e]) for c, e in zip(cand_ctx.tolist(), cand.tolist())],
-                         np.float32).reshape(-1, 2)  # fmt: skip
+        match = np.zeros((len(cand), 2), np.float32)
+        with_query = np.flatnonzero(np.array([bool(q) for q in queries], bool)[cand_ctx])
+        if with_query.size:  # prequery contexts have no query: nothing to match
+            pairs = zip(cand_ctx[with_query].tolist(), cand[with_query].tolist())
+            match[with_query] = np.array([_match(queries[c], titles[e]) for c, e in pairs], np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
         items = t.item_factors[cand]
         dense = np.stack(

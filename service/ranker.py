@@ -52,8 +52,14 @@ class RankResult:
 
 def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
     """Items by score descending, ties broken by entity id, encoded as a JSON array."""
-    order = np.lexsort((np.asarray(ids), -scores))[:k]
-    return orjson.dumps([{"entity_id": ids[i], "score": float(scores[i])} for i in order])
+    if k < len(scores):
+        threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= threshold).tolist()  # k, or a few more when scores tie
+    else:
+        keep = range(len(scores))
+    values = scores.tolist()
+    order = sorted(keep, key=lambda i: (-values[i], ids[i]))[:k]
+    return orjson.dumps([{"entity_id": ids[i], "score": values[i]} for i in order])
 
 
 class Ranker:
