@@ -34,7 +34,7 @@ bench: venv $(BUNDLE)/manifest.json
 	$(BIN)/unirank bench --bundle $(BUNDLE)
 
 bench-quick: venv $(BUNDLE)/manifest.json
-	$(BIN)/unirank bench --bundle $(BUNDLE) --quick
+	$(BIN)/unirank bench --bundle $(BUNDLE) --quick --check
 
 clean:
 	rm -rf $(VENV) artifacts results *.egg-info

@@ -54,12 +54,16 @@ def _drive(url: str, path: str, bodies: Path, concurrency: int, duration: float,
     return json.loads(out.read_text())
 
 
+def model_width(spec: dict, n_dense: int) -> int:
+    return spec["ctx_dim"] + spec["dim"] * (2 if spec["interaction"] else 1) + 8 + 16 + n_dense
+
+
 def flops_per_candidate(spec: dict, n_dense: int) -> int:
-    """Multiply-adds x 2 of the per-candidate part of the model (cross layers, residual MLP, head)."""
-    width = spec["hidden"] + spec["dim"] + 8 + 16 + n_dense
-    cross = spec["cross_layers"] * 2 * width * width
+    """2 x multiply-adds of the per-candidate part of the model (cross layers, residual MLP, head)."""
+    width, rank = model_width(spec, n_dense), spec["cross_rank"]
+    per_cross = 2 * (2 * width * rank) if 0 < rank < width // 2 else 2 * width * width
     mlp = spec["mlp_blocks"] * 2 * (2 * width * spec["hidden"])
-    return cross + mlp + 2 * width
+    return spec["cross_layers"] * per_cross + mlp + 2 * width
 
 
 def numpy_matmul_flops(width: int, rows: int = 200, seconds: float = 1.0) -> float:
@@ -142,7 +146,7 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
     spec = manifest["model"]
     n_dense = len(manifest["features"]["dense"])
     achieved = scenarios["rank_200"]["rps"] * 200 * flops_per_candidate(spec, n_dense)
-    numpy_flops = numpy_matmul_flops(spec["hidden"] + spec["dim"] + 8 + 16 + n_dense)
+    numpy_flops = numpy_matmul_flops(model_width(spec, n_dense))
     result = {
         "machine": machine() | {"server_cpus": sorted(server_cpus or []), "loadgen_cpus": sorted(load_cpus or [])},
         "bundle": {"version": manifest["version"], "personalization": manifest["personalization"]},
@@ -166,6 +170,27 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
     plot(result, out_dir / f"bench-{stamp}.png")
     result["files"] = {"json": str(path), "markdown": str(out_dir / f"bench-{stamp}.md"), "plot": str(out_dir / f"bench-{stamp}.png")}
     return result
+
+
+SCENARIOS = ("ceiling", "keystroke_hit", "keystroke_miss", "rank_200", "naive_200", "events")
+SCENARIO_FIELDS = ("rps", "p50_ms", "p95_ms", "p99_ms", "errors", "concurrency")
+
+
+def completeness_problems(r: dict) -> list[str]:
+    """What a CI smoke run checks: every scenario and ratio present, traffic flowed, zero errors."""
+    problems = [f"missing key {k}" for k in ("machine", "scenarios", "ratios", "scoring_efficiency") if k not in r]
+    for name in SCENARIOS:
+        s = r.get("scenarios", {}).get(name)
+        if s is None:
+            problems.append(f"missing scenario {name}")
+            continue
+        problems += [f"{name}: missing {f}" for f in SCENARIO_FIELDS if f not in s]
+        if s.get("errors", 1) != 0:
+            problems.append(f"{name}: {s.get('errors')} errors")
+        if not s.get("rps", 0) > 0:
+            problems.append(f"{name}: no successful requests")
+    problems += [f"missing ratio {k}" for k in ("keystroke_hit_vs_ceiling", "rank_200_vs_naive_200") if k not in r.get("ratios", {})]
+    return problems
 
 
 def check_targets(r: dict) -> dict:

@@ -88,6 +88,24 @@ def test_repeated_keystrokes_hit_the_cache(client):
     assert client.post("/rank", json=full | {"candidates": ["e000001"]}).json()["cache"] == "bypass"
 
 
+def test_replicas_share_rankings_through_redis(client, bundle_dir, redis_url):
+    """A second replica on the same Redis serves the first one's ranking from Redis (not its memory)."""
+    body = {"task": "search", "country": "FR", "query": "ca", "k": 3 + uuid.uuid4().int % 400, "personalization": "cluster"}
+    first = client.post("/rank", json=body).json()
+    replica = LiveServer(bundle_dir, redis_url)
+    try:
+        replica.wait_ready()
+        before = _metric(replica.client, "unirank_cache_layer_hits_total", {"layer": "redis"})
+        shared = replica.client.post("/rank", json=body).json()
+        assert (first["cache"], shared["cache"]) == ("miss", "hit") and shared["items"] == first["items"]
+        assert _metric(replica.client, "unirank_cache_layer_hits_total", {"layer": "redis"}) == before + 1
+        # ... and keeps it in its own memory for the next keystroke.
+        replica.client.post("/rank", json=body)
+        assert _metric(replica.client, "unirank_cache_layer_hits_total", {"layer": "local"}) >= 1
+    finally:
+        replica.stop()
+
+
 def _metric(client, name, labels):
     text = client.get("/metrics").text
     pattern = re.escape(name) + r"\{" + ",".join(f'{k}="{re.escape(v)}"' for k, v in labels.items()) + r"\} ([0-9.e+]+)"
@@ -131,6 +149,21 @@ def test_events_change_the_next_ranking_for_that_user(client, tables):
     assert [(i["entity_id"], i["score"]) for i in after] != [(i["entity_id"], i["score"]) for i in before]
     # Users of a cluster share cached results; the cluster level ignores the live history.
     assert rank(client, **body | {"personalization": "none"})["items"] == rank(client, **body | {"personalization": "none"})["items"]
+
+
+def test_events_land_in_redis_newest_first_and_capped(client, redis_url):
+    import redis
+
+    user = f"u-store-{uuid.uuid4().hex[:8]}"
+    clicks = [{"user_id": user, "task": "search", "entity_id": f"e{n:06d}", "action": "click", "ts": 1e9 + n} for n in range(60)]
+    batch = clicks[::-1] + [{"user_id": user, "task": "prequery", "entity_id": "e000001", "action": "impression"}]
+    assert client.post("/events", json=batch).json() == {"accepted": 61}
+    r = redis.Redis.from_url(redis_url)
+    history = [x.decode() for x in r.lrange(f"ur:hist:{user}", 0, -1)]
+    assert history == [f"e{n:06d}" for n in range(59, 9, -1)]  # the 50 most recent clicks, newest first
+    counters = {k.decode(): int(v) for k, v in r.hgetall(f"ur:cnt:{user}").items()}
+    assert counters == {"click": 60, "search:click": 60, "impression": 1, "prequery:impression": 1}
+    assert 0 < r.ttl(f"ur:hist:{user}") and 0 < r.ttl(f"ur:cnt:{user}")
 
 
 def test_events_accept_impressions_and_plays(client):

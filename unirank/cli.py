@@ -127,13 +127,17 @@ def bench(
     bundle: Annotated[Path, typer.Option(help="Bundle to serve")] = Path("artifacts/demo"),
     quick: Annotated[bool, typer.Option(help="Short run (under 2 minutes), no concurrency sweep")] = False,
     out: Annotated[Path, typer.Option(help="Where results go")] = Path("results"),
+    check: Annotated[bool, typer.Option(help="Exit 1 unless the JSON is complete and no scenario had errors")] = False,
 ) -> None:
     """One run: Redis + the service + the naive reference, every scenario, JSON + table + PNG."""
-    from loadtest.bench import format_table, run_bench
+    from loadtest.bench import completeness_problems, format_table, run_bench
 
     result = run_bench(bundle, quick, out)
     typer.echo(format_table(result))
     typer.echo(f"written: {', '.join(result['files'].values())}")
+    if check and (problems := completeness_problems(json.loads(Path(result["files"]["json"]).read_text()))):
+        typer.echo("bench check failed: " + "; ".join(problems), err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
