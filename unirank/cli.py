@@ -72,6 +72,27 @@ def evaluate(
     typer.echo(f"written to {json_out}")
 
 
+@app.command()
+def study(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset in the event schema (default: synthetic, generated)")] = None,
+    quick: Annotated[bool, typer.Option(help="Small data, one seed, two epochs: a smoke test")] = False,
+    out: Annotated[Path, typer.Option(help="Where results/study-<timestamp>/ goes")] = Path("results"),
+    seeds: Annotated[int, typer.Option(help="Seeds per trained row")] = 3,
+) -> None:
+    """Unified vs separate models, personalization lift, ablations and baselines, with paired tests."""
+    from model_export.study import run_study
+    from model_export.synth import SynthParams, generate
+
+    if data is None:
+        data = Path("artifacts/study-quick-data" if quick else "artifacts/study-data")
+        if not (data / "events.parquet").exists():
+            params = SynthParams(users=1_500, entities=800, events=80_000, seed=0) if quick else \
+                SynthParams(users=12_000, entities=4_000, events=500_000, seed=0)  # fmt: skip
+            generate(params, data)
+    path = run_study(data, out, seeds=(0,) if quick else tuple(range(seeds)), epochs=2 if quick else 6, log=typer.echo)
+    typer.echo((path / "report.md").read_text())
+
+
 @app.command("build-demo")
 def build_demo(
     out: Annotated[Path, typer.Option(help="Bundle directory")] = Path("artifacts/demo"),

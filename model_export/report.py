@@ -1,0 +1,89 @@
+"""The study's report: a markdown file with the main table, the lifts, the paired tests and a verdict
+on each target, and PNG bar charts (NDCG@10 per task and row, with the spread over seeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model_export.evaluate import METRICS
+
+TASKS = ("search", "prequery", "more_like_this")
+
+
+def targets(result: dict) -> list[tuple[str, bool, str]]:
+    rows = result["rows"]
+    nd = lambda row, task: rows[row][task]["ndcg@10"] if task in rows.get(row, {}) else float("nan")  # noqa: E731
+    out = []
+    for task in TASKS:
+        u, s = nd("unified (full)", task), nd("separate per task (full)", task)
+        out.append((f"unified >= separate on {task}", u >= s, f"{u:.4f} vs {s:.4f}"))
+    for task, need in (("search", 0.07), ("prequery", 0.10), ("more_like_this", 0.10)):
+        f, n = nd("unified (full)", task), nd("unified (none)", task)
+        out.append((f"full >= +{need:.0%} over none on {task}", f / n - 1 >= need, f"{f / n - 1:+.1%}"))
+    for task in TASKS:
+        u = nd("unified (full)", task)
+        lgbm = nd("lightgbm lambdamart", task)
+        other = nd("bm25", task) if task == "search" else nd("implicit als", task)
+        name = "BM25" if task == "search" else "ALS"
+        out.append((f"unified >= LightGBM on {task}", u >= lgbm, f"{u:.4f} vs {lgbm:.4f}"))
+        out.append((f"unified >= {name} on {task}", u >= other, f"{u:.4f} vs {other:.4f}"))
+    return out
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    lines = [f"# unirank study — {result['data']}", "",
+             f"Seeds {result['seeds']}, {result['epochs']} epochs max, finished in {result['seconds']:.0f}s. "
+             "Mean over seeds (± std over seeds where a row was trained per seed).", ""]  # fmt: skip
+    if result.get("generator"):
+        lines += ["Generator parameters (fixed before the study): `" + str(result["generator"]["params"]) + "`", ""]
+    for task in TASKS:
+        lines += [f"## {task}", "", "| row | " + " | ".join(METRICS) + " | requests |", "|---|" + "---|" * (len(METRICS) + 1)]
+        for name, per_task in rows.items():
+            if task not in per_task:
+                continue
+            r = per_task[task]
+            cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else f"{r[m]:.4f}" for m in METRICS]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['requests']} |")
+        lines.append("")
+    lines += ["## Paired tests (per-request NDCG@10, averaged over seeds)", "",
+              "| a | b | task | NDCG a | NDCG b | a − b | relative | 95% CI (bootstrap) | p (paired t) |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in result["paired_tests"]:
+        lines.append(f"| {t['a']} | {t['b']} | {t['task']} | {t['ndcg_a']:.4f} | {t['ndcg_b']:.4f} | {t['diff']:+.4f} | "
+                     f"{t['relative']:+.1%} | [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}] | {t['p_value']:.2g} |")  # fmt: skip
+    lines += ["", "## Targets", ""]
+    lines += [f"- {'met' if ok else 'MISSED'}: {name} ({detail})" for name, ok, detail in targets(result)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), sharey=False)
+    for ax, task in zip(axes, TASKS):
+        names = [n for n in rows if task in rows[n]]
+        means = [rows[n][task]["ndcg@10"] for n in names]
+        stds = [rows[n][task]["ndcg@10_std"] for n in names]
+        colors = ["tab:blue" if n.startswith("unified (full)") else "tab:gray" if n in ("popularity", "bm25", "implicit als", "lightgbm lambdamart") else "tab:orange" for n in names]
+        ax.barh(np.arange(len(names)), means, xerr=stds, color=colors)
+        ax.set_yticks(np.arange(len(names)), names)
+        ax.invert_yaxis()
+        lo = min(means) * 0.9
+        ax.set_xlim(lo, max(means) * 1.03)
+        ax.set_title(f"{task}: NDCG@10")
+    fig.suptitle("unirank study (blue: the unified model; orange: variants; gray: baselines)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(result: dict, out: Path) -> None:
+    (out / "report.md").write_text(markdown(result))
+    plot(result, out / "ndcg.png")

@@ -1,0 +1,174 @@
+"""`unirank study`: does the research's claim hold on these logs? Same splits, same feature tables,
+same test requests for every row:
+
+- the unified model vs one model per task (each trained only on its task's rows);
+- personalization none / cluster / full;
+- ablations: imputation off, feature crossing off (MLP only), task feature off;
+- baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART.
+
+Every trained row is repeated over seeds; the report gives the mean and spread and, for the headline
+comparisons, a paired test on per-request NDCG@10 (t-test and a bootstrap interval of the difference).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from model_export.baselines import als_scores, bm25_scores, lambdamart_scores
+from model_export.data import Dataset
+from model_export.evaluate import METRICS, per_task, popularity_scores
+from model_export.features import FeatureEncoder
+from model_export.splits import Encoded, click_log, encode_split
+from model_export.tables import FeatureTables
+from model_export.train import TrainConfig, fit, predict
+
+TASKS = ("search", "prequery", "more_like_this")
+REFERENCE = "unified (full)"
+
+
+@dataclass(frozen=True)
+class Variant:
+    level: str = "full"
+    impute: bool = True
+    separate: bool = False
+    cross_layers: int | None = None
+    task_feature: bool = True
+
+
+VARIANTS = {
+    REFERENCE: Variant(),
+    "separate per task (full)": Variant(separate=True),
+    "unified (none)": Variant(level="none"),
+    "unified (cluster)": Variant(level="cluster"),
+    "no imputation": Variant(impute=False),
+    "no feature crossing": Variant(cross_layers=0),
+    "no task feature": Variant(task_feature=False),
+}
+# (comparison row, the row it is compared with, tasks)
+HEADLINES = [
+    (REFERENCE, "separate per task (full)", TASKS),
+    (REFERENCE, "unified (none)", TASKS),
+    (REFERENCE, "lightgbm lambdamart", TASKS),
+    (REFERENCE, "bm25", ("search",)),
+    (REFERENCE, "implicit als", ("prequery", "more_like_this")),
+]
+
+
+def task_subset(enc: Encoded, task: str) -> Encoded:
+    """The rows of one task; contexts stay whole (cand_ctx still points into them)."""
+    rows = np.flatnonzero(enc.row_task == task)
+    inputs = dict(enc.inputs) | {k: enc.inputs[k][rows] for k in ("cand_ids", "cand_genres", "cand_dense", "cand_ctx")}
+    return Encoded(inputs, enc.labels[rows], enc.played[rows], enc.row_task[rows], enc.requests)
+
+
+class Study:
+    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int, log=print):
+        self.log = log
+        self.seeds, self.epochs = seeds, epochs
+        self.dataset = Dataset.load(data_dir)
+        self.tables = FeatureTables.build(self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0)
+        self._encoded: dict[tuple[str, bool], tuple[Encoded, Encoded, Encoded]] = {}
+        self._clicks = None
+
+    def encoded(self, level: str, impute: bool) -> tuple[Encoded, Encoded, Encoded]:
+        key = (level, impute)
+        if key not in self._encoded:
+            encoder = FeatureEncoder(self.tables, level)
+            if level == "full" and self._clicks is None:
+                self._clicks = click_log(encoder, self.dataset)
+            clicks = self._clicks if level == "full" else None
+            self._encoded[key] = tuple(encode_split(encoder, self.dataset, s, TASKS, impute, clicks)  # type: ignore[assignment]
+                                       for s in ("fit", "validation", "test"))  # fmt: skip
+        return self._encoded[key]
+
+    def _config(self, v: Variant, seed: int) -> TrainConfig:
+        cfg = TrainConfig(personalization=v.level, epochs=self.epochs, seed=seed, impute=v.impute, task_feature=v.task_feature)
+        return replace(cfg, cross_layers=v.cross_layers) if v.cross_layers is not None else cfg
+
+    def scores(self, v: Variant, seed: int) -> np.ndarray:
+        fit_enc, val_enc, test_enc = self.encoded(v.level, v.impute)
+        quiet = lambda *_: None  # noqa: E731
+        if not v.separate:
+            model, _ = fit(self.tables, fit_enc, val_enc, self._config(v, seed), quiet)
+            return predict(model, test_enc)
+        out = np.zeros(len(test_enc), np.float32)
+        for task in TASKS:
+            cfg = replace(self._config(v, seed), tasks=(task,))
+            model, _ = fit(self.tables, task_subset(fit_enc, task), task_subset(val_enc, task), cfg, quiet)
+            out[test_enc.row_task == task] = predict(model, task_subset(test_enc, task))
+        return out
+
+    def run(self) -> dict:
+        """{row: {task: {metric: [per-request array per seed]}}}"""
+        from tqdm import tqdm
+
+        fit_enc, val_enc, test = self.encoded("full", True)
+        per_seed: dict[str, list[dict]] = {}
+        jobs = [(name, v, s) for name, v in VARIANTS.items() for s in self.seeds]
+        for name, v, seed in tqdm(jobs, desc="study", unit="model"):
+            per_seed.setdefault(name, []).append(per_task(test, self.scores(v, seed), TASKS))
+        per_seed["lightgbm lambdamart"] = [per_task(test, lambdamart_scores(fit_enc, val_enc, test, s), TASKS) for s in self.seeds]
+        per_seed["popularity"] = [per_task(test, popularity_scores(self.tables, test), TASKS)]
+        per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
+        per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), ("prequery", "more_like_this"))]
+        return per_seed
+
+
+def summarise(per_seed: dict[str, list[dict]]) -> dict:
+    """Mean over seeds of each metric's per-request mean, with the spread (std over seeds)."""
+    rows = {}
+    for name, seeds in per_seed.items():
+        rows[name] = {}
+        for task in seeds[0]:
+            means = {m: [float(np.nanmean(s[task][m])) for s in seeds] for m in METRICS}
+            rows[name][task] = {m: float(np.mean(v)) for m, v in means.items()} | {
+                f"{m}_std": float(np.std(v)) for m, v in means.items()} | {"seeds": len(seeds), "requests": len(seeds[0][task]["mrr"])}  # fmt: skip
+    return rows
+
+
+def paired_tests(per_seed: dict[str, list[dict]], n_boot: int = 2000) -> list[dict]:
+    """Per-request NDCG@10 (averaged over seeds) of row a minus row b, on the same test requests."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    out = []
+    for a, b, tasks in HEADLINES:
+        for task in tasks:
+            xa = np.mean([s[task]["ndcg@10"] for s in per_seed[a]], axis=0)
+            xb = np.mean([s[task]["ndcg@10"] for s in per_seed[b]], axis=0)
+            diff = xa - xb
+            boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+            out.append({"a": a, "b": b, "task": task, "ndcg_a": float(xa.mean()), "ndcg_b": float(xb.mean()),
+                        "diff": float(diff.mean()), "relative": float(diff.mean() / max(xb.mean(), 1e-12)),
+                        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                        "p_value": float(stats.ttest_rel(xa, xb).pvalue), "requests": int(len(diff))})  # fmt: skip
+    return out
+
+
+def run_study(data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 1, 2), epochs: int = 6, log=print) -> Path:
+    from model_export.report import write_report
+
+    started = time.perf_counter()
+    study = Study(Path(data_dir), tuple(seeds), epochs, log)
+    per_seed = study.run()
+    synth = Path(data_dir) / "synth.json"
+    result = {
+        "data": str(data_dir),
+        "generator": json.loads(synth.read_text()) if synth.exists() else None,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "rows": summarise(per_seed),
+        "paired_tests": paired_tests(per_seed),
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(out_root) / f"study-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(result, indent=2))
+    write_report(result, out)
+    log(f"study written to {out} in {result['seconds']:.0f}s")
+    return out
