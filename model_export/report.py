@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.evaluate import METRICS
-
-TASKS = ("search", "prequery", "more_like_this")
+from model_export.study import TASKS
 
 
 def targets(result: dict) -> list[tuple[str, bool, str]]:

@@ -67,8 +67,7 @@ def task_subset(enc: Encoded, task: str) -> Encoded:
 
 
 class Study:
-    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int, log=print):
-        self.log = log
+    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int):
         self.seeds, self.epochs = seeds, epochs
         self.dataset = Dataset.load(data_dir)
         self.tables = FeatureTables.build(self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0)
@@ -154,7 +153,7 @@ def run_study(data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 
     from model_export.report import write_report
 
     started = time.perf_counter()
-    study = Study(Path(data_dir), tuple(seeds), epochs, log)
+    study = Study(Path(data_dir), tuple(seeds), epochs)
     per_seed = study.run()
     synth = Path(data_dir) / "synth.json"
     result = {
