@@ -124,6 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="unirank", version="0.1.0", lifespan=lifespan, docs_url="/docs")
     app.state.unirank = state
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        """A bug must still answer JSON and be counted (the error-ratio alert reads the counter)."""
+        ERRORS.labels(type="internal").inc()
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _json({"detail": "internal error"}, 500)
+
     def not_ready() -> Response:
         return _json({"detail": f"model not loaded: {state.load_error}"}, 503, {"Retry-After": "1"})
 

