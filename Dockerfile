@@ -7,7 +7,7 @@
 #   gpu                the service on CUDA: onnxruntime-gpu on NVIDIA's CUDA runtime + cuDNN
 #   loadtest           locust with loadtest/locustfile.py and the demo bundle's tables
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 # --- the service's virtualenv (no torch) -------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS service-venv
@@ -70,11 +70,12 @@ ENTRYPOINT ["locust", "-f", "/src/loadtest/locustfile.py"]
 
 # --- gpu: onnxruntime-gpu (CUDA execution provider) on the CUDA runtime with cuDNN --------------------
 FROM ${CUDA_IMAGE} AS gpu
-ARG ORT_GPU_VERSION=1.22.0
+# the version measured in docs/gpu.md; built against CUDA 13 and cuDNN 9
+ARG ORT_GPU_VERSION=1.31.1
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
-    UNIRANK_HOST=0.0.0.0 UNIRANK_PORT=8000 UNIRANK_WORKERS=1 UNIRANK_BUNDLE=/bundle \
-    UNIRANK_EXECUTION_PROVIDER=cuda
+    UNIRANK_HOST=0.0.0.0 UNIRANK_PORT=8000 UNIRANK_WORKERS=4 UNIRANK_BUNDLE=/bundle \
+    UNIRANK_EXECUTION_PROVIDER=cuda UNIRANK_MICRO_BATCH=true
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \

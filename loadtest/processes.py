@@ -59,7 +59,8 @@ class RedisServer:
 class AppServer:
     """A uvicorn process serving `app` (an import string of a factory); `cpus` pins it (Linux)."""
 
-    def __init__(self, app: str, env: dict[str, str], cpus: set[int] | None = None, log_level: str = "warning"):
+    def __init__(self, app: str, env: dict[str, str], cpus: set[int] | None = None, log_level: str = "warning",
+                 workers: int = 1):  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = os.environ | env
@@ -67,7 +68,7 @@ class AppServer:
         preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus and hasattr(os, "sched_setaffinity") else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app, "--factory", "--port", str(self.port), "--log-level", log_level,
-             "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
+             "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--workers", str(workers)],
             cwd=ROOT, env=full_env, preexec_fn=preexec,
         )  # fmt: skip
         self.client = httpx.Client(base_url=self.url, timeout=30)

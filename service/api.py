@@ -117,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.loader = asyncio.create_task(state.load_bundle_when_present())
         yield
         state.loader.cancel()
+        if state.bundle and state.bundle.batcher:
+            state.bundle.batcher.close()
         await state.redis.aclose()
         if state.embedded:
             state.embedded.close()
@@ -152,7 +154,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return validation_error([{"loc": ("personalization",), "msg": str(exc), "type": "unsupported"}])
         timings = Timings(started)
         timings.add("context", started)
-        result = await state.ranker.rank(req, rc, timings)
+        batcher = state.bundle.batcher
+        if batcher is None:
+            result = await state.ranker.rank(req, rc, timings)
+        else:
+            batcher.enter()
+            try:
+                result = await state.ranker.rank(req, rc, timings)
+            finally:
+                batcher.leave()
         REQUEST_LATENCY.labels(endpoint="/rank", task=req.task).observe(time.perf_counter() - started)
         return Response(result.body, media_type=JSON, headers={"Server-Timing": timings.server_timing()})
 
@@ -217,7 +227,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return not_ready()
         m, scorer = state.bundle.manifest, state.bundle.scorer
         keys = ("version", "content_hash", "created", "personalization", "tasks", "features", "imputation", "metrics", "training_data")
+        batcher = state.bundle.batcher
+        batching = {"on": batcher is not None} | ({"window_ms": batcher.window_s * 1000, "max_candidates": batcher.max_candidates,
+                                                   "batches": batcher.batches, "requests": batcher.requests} if batcher else {})
         return _json({k: m.get(k) for k in keys} | {"execution_provider": scorer.provider, "device": scorer.device,
+                                                      "io_binding": scorer.io_binding, "micro_batching": batching,
                                                       "bundle": str(state.bundle.path)})  # fmt: skip
 
     @app.get("/metrics")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.tables import FeatureTables
+from service.batching import MicroBatcher
 from service.features import ServingFeatures
 from service.retrieval import Retriever
 from service.scoring import Scorer
@@ -30,6 +31,13 @@ class LoadedBundle:
     scorer: Scorer
     retriever: Retriever
     features: ServingFeatures
+    batcher: MicroBatcher | None = None
+
+    async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Scores through the micro-batcher when it is on, else in one call right here."""
+        if self.batcher is not None:
+            return await self.batcher.score(inputs)
+        return self.scorer.score(inputs)
 
     @property
     def version(self) -> str:
@@ -54,12 +62,17 @@ class LoadedBundle:
             path=path,
             manifest=manifest,
             tables=tables,
-            scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads),
+            scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
+                          settings.cuda_io_binding),
             retriever=Retriever(tables, settings.retrieval_limit),
             features=ServingFeatures(tables, manifest["personalization"]),
         )
         bundle._warm_up()
-        log.info("bundle %s loaded from %s (personalization %s, %s)", bundle.version, path, bundle.level, bundle.scorer.provider)
+        batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"
+        if batching:
+            bundle.batcher = MicroBatcher(bundle.scorer.score, settings.micro_batch_window_ms / 1000, settings.micro_batch_max_candidates)
+        log.info("bundle %s loaded from %s (personalization %s, %s on %s, micro-batching %s)", bundle.version, path,
+                 bundle.level, bundle.scorer.provider, bundle.scorer.device, "on" if batching else "off")  # fmt: skip
         return bundle
 
     def _warm_up(self) -> None:

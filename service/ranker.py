@@ -81,7 +81,7 @@ class Ranker:
                 ids = [i for i in ids if i != rc.unified.source_entity_id]
             cand = self.b.features.encoder.entity_indices(ids)
             hist = await self._history(rc, timings) if rc.level == "full" else None
-            items, status = self._score(rc, cand, ids, req.k, hist, timings), "bypass"
+            items, status = await self._score(rc, cand, ids, req.k, hist, timings), "bypass"
         elif rc.level != "full":
             key = rc.cache_key(self.b.version, req.k)
             items = await self.cache.get(key)
@@ -93,7 +93,7 @@ class Ranker:
             cand, status = await self._stage_one(rc, timings)
             hist = await self._history(rc, timings)
             ids = [self.b.tables.entity_ids[i] for i in cand.tolist()]
-            items = self._score(rc, cand, ids, req.k, hist, timings)
+            items = await self._score(rc, cand, ids, req.k, hist, timings)
         CACHE.labels(result=status).inc()
         body = b'{"items":' + items + self._head + rc.unified.task.encode() + b'","cache":"' + status.encode() + b'"'
         if req.explain:
@@ -112,24 +112,24 @@ class Ranker:
         timings.add("retrieval", t)
         return cand
 
-    def _score_array(self, rc: RequestContext, cand: np.ndarray, hist: np.ndarray | None, timings: Timings) -> np.ndarray:
+    async def _score_array(self, rc: RequestContext, cand: np.ndarray, hist: np.ndarray | None, timings: Timings) -> np.ndarray:
         t = time.perf_counter()
         CANDIDATES.labels(task=rc.unified.task).observe(len(cand))
         if len(cand) == 0:
             return np.zeros(0, np.float32)
         inputs = self.b.features.inputs(rc, cand, hist)
         t = timings.add("features", t)
-        scores = self.b.scorer.score(inputs)
+        scores = await self.b.score(inputs)
         timings.add("inference", t)
         return scores
 
-    def _score(self, rc, cand, ids, k, hist, timings) -> bytes:
-        return top_k(self._score_array(rc, cand, hist, timings), ids, k)
+    async def _score(self, rc, cand, ids, k, hist, timings) -> bytes:
+        return top_k(await self._score_array(rc, cand, hist, timings), ids, k)
 
     async def _compute_and_store(self, rc: RequestContext, k: int, key: str, timings: Timings) -> bytes:
         cand = self._retrieve(rc, timings)
         ids = [self.b.tables.entity_ids[i] for i in cand.tolist()]
-        items = self._score(rc, cand, ids, k, None, timings)
+        items = await self._score(rc, cand, ids, k, None, timings)
         await self.cache.set(key, items)
         return items
 
@@ -145,7 +145,7 @@ class Ranker:
         async def compute() -> bytes:
             cand = self._retrieve(rc, timings)
             cluster_rc = RequestContext(rc.unified, "cluster", 0, rc.cluster, rc.country, rc.source)
-            scores = self._score_array(cluster_rc, cand, None, timings)
+            scores = await self._score_array(cluster_rc, cand, None, timings)
             keep = cand[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
             value = keep.astype(np.int32).tobytes()
             await self.cache.set(key, value)

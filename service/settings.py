@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     history_ttl_s: int = Field(30 * 86400, description="TTL of a user's recent history and counters")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="onnxruntime provider")
     intra_op_threads: int = Field(1, description="onnxruntime intra-op threads per worker")
+    cuda_io_binding: bool = Field(False, description="On CUDA, copy inputs into device buffers allocated once per size")
+    micro_batch: bool | None = Field(None, description="Score concurrent requests in one call; unset: on with CUDA only")
+    micro_batch_window_ms: float = Field(1.0, ge=0, description="How long a request may wait for others to join its batch")
+    micro_batch_max_candidates: int = Field(16_384, ge=1, description="Candidates per batched inference call, at most")
     retrieval_limit: int = Field(200, description="Candidates retrieved per request when none are given")
     stage_one_size: int = Field(100, description="Cluster-level candidates kept for re-scoring with 'full'")
     max_candidates: int = 1000

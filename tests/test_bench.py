@@ -35,3 +35,21 @@ def test_flops_per_candidate_counts_the_per_candidate_matmuls_of_the_model():
     per_candidate = ("cross", "mlp", "head")
     weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith(per_candidate) and n.endswith("weight") and p.dim() == 2)
     assert flops_per_candidate(spec.to_dict(), len(DENSE_FEATURES)) == 2 * weights
+
+
+def test_scoring_bench_measures_every_provider_of_this_machine(bundle_dir, tmp_path):
+    import json
+
+    import onnxruntime
+
+    from loadtest.accel_bench import run_scoring
+
+    result = run_scoring(bundle_dir, sizes=(1, 300), out_dir=tmp_path)
+    written = json.loads(open(result["files"]["json"]).read())
+    configs = {row["config"] for row in written["rows"]}
+    assert {"cpu_1_thread"} <= configs and all(row["candidates_per_s"] > 0 for row in written["rows"])
+    assert len(written["rows"]) == 2 * len(configs)
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert any(c.startswith("cuda") for c in configs) is has_cuda
+    assert bool(written["ratios"]) is has_cuda  # CUDA vs CPU ratios exist only where CUDA does
+    assert (tmp_path / result["files"]["plot"].split("/")[-1]).stat().st_size > 0

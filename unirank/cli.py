@@ -171,6 +171,38 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command("bench-scoring")
+def bench_scoring(
+    bundle: Annotated[Path, typer.Option(help="Bundle whose model is scored")] = Path("artifacts/demo"),
+    sizes: Annotated[str, typer.Option(help="Candidates per call, comma-separated")] = "1,10,100,1000,10000,100000",
+    out: Annotated[Path, typer.Option(help="Where results go")] = Path("results"),
+) -> None:
+    """One onnxruntime call vs candidates per call: CPU EP (1 thread, all cores) and CUDA EP when present."""
+    from loadtest.accel_bench import run_scoring
+
+    result = run_scoring(bundle, tuple(int(x) for x in sizes.split(",")), out)
+    typer.echo(result["table"])
+    typer.echo(f"written: {', '.join(result['files'].values())}")
+
+
+@app.command("bench-batching")
+def bench_batching(
+    bundle: Annotated[Path, typer.Option(help="Bundle to serve")] = Path("artifacts/demo"),
+    provider: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated")] = "1,4,16,64",
+    duration: float = 8.0,
+    window_ms: float = 1.0,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes of the service")] = 1,
+    out: Annotated[Path, typer.Option(help="Where results go")] = Path("results"),
+) -> None:
+    """POST /rank throughput and latency with micro-batching on and off, at each concurrency."""
+    from loadtest.accel_bench import run_batching
+
+    result = run_batching(bundle, provider, tuple(int(x) for x in concurrency.split(",")), duration, window_ms, workers, out)
+    typer.echo(result["table"])
+    typer.echo(f"written: {', '.join(result['files'].values())}")
+
+
 @app.command()
 def latency(
     bundle: Annotated[Path, typer.Option(help="The bundle the service runs (for realistic request bodies)")] = Path("artifacts/demo"),

@@ -1,0 +1,150 @@
+"""Dynamic micro-batching: concurrent /rank requests share one onnxruntime call.
+
+The model takes B contexts and N candidates, each candidate pointing at its context (`cand_ctx`), so
+requests concatenate without padding: contexts and candidates are stacked, `cand_ctx` is offset, and
+the scores are split back by candidate counts. One inference runs at a time, in a worker thread (the
+event loop keeps parsing requests meanwhile). A batch is dispatched when
+
+- the device is free and the oldest waiting request has waited `window_s` (0: at once), or
+- the device is free and the waiting requests hold `max_candidates` candidates or more, or
+- the device is free and every request in flight in this worker is waiting (nobody else could join:
+  a lone request on an idle service pays no window).
+
+So a request waits at most the window, or, when an inference was already running as the window ran
+out, until that one inference finished; then its own batch runs. Requests that arrive while the device
+is busy join the next batch: the busier the service, the bigger the batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.metrics import BATCH_CANDIDATES, BATCH_REQUESTS, BATCH_WAIT
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass
+class _Waiting:
+    inputs: Inputs
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs["cand_ctx"])
+
+
+def concatenate(parts: list[Inputs]) -> tuple[Inputs, list[int]]:
+    """One model input from several requests' inputs, and the candidate count of each."""
+    sizes = [len(p["cand_ctx"]) for p in parts]
+    offsets = np.cumsum([0] + [len(p["ctx_ids"]) for p in parts[:-1]])
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "cand_ctx"}
+    merged["cand_ctx"] = np.concatenate([p["cand_ctx"] + o for p, o in zip(parts, offsets)])
+    return merged, sizes
+
+
+def split(scores: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(scores, np.cumsum(sizes)[:-1])
+
+
+class MicroBatcher:
+    """Collects concurrent score() calls into one `run(inputs)` call; see the module docstring."""
+
+    def __init__(self, run: Callable[[Inputs], np.ndarray], window_s: float, max_candidates: int):
+        self.run = run
+        self.window_s = window_s
+        self.max_candidates = max_candidates
+        self._waiting: list[_Waiting] = []
+        self._waiting_candidates = 0
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unirank-inference")
+        self.in_flight = 0  # requests between enter() and leave(): those that may still join (0: callers don't say)
+        self.batches = 0  # counters read by tests and /model
+        self.requests = 0
+
+    def enter(self) -> None:
+        """A request began (it may reach score() soon)."""
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        """A request ended; if the waiting ones were waiting only for it, dispatch them."""
+        self.in_flight -= 1
+        self._dispatch_if_due()
+
+    async def score(self, inputs: Inputs) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(inputs, loop.create_future())
+        self._waiting.append(waiting)
+        self._waiting_candidates += waiting.size
+        self._dispatch_if_due()
+        if self._waiting and self._timer is None and not self._busy:
+            self._timer = loop.call_at(loop.time() + self._time_left(), self._on_timer)
+        return await waiting.future
+
+    def _time_left(self) -> float:
+        return max(0.0, self.window_s - (time.perf_counter() - self._waiting[0].arrived))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch_if_due(window_over=True)  # loop timers may fire a little early: trust the timer
+
+    def _dispatch_if_due(self, window_over: bool = False) -> None:
+        if self._busy or not self._waiting:
+            return
+        everyone_waits = self.in_flight > 0 and len(self._waiting) >= self.in_flight
+        if not (window_over or everyone_waits or self._waiting_candidates >= self.max_candidates or self._time_left() <= 0):
+            return
+        batch, taken = [], 0
+        while self._waiting and (not batch or taken + self._waiting[0].size <= self.max_candidates):
+            item = self._waiting.pop(0)
+            batch.append(item)
+            taken += item.size
+        self._waiting_candidates -= taken
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._busy = True
+        now = time.perf_counter()
+        for item in batch:
+            BATCH_WAIT.observe(now - item.arrived)
+        BATCH_REQUESTS.observe(len(batch))
+        BATCH_CANDIDATES.observe(taken)
+        self.batches += 1
+        self.requests += len(batch)
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._run_batch, [item.inputs for item in batch])
+        done.add_done_callback(lambda f: self._finished(batch, f))
+
+    def _run_batch(self, parts: list[Inputs]) -> list[np.ndarray]:
+        if len(parts) == 1:
+            return [self.run(parts[0])]
+        merged, sizes = concatenate(parts)
+        return split(self.run(merged), sizes)
+
+    def _finished(self, batch: list[_Waiting], done: asyncio.Future) -> None:
+        self._busy = False
+        error = done.exception()
+        results = None if error else done.result()
+        for i, item in enumerate(batch):
+            if item.future.done():  # the request was cancelled (client went away)
+                continue
+            if error:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(results[i])
+        if self._waiting:
+            self._dispatch_if_due()
+            if self._waiting and not self._busy and self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_at(loop.time() + self._time_left(), self._on_timer)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
