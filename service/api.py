@@ -72,6 +72,7 @@ class State:
         self.settings = settings
         self.embedded: EmbeddedRedis | None = None
         self.redis = None
+        self.events_redis = None
         self.cache: RankCache | None = None
         self.events: EventStore | None = None
         self.bundle: LoadedBundle | None = None
@@ -112,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.embedded = await asyncio.to_thread(EmbeddedRedis)
             url = state.embedded.url
         state.redis = connect(url, settings.redis_timeout_s, settings.redis_max_connections)
-        state.events = EventStore(state.redis, settings.history_ttl_s)
+        # writes of accepted events get their own pool and a longer timeout than the keystroke path's reads
+        state.events_redis = connect(url, settings.events_timeout_s, settings.redis_max_connections)
+        state.events = EventStore(state.events_redis, settings.history_ttl_s)
         state.cache = RankCache(state.redis, settings.cache_ttl_s, settings.local_cache_size, settings.local_cache_ttl_s)
         state.loader = asyncio.create_task(state.load_bundle_when_present())
         yield
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.bundle and state.bundle.batcher:
             state.bundle.batcher.close()
         await state.redis.aclose()
+        await state.events_redis.aclose()
         if state.embedded:
             state.embedded.close()
 
@@ -232,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                    "batches": batcher.batches, "requests": batcher.requests} if batcher else {})
         return _json({k: m.get(k) for k in keys} | {"execution_provider": scorer.provider, "device": scorer.device,
                                                       "io_binding": scorer.io_binding, "micro_batching": batching,
+                                                      "rank_by": {"score": "click", "play": "play"}[scorer.output],
                                                       "bundle": str(state.bundle.path)})  # fmt: skip
 
     @app.get("/metrics")

