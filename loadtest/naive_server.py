@@ -40,7 +40,7 @@ def create_app() -> FastAPI:
         contexts = encoder.encode_contexts([ctx] * len(ids))  # one context row per candidate
         inputs = encoder.encode_candidates(contexts, cand, np.arange(len(ids)))
         with torch.no_grad():
-            scores = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).tolist()
+            scores = model.logits(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).sigmoid().tolist()
         ranked = sorted(zip(ids, scores), key=lambda p: (-p[1], p[0]))[: body.get("k", 20)]
         out = {"items": [{"entity_id": e, "score": s} for e, s in ranked], "task": body["task"]}
         return Response(json.dumps(out), media_type="application/json")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, INPUT_NAMES
+from model_export.model import output_names
 from model_export.tables import HISTORY_LENGTH
 from model_export.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
@@ -39,7 +40,7 @@ class ParityError(RuntimeError):
 
 # Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
 # assume they are equal and reuse buffers wrongly.
-DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}}
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}, "play": {0: "N"}}
 
 
 def _input_spec(batch: dict[str, np.ndarray]) -> list[dict]:
@@ -62,10 +63,13 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.nd
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, batch)[0]
+    got = session.run(None, batch)
     with torch.no_grad():
-        want = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES)).numpy()
-    diff = float(np.max(np.abs(got - want))) if len(want) else 0.0
+        want = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES))
+    want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
+    if len(got) != len(want):
+        raise ParityError(f"onnxruntime returns {len(got)} outputs, torch {len(want)}")
+    diff = max((float(np.max(np.abs(g - w))) for g, w in zip(got, want) if len(w)), default=0.0)
     if not diff <= PARITY_TOLERANCE:
         raise ParityError(f"onnxruntime and torch differ by {diff:.2e} (> {PARITY_TOLERANCE:.0e}); bundle not exported")
     return diff
@@ -96,8 +100,8 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         tuple(torch.from_numpy(batch[k]) for k in INPUT_NAMES),
         str(onnx_path),
         input_names=list(INPUT_NAMES),
-        output_names=["score"],
-        dynamic_axes=DYNAMIC_AXES,
+        output_names=output_names(model.spec),
+        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in INPUT_NAMES or k in output_names(model.spec)},
         opset_version=OPSET,
         dynamo=False,
     )
@@ -117,7 +121,8 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         "train_config": asdict(cfg) | {"tasks": list(cfg.tasks)},
         "model": model.spec.to_dict(),
         "onnx": {"file": "model.onnx", "opset": OPSET, "inputs": _input_spec(batch),
-                 "outputs": [{"name": "score", "dtype": "float32", "shape": ["N"]}]},  # fmt: skip
+                 "outputs": [{"name": n, "dtype": "float32", "shape": ["N"]} for n in output_names(model.spec)]},  # fmt: skip
+        "rank_by": cfg.rank_by,
         "features": {"ctx_ids": list(CTX_IDS), "cand_ids": list(CAND_IDS), "dense": list(DENSE_FEATURES),
                      "max_query_tokens": MAX_QUERY_TOKENS, "token_buckets": TOKEN_BUCKETS,
                      "history_length": HISTORY_LENGTH},  # fmt: skip

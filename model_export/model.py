@@ -3,6 +3,13 @@
 Embeddings for every categorical feature (task, country, user cluster, source entity, user, query
 tokens, target entity, kind, genres); the context tower runs once per context and is gathered for
 each candidate (`cand_ctx`), then DCN-v2 cross layers and a residual MLP score each candidate.
+
+Options from the related research, each off by default and a training flag:
+- `task_gate` (USR): a gate from the task embedding scales each feature group of the candidate vector;
+- `mmoe_experts` (UniSAR / MMoE): the MLP becomes shared experts mixed by one gate per task, with one
+  output head per task;
+- `play_head` (USR's global labels): a second head for P(play | click); the model then outputs both
+  P(click) ("score") and P(play) = P(click) x P(play | click) ("play"), trained on both labels.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ class ModelSpec:
     task_feature: bool = True
     interaction: bool = True  # context (x) target entity element-wise product (GMF) as an input
     user_embedding: bool = True  # learned user representations (personalization "full")
+    task_gate: bool = False
+    mmoe_experts: int = 0  # 0: one shared MLP and head
+    play_head: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,9 +73,56 @@ class ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
+N_TASKS = 4  # index 0: unknown
+
+
+def feature_groups(spec: ModelSpec) -> list[int]:
+    """Widths of the groups of the per-candidate vector: context, entity, [context x entity], kind, genres, dense."""
+    return [spec.ctx_dim, spec.dim] + ([spec.dim] if spec.interaction else []) + [8, 16, len(DENSE_FEATURES)]
+
+
 def model_width(spec: ModelSpec) -> int:
     """Width of the per-candidate vector: context, entity, context x entity, kind (8), genres (16), dense."""
-    return spec.ctx_dim + spec.dim * (2 if spec.interaction else 1) + 8 + 16 + len(DENSE_FEATURES)
+    return sum(feature_groups(spec))
+
+
+class TaskGate(nn.Module):
+    """Scenario-conditioned feature scaling: per task, a factor in (0, 2) for each feature group."""
+
+    def __init__(self, dim: int, groups: list[int]):
+        super().__init__()
+        self.gate = nn.Linear(dim, len(groups))
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)  # starts as the identity (2 * sigmoid(0) = 1)
+        self.register_buffer("column_group", torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(groups)))
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        scale = 2 * torch.sigmoid(self.gate(task))
+        return x * scale.index_select(1, self.column_group)
+
+
+class MMoE(nn.Module):
+    """Shared experts, one softmax gate per task over them, and one logit head per task."""
+
+    def __init__(self, width: int, hidden: int, experts: int, blocks: int):
+        super().__init__()
+        self.experts = nn.ModuleList(
+            nn.Sequential(*(ResidualBlock(width, hidden) for _ in range(blocks)), nn.LayerNorm(width)) for _ in range(experts)
+        )
+        self.gates = nn.Linear(width, experts * N_TASKS)
+        self.head_weight = nn.Embedding(N_TASKS, width)
+        self.head_bias = nn.Embedding(N_TASKS, 1)
+        nn.init.normal_(self.head_weight.weight, std=0.02)
+        nn.init.zeros_(self.head_bias.weight)
+        self.n = experts
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the task's mixture of experts (N, width), the task's logit (N,))"""
+        outs = torch.stack([e(x) for e in self.experts], 1)  # (N, E, width)
+        gates = self.gates(x).reshape(-1, N_TASKS, self.n)
+        gate = torch.softmax(torch.gather(gates, 1, task.reshape(-1, 1, 1).expand(-1, 1, self.n)).squeeze(1), -1)
+        mixed = (outs * gate.unsqueeze(-1)).sum(1)
+        return mixed, (mixed * self.head_weight(task)).sum(-1) + self.head_bias(task).squeeze(-1)
 
 
 def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -94,9 +151,14 @@ class UnifiedRanker(nn.Module):
         self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
         width = model_width(spec)
+        self.task_gate = TaskGate(d, feature_groups(spec)) if spec.task_gate else None
         self.cross = nn.ModuleList(CrossLayer(width, spec.cross_rank) for _ in range(spec.cross_layers))
-        self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
-        self.head = nn.Linear(width, 1)
+        if spec.mmoe_experts > 0:
+            self.mmoe = MMoE(width, spec.hidden, spec.mmoe_experts, spec.mlp_blocks)
+        else:
+            self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
+            self.head = nn.Linear(width, 1)
+        self.play = nn.Linear(width, 1) if spec.play_head else None
 
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
         task = self.task(ctx_ids[:, 0])
@@ -109,7 +171,8 @@ class UnifiedRanker(nn.Module):
                  _bag(self.token, ctx_query)]  # fmt: skip
         return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
-    def logits(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
+    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of P(click) and, with the play head, of P(play | click); one per candidate."""
         ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
         dense = (cand_dense - self.dense_mean) / self.dense_std
         entity = self.entity(cand_ids[:, 0])
@@ -117,11 +180,31 @@ class UnifiedRanker(nn.Module):
         if self.spec.interaction:
             parts.append(ctx[:, self.spec.ctx_dim :] * entity)
         x0 = torch.cat([*parts, self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense], 1)
+        task = ctx_ids[:, 0].index_select(0, cand_ctx)
+        if self.task_gate is not None:
+            x0 = self.task_gate(x0, self.task(task))
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        return self.head(self.mlp(x)).squeeze(-1)
+        if self.spec.mmoe_experts > 0:
+            h, click = self.mmoe(x, task)
+        else:
+            h = self.mlp(x)
+            click = self.head(h).squeeze(-1)
+        play = self.play(h).squeeze(-1) if self.play is not None else None
+        return click, play
 
-    def forward(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
-        """Scores in (0, 1), one per candidate: what the service ranks by."""
-        return torch.sigmoid(self.logits(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx))
+    def logits(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
+        return self.heads(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx)[0]
+
+    def forward(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx):
+        """P(click) in (0, 1) per candidate ("score"); with the play head also P(play) ("play")."""
+        click, play = self.heads(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx)
+        p_click = torch.sigmoid(click)
+        if play is None:
+            return p_click
+        return p_click, p_click * torch.sigmoid(play)
+
+
+def output_names(spec: ModelSpec) -> list[str]:
+    return ["score", "play"] if spec.play_head else ["score"]

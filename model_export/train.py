@@ -42,6 +42,10 @@ class TrainConfig:
     interaction: bool = True
     task_feature: bool = True
     cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
+    task_gate: bool = False  # task-conditioned feature scaling (USR)
+    mmoe_experts: int = 0  # shared experts with one gate and head per task (MMoE); 0: off
+    play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
+    rank_by: str = "click"  # the bundle's default ranking score: click | play (needs play_head)
     threads: int = 2
 
 
@@ -63,6 +67,9 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
         interaction=cfg.interaction,
         task_feature=cfg.task_feature,
         user_embedding=personalization_rank(cfg.personalization) >= 2,
+        task_gate=cfg.task_gate,
+        mmoe_experts=cfg.mmoe_experts,
+        play_head=cfg.play_head,
     )
 
 
@@ -94,7 +101,7 @@ def predict(model: UnifiedRanker, enc: Encoded, batch_size: int = 8192) -> np.nd
     out = np.empty(len(enc), np.float32)
     for s in range(0, len(enc), batch_size):
         rows = np.arange(s, min(s + batch_size, len(enc)))
-        out[rows] = model(*_rows_batch(enc, rows, None, 0.0)).numpy()
+        out[rows] = torch.sigmoid(model.logits(*_rows_batch(enc, rows, None, 0.0))).numpy()
     return out
 
 
@@ -111,7 +118,10 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
     model = UnifiedRanker(spec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    if cfg.rank_by not in ("click", "play") or (cfg.rank_by == "play" and not cfg.play_head):
+        raise ValueError("rank_by is 'click', or 'play' with play_head")
     labels = torch.from_numpy(fit_enc.labels)
+    played = torch.from_numpy(fit_enc.played.astype(np.float32))
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -121,7 +131,12 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
         total = 0.0
         for s in bar:
             rows = order[s : s + cfg.batch_size]
-            loss = loss_fn(model.logits(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate)), labels[rows])
+            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate))
+            loss = loss_fn(click, labels[rows])
+            if play is not None:  # P(play | click): learned on the clicked rows only
+                clicked = labels[rows] > 0
+                if clicked.any():
+                    loss = loss + loss_fn(play[clicked], played[rows][clicked])
             opt.zero_grad()
             loss.backward()
             opt.step()

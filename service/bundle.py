@@ -19,6 +19,9 @@ from service.settings import Settings
 log = logging.getLogger("unirank.bundle")
 
 
+RANK_OUTPUTS = {"click": "score", "play": "play"}  # ranking score -> the model's output
+
+
 class BundleMissing(FileNotFoundError):
     pass
 
@@ -63,7 +66,7 @@ class LoadedBundle:
             manifest=manifest,
             tables=tables,
             scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
-                          settings.cuda_io_binding),
+                          settings.cuda_io_binding, RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")]),
             retriever=Retriever(tables, settings.retrieval_limit),
             features=ServingFeatures(tables, manifest["personalization"]),
         )

@@ -33,7 +33,7 @@ class Scorer:
     """Scores candidates in ONE onnxruntime call per batch of contexts."""
 
     def __init__(self, model_path: Path | str, provider_setting: str = "auto", intra_op_threads: int = 1,
-                 io_binding: bool = False):  # fmt: skip
+                 io_binding: bool = False, output: str = "score"):  # fmt: skip
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
@@ -55,6 +55,10 @@ class Scorer:
             self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        outputs = [o.name for o in self.session.get_outputs()]
+        if output not in outputs:
+            raise ValueError(f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?")
+        self.output = output
         self.io_binding = io_binding and self.device == "cuda"
         self._buckets: dict[tuple[int, int], tuple] = {}
         log.info("onnxruntime %s using %s (%s%s)", ort.__version__, self.provider, self.device,
@@ -63,7 +67,7 @@ class Scorer:
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.io_binding:
             return self._score_bound(inputs)
-        return self.session.run(None, {k: inputs[k] for k in INPUT_NAMES})[0]
+        return self.session.run([self.output], {k: inputs[k] for k in INPUT_NAMES})[0]
 
     def _score_bound(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         n, b = len(inputs["cand_ctx"]), len(inputs["ctx_ids"])
@@ -88,7 +92,7 @@ class Scorer:
             values[name] = ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", 0)
             binding.bind_ortvalue_input(name, values[name])
         output = ort.OrtValue.ortvalue_from_shape_and_type([n], np.float32, "cuda", 0)
-        binding.bind_ortvalue_output(self.session.get_outputs()[0].name, output)
+        binding.bind_ortvalue_output(self.output, output)
         return binding, values, output
 
 

@@ -45,13 +45,18 @@ def train(
     epochs: int = 8,
     seed: int = 0,
     batch_size: int = 1024,
+    task_gate: Annotated[bool, typer.Option(help="Task-conditioned feature scaling (USR)")] = False,
+    mmoe_experts: Annotated[int, typer.Option(help="MMoE: shared experts, one gate and head per task (0: off)")] = 0,
+    play_head: Annotated[bool, typer.Option(help="Also learn P(play | click); the bundle outputs P(play)")] = False,
+    rank_by: Annotated[str, typer.Option(help="The bundle's default ranking score: click | play")] = "click",
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
     from model_export.train import TrainConfig, train_bundle
 
     cfg = TrainConfig(personalization=personalization, tasks=tuple(tasks.split(",")), epochs=epochs, seed=seed,
-                      batch_size=batch_size)  # fmt: skip
+                      batch_size=batch_size, task_gate=task_gate, mmoe_experts=mmoe_experts, play_head=play_head,
+                      rank_by=rank_by)  # fmt: skip
     manifest = train_bundle(data, out, cfg, log=typer.echo)
     typer.echo(format_table(manifest["metrics"]))
 
