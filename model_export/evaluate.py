@@ -13,7 +13,7 @@ import numpy as np
 
 from model_export.context import personalization_rank
 from model_export.data import Dataset
-from model_export.features import INPUT_NAMES, FeatureEncoder
+from model_export.features import HISTORY_INPUTS, FeatureEncoder
 from model_export.splits import Encoded, click_log, encode_split
 from model_export.tables import FeatureTables
 
@@ -74,9 +74,14 @@ def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000) -> np.ndarra
             "cand_genres": x["cand_genres"][rows],
             "cand_dense": x["cand_dense"][rows],
             "cand_ctx": x["cand_ctx"][rows] - s,
-        }
-        out[rows] = session.run(None, {k: feed[k] for k in INPUT_NAMES})[0]
+        } | {k: x[k][s : s + chunk] for k in HISTORY_INPUTS if k in x}
+        out[rows] = session.run(None, {i.name: _fit(feed[i.name], i.shape) for i in session.get_inputs()})[0]
     return out
+
+
+def _fit(array: np.ndarray, shape: list) -> np.ndarray:
+    """History tensors are encoded wider than a model may read: keep the model's fixed width."""
+    return array[:, : shape[1]] if array.ndim == 2 and isinstance(shape[1], int) else array
 
 
 def popularity_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, INPUT_NAMES
-from model_export.model import output_names
+from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES
+from model_export.model import model_input_names, output_names
 from model_export.tables import HISTORY_LENGTH
 from model_export.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
@@ -40,13 +40,14 @@ class ParityError(RuntimeError):
 
 # Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
 # assume they are equal and reuse buffers wrongly.
-DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES} | {"score": {0: "N"}, "play": {0: "N"}}
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS} | {"score": {0: "N"}, "play": {0: "N"}}
 
 
-def _input_spec(batch: dict[str, np.ndarray]) -> list[dict]:
+def _input_spec(batch: dict[str, np.ndarray], names) -> list[dict]:
     axes = {"ctx_ids": ["B", len(CTX_IDS)], "ctx_query": ["B", MAX_QUERY_TOKENS], "cand_ids": ["N", len(CAND_IDS)],
             "cand_genres": ["N", 3], "cand_dense": ["N", len(DENSE_FEATURES)], "cand_ctx": ["N"]}  # fmt: skip
-    return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in INPUT_NAMES]
+    axes |= {k: ["B", int(batch[k].shape[1])] for k in HISTORY_INPUTS if k in batch}
+    return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in names]
 
 
 def _hash_files(root: Path) -> tuple[str, dict[str, str]]:
@@ -63,9 +64,10 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.nd
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, batch)
+    names = model_input_names(model.spec)
+    got = session.run(None, {k: batch[k] for k in names})
     with torch.no_grad():
-        want = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES))
+        want = model(*(torch.from_numpy(batch[k]) for k in names))
     want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
     if len(got) != len(want):
         raise ParityError(f"onnxruntime returns {len(got)} outputs, torch {len(want)}")
@@ -75,11 +77,12 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.nd
     return diff
 
 
-def held_out_batch(enc, n_requests: int = 64) -> dict[str, np.ndarray]:
+def held_out_batch(enc, n_requests: int = 64, history_length: int | None = None) -> dict[str, np.ndarray]:
     """The first n_requests requests of an encoded split, as one batch of B contexts and N candidates."""
     x = enc.inputs
     rows = np.flatnonzero(x["cand_ctx"] < n_requests)
-    return {
+    history = {k: x[k][:n_requests, :history_length] for k in HISTORY_INPUTS if history_length and k in x}
+    return history | {
         "ctx_ids": x["ctx_ids"][:n_requests],
         "ctx_query": x["ctx_query"][:n_requests],
         "cand_ids": x["cand_ids"][rows],
@@ -92,16 +95,17 @@ def held_out_batch(enc, n_requests: int = 64) -> dict[str, np.ndarray]:
 def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, data_summary: dict) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    batch = held_out_batch(val_enc)
+    names = model_input_names(model.spec)
+    batch = held_out_batch(val_enc, history_length=model.spec.history_length if model.spec.history_encoder else None)
     onnx_path = out / "model.onnx"
     model.eval()
     torch.onnx.export(
         model,
-        tuple(torch.from_numpy(batch[k]) for k in INPUT_NAMES),
+        tuple(torch.from_numpy(batch[k]) for k in names),
         str(onnx_path),
-        input_names=list(INPUT_NAMES),
+        input_names=list(names),
         output_names=output_names(model.spec),
-        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in INPUT_NAMES or k in output_names(model.spec)},
+        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in output_names(model.spec)},
         opset_version=OPSET,
         dynamo=False,
     )
@@ -120,7 +124,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         "tasks": list(cfg.tasks),
         "train_config": asdict(cfg) | {"tasks": list(cfg.tasks)},
         "model": model.spec.to_dict(),
-        "onnx": {"file": "model.onnx", "opset": OPSET, "inputs": _input_spec(batch),
+        "onnx": {"file": "model.onnx", "opset": OPSET, "inputs": _input_spec(batch, names),
                  "outputs": [{"name": n, "dtype": "float32", "shape": ["N"]} for n in output_names(model.spec)]},  # fmt: skip
         "rank_by": cfg.rank_by,
         "features": {"ctx_ids": list(CTX_IDS), "cand_ids": list(CAND_IDS), "dense": list(DENSE_FEATURES),

@@ -25,6 +25,22 @@ DENSE_FEATURES = (
 CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
+HISTORY_INPUTS = ("ctx_hist", "ctx_hist_kind")  # (B, H): entity index and event kind, most recent first; 0 pad
+
+
+def input_names(history_encoder: bool) -> tuple[str, ...]:
+    """The model's inputs: the base six, plus the history tensors when it has the history encoder."""
+    return INPUT_NAMES + HISTORY_INPUTS if history_encoder else INPUT_NAMES
+
+
+def history_inputs(entities: np.ndarray, kinds: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One context's history tensors, (1, length) each, from its most-recent-first events."""
+    hist = np.zeros((1, length), np.int64)
+    kind = np.zeros((1, length), np.int64)
+    n = min(length, len(entities))
+    hist[0, :n] = entities[:n]
+    kind[0, :n] = kinds[:n]
+    return hist, kind
 CTR_SMOOTHING = 10.0
 
 
@@ -145,6 +161,25 @@ class FeatureEncoder:
             "cand_dense": dense,
             "cand_ctx": cand_ctx,
         }
+
+
+def history_matrices(click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray, click_kind: np.ndarray,
+                     req_user: np.ndarray, req_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Training path of `history_inputs`, vectorised: each request's last `length` clicks strictly before
+    its time, most recent first, as (R, length) entity indices and kinds."""
+    t0 = min(click_ts.min(initial=0), req_ts.min(initial=0))
+    span = int(max(click_ts.max(initial=0), req_ts.max(initial=0)) - t0) + 1
+    click_key = click_user.astype(np.int64) * span + (click_ts - t0)
+    order = np.argsort(click_key, kind="stable")
+    click_key, ce, ck = click_key[order], click_entity[order], click_kind[order]
+    first = np.searchsorted(click_key, req_user.astype(np.int64) * span, side="left")
+    end = np.searchsorted(click_key, req_user.astype(np.int64) * span + (req_ts - t0), side="left")
+    pos = end[:, None] - 1 - np.arange(length)[None, :]
+    valid = (pos >= first[:, None]) & (req_user[:, None] > 0)
+    pos = np.clip(pos, 0, max(len(ce) - 1, 0))
+    if len(ce) == 0:
+        return np.zeros((len(req_user), length), np.int64), np.zeros((len(req_user), length), np.int64)
+    return np.where(valid, ce[pos], 0).astype(np.int64), np.where(valid, ck[pos], 0).astype(np.int64)
 
 
 def history_vectors(tables: FeatureTables, click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray,

@@ -8,6 +8,9 @@ Options from the related research, each off by default and a training flag:
 - `task_gate` (USR): a gate from the task embedding scales each feature group of the candidate vector;
 - `mmoe_experts` (UniSAR / MMoE): the MLP becomes shared experts mixed by one gate per task, with one
   output head per task;
+- `history_encoder` (UniSAR): the user's last events (entity, and where each came from — search or a
+  recommendation surface — and whether it was played) through one self-attention layer, so the
+  transitions between search and recommendation are learnable, then attention from the target entity;
 - `play_head` (USR's global labels): a second head for P(play | click); the model then outputs both
   P(click) ("score") and P(play) = P(click) x P(play | click) ("play"), trained on both labels.
 """
@@ -19,7 +22,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from model_export.features import CTX_IDS, DENSE_FEATURES
+import math
+
+from model_export.features import CTX_IDS, DENSE_FEATURES, input_names
+from model_export.tables import HISTORY_KINDS
 from model_export.text import TOKEN_BUCKETS
 
 
@@ -44,6 +50,8 @@ class ModelSpec:
     task_gate: bool = False
     mmoe_experts: int = 0  # 0: one shared MLP and head
     play_head: bool = False
+    history_encoder: bool = False
+    history_length: int = 20  # events per context the encoder reads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +86,8 @@ N_TASKS = 4  # index 0: unknown
 
 def feature_groups(spec: ModelSpec) -> list[int]:
     """Widths of the groups of the per-candidate vector: context, entity, [context x entity], kind, genres, dense."""
-    return [spec.ctx_dim, spec.dim] + ([spec.dim] if spec.interaction else []) + [8, 16, len(DENSE_FEATURES)]
+    return ([spec.ctx_dim, spec.dim] + ([spec.dim] if spec.interaction else []) + [8, 16, len(DENSE_FEATURES)]
+            + ([spec.dim] if spec.history_encoder else []))  # fmt: skip
 
 
 def model_width(spec: ModelSpec) -> int:
@@ -99,6 +108,36 @@ class TaskGate(nn.Module):
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         scale = 2 * torch.sigmoid(self.gate(task))
         return x * scale.index_select(1, self.column_group)
+
+
+class HistoryEncoder(nn.Module):
+    """Self-attention over a context's history events, then attention from each candidate's entity."""
+
+    def __init__(self, entity: nn.Embedding, dim: int, length: int):
+        super().__init__()
+        self.entity = entity  # shared with the source and target entities
+        self.kind = nn.Embedding(HISTORY_KINDS, dim)
+        self.position = nn.Parameter(torch.zeros(length, dim))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.target = nn.Linear(dim, dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def encode(self, hist: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H) ids -> (B, H, dim) encoded events and the (B, H) 0/1 mask of real events."""
+        mask = (hist > 0).to(self.position.dtype)
+        x = self.entity(hist) + self.kind(kind) + self.position
+        q, k, v = self.qkv(x).chunk(3, -1)
+        scores = q @ k.transpose(1, 2) * self.scale + (mask.unsqueeze(1) - 1.0) * 1e4
+        return self.norm(x + self.out(torch.softmax(scores, -1) @ v)), mask
+
+    def attend(self, encoded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, cand_ctx: torch.Tensor) -> torch.Tensor:
+        """(N, dim): each candidate's attention-weighted summary of its context's history (0 when empty)."""
+        h, m = encoded.index_select(0, cand_ctx), mask.index_select(0, cand_ctx)
+        scores = (h @ self.target(target).unsqueeze(-1)).squeeze(-1) * self.scale + (m - 1.0) * 1e4
+        weights = torch.softmax(scores, -1) * m.amax(-1, keepdim=True)
+        return (weights.unsqueeze(-1) * h).sum(1)
 
 
 class MMoE(nn.Module):
@@ -159,6 +198,7 @@ class UnifiedRanker(nn.Module):
             self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
             self.head = nn.Linear(width, 1)
         self.play = nn.Linear(width, 1) if spec.play_head else None
+        self.history = HistoryEncoder(self.entity, d, spec.history_length) if spec.history_encoder else None
 
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
         task = self.task(ctx_ids[:, 0])
@@ -171,7 +211,8 @@ class UnifiedRanker(nn.Module):
                  _bag(self.token, ctx_query)]  # fmt: skip
         return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
-    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, ctx_hist=None,
+              ctx_hist_kind=None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """Logits of P(click) and, with the play head, of P(play | click); one per candidate."""
         ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
         dense = (cand_dense - self.dense_mean) / self.dense_std
@@ -179,7 +220,11 @@ class UnifiedRanker(nn.Module):
         parts = [ctx[:, : self.spec.ctx_dim], entity]
         if self.spec.interaction:
             parts.append(ctx[:, self.spec.ctx_dim :] * entity)
-        x0 = torch.cat([*parts, self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense], 1)
+        parts += [self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense]
+        if self.history is not None:
+            encoded, mask = self.history.encode(ctx_hist, ctx_hist_kind)
+            parts.append(self.history.attend(encoded, mask, entity, cand_ctx))
+        x0 = torch.cat(parts, 1)
         task = ctx_ids[:, 0].index_select(0, cand_ctx)
         if self.task_gate is not None:
             x0 = self.task_gate(x0, self.task(task))
@@ -194,16 +239,21 @@ class UnifiedRanker(nn.Module):
         play = self.play(h).squeeze(-1) if self.play is not None else None
         return click, play
 
-    def logits(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx) -> torch.Tensor:
-        return self.heads(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx)[0]
+    def logits(self, *inputs) -> torch.Tensor:
+        return self.heads(*inputs)[0]
 
-    def forward(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx):
-        """P(click) in (0, 1) per candidate ("score"); with the play head also P(play) ("play")."""
-        click, play = self.heads(ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx)
+    def forward(self, *inputs):
+        """Inputs in `input_names(spec)` order. P(click) in (0, 1) per candidate ("score"); with the play
+        head also P(play) ("play")."""
+        click, play = self.heads(*inputs)
         p_click = torch.sigmoid(click)
         if play is None:
             return p_click
         return p_click, p_click * torch.sigmoid(play)
+
+
+def model_input_names(spec: ModelSpec) -> tuple[str, ...]:
+    return input_names(spec.history_encoder)
 
 
 def output_names(spec: ModelSpec) -> list[str]:

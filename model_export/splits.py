@@ -10,7 +10,10 @@ import pyarrow.compute as pc
 
 from model_export.context import build_context, personalization_rank
 from model_export.data import Dataset, Requests
-from model_export.features import FeatureEncoder, history_vectors
+from model_export.features import FeatureEncoder, history_matrices, history_vectors
+from model_export.tables import event_kinds
+
+ENCODED_HISTORY = 20  # history events per context kept in the encoded splits (the encoder's maximum)
 
 
 @dataclass
@@ -44,16 +47,21 @@ def encode_split(encoder: FeatureEncoder, dataset: Dataset, split: str, tasks=No
         clicks = clicks or click_log(encoder, dataset)
         req_user = np.fromiter((t.user_index.get(u, 0) for u in req.user_id), np.int64)
         hist = history_vectors(t, clicks[0], clicks[1], clicks[2], req_user, req.timestamp)
+        seq = history_matrices(*clicks, req_user, req.timestamp, ENCODED_HISTORY)
+    else:
+        seq = (np.zeros((len(contexts), ENCODED_HISTORY), np.int64),) * 2
     ctx = encoder.encode_contexts(contexts, hist)
     cand = encoder.entity_indices(req.target_entity_id)
     inputs = encoder.encode_candidates(ctx, cand, req.row_request)
+    inputs["ctx_hist"], inputs["ctx_hist_kind"] = seq
     return Encoded(inputs, req.clicked, req.played, req.task[req.row_request], req)
 
 
 def click_log(encoder: FeatureEncoder, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user index, timestamp ms, entity index) of every click in the log, for history features."""
+    """(user index, timestamp ms, entity index, event kind) of every click in the log, for history features."""
     clicks = dataset.events.filter(pc.field("clicked"))
     t = encoder.t
     users = np.fromiter((t.user_index.get(u, 0) for u in clicks.column("user_id").to_pylist()), np.int64)
     ents = encoder.entity_indices(clicks.column("target_entity_id").to_pylist())
-    return users, clicks.column("timestamp").cast(pa.int64()).to_numpy(), ents
+    kinds = event_kinds(clicks.column("task").to_numpy(zero_copy_only=False), clicks.column("played").to_numpy(zero_copy_only=False))
+    return users, clicks.column("timestamp").cast(pa.int64()).to_numpy(), ents, kinds

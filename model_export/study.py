@@ -4,7 +4,8 @@ same test requests for every row:
 - the unified model vs one model per task (each trained only on its task's rows);
 - personalization none / cluster / full;
 - ablations: imputation off, feature crossing off (MLP only), task feature off;
-- the research's options: task-conditioned feature gate, MMoE heads, the play head, all three;
+- the research's options: task-conditioned feature gate, MMoE heads, the play head, the mixed-history
+  encoder, and gate + MMoE + play head together;
 - baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART.
 
 Every trained row is repeated over seeds; the report gives the mean and spread and, for the headline
@@ -42,6 +43,7 @@ class Variant:
     task_gate: bool = False
     mmoe_experts: int = 0
     play_head: bool = False
+    history_encoder: bool = False
 
 
 VARIANTS = {
@@ -55,6 +57,7 @@ VARIANTS = {
     "+ task gate": Variant(task_gate=True),
     "+ mmoe (3 experts)": Variant(mmoe_experts=3),
     "+ play head": Variant(play_head=True),
+    "+ history encoder": Variant(history_encoder=True),
     "+ task gate + mmoe + play head": Variant(task_gate=True, mmoe_experts=3, play_head=True),
 }
 # (comparison row, the row it is compared with, tasks)
@@ -95,7 +98,8 @@ class Study:
 
     def _config(self, v: Variant, seed: int) -> TrainConfig:
         cfg = TrainConfig(personalization=v.level, epochs=self.epochs, seed=seed, impute=v.impute, task_feature=v.task_feature,
-                          task_gate=v.task_gate, mmoe_experts=v.mmoe_experts, play_head=v.play_head)  # fmt: skip
+                          task_gate=v.task_gate, mmoe_experts=v.mmoe_experts, play_head=v.play_head,
+                          history_encoder=v.history_encoder)  # fmt: skip
         return replace(cfg, cross_layers=v.cross_layers) if v.cross_layers is not None else cfg
 
     def scores(self, v: Variant, seed: int) -> np.ndarray:

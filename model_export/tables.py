@@ -50,6 +50,7 @@ class FeatureTables:
     item_factors: np.ndarray  # (E+1, F) float32
     history_ptr: np.ndarray  # (U+2,) CSR over history_items, per user index
     history_items: np.ndarray  # entity indices, most recent first
+    history_kinds: np.ndarray  # per history item: event_kind(task, played), 0 unknown
     cluster_favourites: np.ndarray  # (K+1, FAVOURITES) entity indices, 0 pad
     entity_table: pa.Table
     entity_index: dict[str, int] = field(init=False)
@@ -82,6 +83,9 @@ class FeatureTables:
 
     def history_of(self, user_idx: int) -> np.ndarray:
         return self.history_items[self.history_ptr[user_idx] : self.history_ptr[user_idx + 1]]
+
+    def history_kinds_of(self, user_idx: int) -> np.ndarray:
+        return self.history_kinds[self.history_ptr[user_idx] : self.history_ptr[user_idx + 1]]
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class FeatureTables:
             favourites[cl, : top.size] = top
         user_factors, item_factors = _als(fu[c], tgt[c], U1, E1, factors, seed)
 
-        hist_ptr, hist_items = _history_snapshot(all_events, uidx, eidx, U1)
+        hist_ptr, hist_items, hist_kinds = _history_snapshot(all_events, uidx, eidx, U1)
         return cls(
             entity_ids=ent_ids, titles=[""] + entities.column("title").to_pylist(), kind=kind,
             genre_ids=genre_ids, genre_hot=genre_hot, year=year, countries=countries, genres=genres,
@@ -173,14 +177,14 @@ class FeatureTables:
             qe_impressions=qe_impr, ctr_prior=ctr_prior, co_keys=co_keys.astype(np.int64),
             co_clicks=co_clicks.astype(np.float32), user_ids=user_ids, user_cluster=user_cluster,
             n_clusters=k, user_factors=user_factors, item_factors=item_factors, history_ptr=hist_ptr,
-            history_items=hist_items, cluster_favourites=favourites, entity_table=entities,
+            history_items=hist_items, history_kinds=hist_kinds, cluster_favourites=favourites, entity_table=entities,
         )  # fmt: skip
 
     # ---- persistence ----------------------------------------------------------------------------
 
     _ARRAYS = ("kind", "genre_ids", "genre_hot", "year", "avail", "pop", "qe_keys", "qe_clicks",
                "qe_impressions", "co_keys", "co_clicks", "user_cluster", "user_factors",
-               "item_factors", "history_ptr", "history_items", "cluster_favourites")  # fmt: skip
+               "item_factors", "history_ptr", "history_items", "history_kinds", "cluster_favourites")  # fmt: skip
 
     def save(self, directory: Path | str) -> None:
         d = Path(directory)
@@ -196,7 +200,8 @@ class FeatureTables:
     def load(cls, directory: Path | str) -> FeatureTables:
         d = Path(directory)
         with np.load(d / "arrays.npz") as z:
-            arrays = {k: z[k] for k in cls._ARRAYS}
+            arrays = {k: z[k] for k in cls._ARRAYS if k in z}
+        arrays.setdefault("history_kinds", np.zeros_like(arrays["history_items"]))  # bundles from before kinds
         meta = json.loads((d / "vocab.json").read_text())
         entities = pq.read_table(d / "entities.parquet")
         users = pq.read_table(d / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
@@ -229,16 +234,28 @@ def _als(users: np.ndarray, items: np.ndarray, U1: int, E1: int, factors: int, s
 
 
 def _history_snapshot(events: pa.Table, uidx: dict, eidx: dict, U1: int):
-    """Each user's last HISTORY_LENGTH clicked entities (most recent first), as CSR arrays."""
+    """Each user's last HISTORY_LENGTH clicked entities (most recent first) and their kinds, as CSR arrays."""
     clicks = events.filter(pc.field("clicked")).sort_by([("timestamp", "descending")])
     u = np.array([uidx[x] for x in clicks.column("user_id").to_pylist()], np.int64)
     e = np.array([eidx.get(x, 0) for x in clicks.column("target_entity_id").to_pylist()], np.int64)
+    k = event_kinds(clicks.column("task").to_numpy(zero_copy_only=False), clicks.column("played").to_numpy(zero_copy_only=False))
     order = np.argsort(u, kind="stable")
-    u, e = u[order], e[order]
+    u, e, k = u[order], e[order], k[order]
     start = np.searchsorted(u, np.arange(U1))
     rank = np.arange(len(u)) - start[u]
     keep = rank < HISTORY_LENGTH
-    u, e = u[keep], e[keep]
+    u, e, k = u[keep], e[keep], k[keep]
     ptr = np.zeros(U1 + 1, np.int64)
     ptr[1:] = np.cumsum(np.bincount(u, minlength=U1))
-    return ptr, e
+    return ptr, e, k
+
+
+HISTORY_KINDS = 5  # 0 unknown, then (search | recommendation) x (click | play)
+
+
+def event_kinds(tasks, played) -> np.ndarray:
+    """Kind of each history event: where it came from (a search, or a recommendation surface) and how far
+    it went (click, or play): 1 search-click, 2 search-play, 3 rec-click, 4 rec-play."""
+    tasks = np.asarray(tasks, dtype=object)
+    played = np.asarray(played).astype(bool)
+    return np.where(tasks == "search", 1, 3).astype(np.int64) + played.astype(np.int64)

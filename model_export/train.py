@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from model_export.context import PERSONALIZATION_LEVELS, personalization_rank
 from model_export.data import Dataset
-from model_export.features import DENSE_FEATURES, INPUT_NAMES, FeatureEncoder
+from model_export.features import DENSE_FEATURES, FeatureEncoder
 from model_export.splits import Encoded, click_log, encode_split
-from model_export.model import ModelSpec, UnifiedRanker
+from model_export.model import ModelSpec, UnifiedRanker, model_input_names
 from model_export.tables import FeatureTables
 
 _PERSONAL_DENSE = [DENSE_FEATURES.index("als_affinity"), DENSE_FEATURES.index("history_affinity")]
@@ -45,6 +45,7 @@ class TrainConfig:
     task_gate: bool = False  # task-conditioned feature scaling (USR)
     mmoe_experts: int = 0  # shared experts with one gate and head per task (MMoE); 0: off
     play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
+    history_encoder: bool = False  # self-attention over the mixed search/recommendation history (UniSAR)
     rank_by: str = "click"  # the bundle's default ranking score: click | play (needs play_head)
     threads: int = 2
 
@@ -70,20 +71,25 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
         task_gate=cfg.task_gate,
         mmoe_experts=cfg.mmoe_experts,
         play_head=cfg.play_head,
+        history_encoder=cfg.history_encoder and personalization_rank(cfg.personalization) >= 2,
     )
 
 
-def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float):
+def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float, spec: ModelSpec):
     """Inputs for a batch of impressions, each with its own context row (cand_ctx = arange)."""
     x = enc.inputs
     req = x["cand_ctx"][rows]
     ctx_ids = x["ctx_ids"][req].copy()
     dense = x["cand_dense"][rows].copy()
+    hist = x["ctx_hist"][req, : spec.history_length].copy()
+    hist_kind = x["ctx_hist_kind"][req, : spec.history_length].copy()
     if rng is not None and cold_rate > 0:
         cold = rng.random(len(rows)) < cold_rate
         ctx_ids[cold, 2] = 0
         ctx_ids[cold, 4] = 0
         dense[np.ix_(cold, _PERSONAL_DENSE)] = 0.0
+        hist[cold] = 0
+        hist_kind[cold] = 0
     batch = {
         "ctx_ids": ctx_ids,
         "ctx_query": x["ctx_query"][req],
@@ -91,8 +97,10 @@ def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None,
         "cand_genres": x["cand_genres"][rows],
         "cand_dense": dense,
         "cand_ctx": np.arange(len(rows), dtype=np.int64),
+        "ctx_hist": hist,
+        "ctx_hist_kind": hist_kind,
     }
-    return [torch.from_numpy(batch[k]) for k in INPUT_NAMES]
+    return [torch.from_numpy(batch[k]) for k in model_input_names(spec)]
 
 
 @torch.no_grad()
@@ -101,7 +109,7 @@ def predict(model: UnifiedRanker, enc: Encoded, batch_size: int = 8192) -> np.nd
     out = np.empty(len(enc), np.float32)
     for s in range(0, len(enc), batch_size):
         rows = np.arange(s, min(s + batch_size, len(enc)))
-        out[rows] = torch.sigmoid(model.logits(*_rows_batch(enc, rows, None, 0.0))).numpy()
+        out[rows] = torch.sigmoid(model.logits(*_rows_batch(enc, rows, None, 0.0, model.spec))).numpy()
     return out
 
 
@@ -131,7 +139,7 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
         total = 0.0
         for s in bar:
             rows = order[s : s + cfg.batch_size]
-            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate))
+            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec))
             loss = loss_fn(click, labels[rows])
             if play is not None:  # P(play | click): learned on the clicked rows only
                 clicked = labels[rows] > 0

@@ -68,7 +68,7 @@ class LoadedBundle:
             scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
                           settings.cuda_io_binding, RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")]),
             retriever=Retriever(tables, settings.retrieval_limit),
-            features=ServingFeatures(tables, manifest["personalization"]),
+            features=ServingFeatures(tables, manifest["personalization"], manifest["model"].get("history_length", 20)),
         )
         bundle._warm_up()
         batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"

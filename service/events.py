@@ -1,6 +1,7 @@
 """POST /events: engagement events into Redis — each user's recent history and action counters.
 
-Clicks and plays go to the front of `ur:hist:{user}` (capped at the model's history length), every
+Clicks and plays go to the front of `ur:hist:{user}` as "entity|kind" (the kind says whether the
+event came from a search or a recommendation surface, and click or play; capped at the history length), every
 action increments `ur:cnt:{user}`. A whole batch is ONE Redis command (a Lua script run atomically on
 the server): per-command client overhead, not Redis, is what limits ingestion otherwise. The caller
 acknowledges only after Redis did, so nothing acknowledged is lost.
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from model_export.tables import HISTORY_LENGTH
+from model_export.tables import HISTORY_LENGTH, event_kinds
 from service.schemas import Event
 
 ENGAGED = ("click", "play")
 
 # KEYS: counters and history key of each user, in pairs. ARGV: ttl, history length, then five values
-# per event, oldest first: the user's position in KEYS (1-based pair), action, task, entity, engaged.
+# per event, oldest first: the user's position in KEYS (1-based pair), action, task, history entry
+# ("entity|kind"), engaged.
 STORE_BATCH = """
 local ttl, hlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 3, #ARGV, 5 do
@@ -58,7 +60,8 @@ class EventStore:
             if slot is None:
                 slot = users[ev.user_id] = len(users) + 1
                 keys += (counters_key(ev.user_id), history_key(ev.user_id))
-            args += (slot, ev.action, ev.task, ev.entity_id, 1 if ev.action in ENGAGED else 0)
+            kind = int(event_kinds([ev.task], [ev.action == "play"])[0])
+            args += (slot, ev.action, ev.task, f"{ev.entity_id}|{kind}", 1 if ev.action in ENGAGED else 0)
         return int(await self._store(keys=keys, args=args))
 
 

@@ -3,28 +3,67 @@ its candidates and the user's recent history (Redis first, then the bundle's sna
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from model_export.features import FeatureEncoder, history_vector
+from model_export.features import FeatureEncoder, history_inputs, history_vector
 from model_export.tables import HISTORY_LENGTH, FeatureTables
 from service.context import RequestContext
 
 
+@dataclass
+class History:
+    """A user's recent engaged events, most recent first: entity indices and event kinds, plus the
+    mean item factor the `history_affinity` feature uses."""
+
+    entities: np.ndarray
+    kinds: np.ndarray
+    vector: np.ndarray
+
+
+def parse_live(entry: bytes) -> tuple[str, int]:
+    """A Redis history entry: b"entity|kind" (b"entity" from before kinds were stored: kind 0)."""
+    entity, _, kind = entry.decode().partition("|")
+    return entity, int(kind) if kind.isdigit() else 0
+
+
 class ServingFeatures:
-    def __init__(self, tables: FeatureTables, bundle_level: str):
+    def __init__(self, tables: FeatureTables, bundle_level: str, history_length: int = 20):
         self.tables = tables
         self.encoder = FeatureEncoder(tables, bundle_level)
+        self.history_length = history_length
+
+    def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray]:
+        """Entity indices and kinds of the user's history, most recent first: live events, then the snapshot."""
+        get = self.tables.entity_index.get
+        fresh = [(get(e, 0), k) for e, k in map(parse_live, live)]
+        fresh = [(e, k) for e, k in fresh if e]
+        if user:
+            snap_e, snap_k = self.tables.history_of(user), self.tables.history_kinds_of(user)
+        else:
+            snap_e = snap_k = np.zeros(0, np.int64)
+        entities = np.concatenate([np.asarray([e for e, _ in fresh], np.int64), snap_e])[:HISTORY_LENGTH]
+        kinds = np.concatenate([np.asarray([k for _, k in fresh], np.int64), snap_k])[:HISTORY_LENGTH]
+        return entities, kinds
 
     def recent_entities(self, live: list[bytes], user: int) -> np.ndarray:
-        """Entity indices of the user's history, most recent first: live events, then the snapshot."""
-        get = self.tables.entity_index.get
-        fresh = [i for i in (get(x.decode(), 0) for x in live) if i]
-        snapshot = self.tables.history_of(user) if user else np.zeros(0, np.int64)
-        return np.concatenate([np.asarray(fresh, np.int64), snapshot])[:HISTORY_LENGTH]
+        return self.recent_events(live, user)[0]
+
+    def history(self, live: list[bytes], user: int) -> History:
+        entities, kinds = self.recent_events(live, user)
+        return History(entities, kinds, history_vector(self.tables, entities))
 
     def history_vector(self, live: list[bytes], user: int) -> np.ndarray:
         return history_vector(self.tables, self.recent_entities(live, user))
 
-    def inputs(self, rc: RequestContext, cand: np.ndarray, hist_vec: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        ctx = self.encoder.encode_contexts([rc.unified], None if hist_vec is None else hist_vec[None, :], level=rc.level)
-        return self.encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+    def inputs(self, rc: RequestContext, cand: np.ndarray, history: History | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The model's inputs for one request; `history`: a History, or just its vector (no sequence)."""
+        vec = history.vector if isinstance(history, History) else history
+        ctx = self.encoder.encode_contexts([rc.unified], None if vec is None else vec[None, :], level=rc.level)
+        inputs = self.encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+        if isinstance(history, History) and rc.level == "full":
+            inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(history.entities, history.kinds, self.history_length)
+        else:
+            inputs["ctx_hist"] = inputs["ctx_hist_kind"] = np.zeros((1, self.history_length), np.int64)
+        return inputs

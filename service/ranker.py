@@ -21,6 +21,7 @@ from service.bundle import LoadedBundle
 from service.cache import RankCache
 from service.context import RequestContext, build_request_context
 from service.events import recent_history
+from service.features import History
 from service.metrics import CACHE, CANDIDATES, ERRORS, STAGE_LATENCY
 from service.schemas import RankRequest
 from service.settings import Settings
@@ -112,7 +113,7 @@ class Ranker:
         timings.add("retrieval", t)
         return cand
 
-    async def _score_array(self, rc: RequestContext, cand: np.ndarray, hist: np.ndarray | None, timings: Timings) -> np.ndarray:
+    async def _score_array(self, rc: RequestContext, cand: np.ndarray, hist: History | None, timings: Timings) -> np.ndarray:
         t = time.perf_counter()
         CANDIDATES.labels(task=rc.unified.task).observe(len(cand))
         if len(cand) == 0:
@@ -154,7 +155,7 @@ class Ranker:
         value = await self.cache.single_flight(key, compute)
         return np.frombuffer(value, np.int32).astype(np.int64), "miss"
 
-    async def _history(self, rc: RequestContext, timings: Timings) -> np.ndarray:
+    async def _history(self, rc: RequestContext, timings: Timings) -> History:
         t = time.perf_counter()
         live: list[bytes] = []
         if rc.unified.user_id:
@@ -162,6 +163,6 @@ class Ranker:
                 live = await recent_history(self.redis, rc.unified.user_id)
             except (RedisError, OSError) as exc:  # rank on the bundle's snapshot rather than fail
                 ERRORS.labels(type=f"redis_{type(exc).__name__}").inc()
-        vec = self.b.features.history_vector(live, rc.user)
+        history = self.b.features.history(live, rc.user)
         timings.add("history", t)
-        return vec
+        return history

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_export.features import INPUT_NAMES
 
 log = logging.getLogger("unirank.scoring")
 
@@ -59,6 +58,7 @@ class Scorer:
         if output not in outputs:
             raise ValueError(f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?")
         self.output = output
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.io_binding = io_binding and self.device == "cuda"
         self._buckets: dict[tuple[int, int], tuple] = {}
         log.info("onnxruntime %s using %s (%s%s)", ort.__version__, self.provider, self.device,
@@ -67,7 +67,7 @@ class Scorer:
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.io_binding:
             return self._score_bound(inputs)
-        return self.session.run([self.output], {k: inputs[k] for k in INPUT_NAMES})[0]
+        return self.session.run([self.output], {k: inputs[k] for k in self.input_names})[0]
 
     def _score_bound(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         n, b = len(inputs["cand_ctx"]), len(inputs["ctx_ids"])
@@ -86,7 +86,7 @@ class Scorer:
     def _allocate(self, inputs: dict[str, np.ndarray], n: int, b: int) -> tuple:
         binding = self.session.io_binding()
         values = {}
-        for name in INPUT_NAMES:
+        for name in self.input_names:
             rows = b if name.startswith("ctx") else n
             zeros = np.zeros((rows, *inputs[name].shape[1:]), inputs[name].dtype)
             values[name] = ort.OrtValue.ortvalue_from_numpy(zeros, "cuda", 0)

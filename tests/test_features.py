@@ -5,13 +5,13 @@ import pytest
 
 from model_export.context import build_context
 from model_export.data import Dataset
-from model_export.features import INPUT_NAMES, FeatureEncoder, history_vector
+from model_export.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
 from model_export.lexical import TitleIndex
 from model_export.splits import click_log, encode_split
 from model_export.tables import HISTORY_LENGTH, FeatureTables
 from model_export.text import normalize
 from service.context import build_request_context
-from service.features import ServingFeatures
+from service.features import History, ServingFeatures
 from service.schemas import RankRequest
 
 TITLES = {"e1": "Stranger Things", "e2": "The Crown"}
@@ -74,9 +74,12 @@ def test_training_and_serving_build_identical_tensors(tables, data_dir):
         # The serving path's history: this user's clicks strictly before the request, newest first.
         user = tables.user_index.get(req.user_id[r], 0)
         before = (clicks[0] == user) & (clicks[1] < req.timestamp[r])
-        recent = clicks[2][before][np.argsort(clicks[1][before], kind="stable")[::-1]][:HISTORY_LENGTH]
-        got = serving.inputs(rc, serving.encoder.entity_indices(request.candidates), history_vector(tables, recent))
-        for name in INPUT_NAMES:
+        newest_first = np.argsort(clicks[1][before], kind="stable")[::-1]
+        recent = clicks[2][before][newest_first][:HISTORY_LENGTH]
+        kinds = clicks[3][before][newest_first][:HISTORY_LENGTH]
+        history = History(recent, kinds, history_vector(tables, recent))
+        got = serving.inputs(rc, serving.encoder.entity_indices(request.candidates), history)
+        for name in INPUT_NAMES + HISTORY_INPUTS:
             want = enc.inputs[name][rows] if name.startswith("cand") else enc.inputs[name][[r]]
             if name == "cand_ctx":
                 want = want - r

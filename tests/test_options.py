@@ -22,7 +22,8 @@ from tests.conftest import LiveServer
 OPTIONS = {
     "task_gate": dict(task_gate=True),
     "mmoe": dict(mmoe_experts=3),
-    "all": dict(task_gate=True, mmoe_experts=3, play_head=True),
+    "history": dict(history_encoder=True),
+    "all": dict(task_gate=True, mmoe_experts=3, play_head=True, history_encoder=True),
 }
 
 
@@ -30,7 +31,7 @@ OPTIONS = {
 def splits(data_dir):
     dataset = Dataset.load(data_dir)
     tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=0)
-    encoder = FeatureEncoder(tables, "cluster")
+    encoder = FeatureEncoder(tables, "full")
     return tables, encode_split(encoder, dataset, "fit"), encode_split(encoder, dataset, "validation")
 
 
@@ -39,7 +40,7 @@ def option_bundles(splits, tmp_path_factory):
     tables, fit_enc, val_enc = splits
     out = {}
     for name, flags in OPTIONS.items():
-        cfg = replace(TrainConfig(personalization="cluster", epochs=1), **flags)
+        cfg = replace(TrainConfig(personalization="full", epochs=1), **flags)
         model, training = fit(tables, fit_enc, val_enc, cfg, log=lambda *_: None)
         path = tmp_path_factory.mktemp(name)
         export_bundle(model, tables, val_enc, path, cfg, training, {})  # raises ParityError on a mismatch
@@ -53,6 +54,8 @@ def test_option_exports_with_parity_and_is_recorded(option_bundles, name):
     assert manifest["parity_max_abs_diff"] <= 1e-4
     for flag, value in OPTIONS[name].items():
         assert manifest["train_config"][flag] == value and manifest["model"][flag] == value
+    inputs = [i["name"] for i in manifest["onnx"]["inputs"]]
+    assert ("ctx_hist" in inputs and "ctx_hist_kind" in inputs) is bool(OPTIONS[name].get("history_encoder"))
     outputs = [o["name"] for o in manifest["onnx"]["outputs"]]
     assert outputs == (["score", "play"] if OPTIONS[name].get("play_head") else ["score"])
 
@@ -64,7 +67,7 @@ def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundl
     from service.context import build_request_context
     from service.schemas import RankRequest
 
-    rc = build_request_context(RankRequest(task="prequery", country="US"), by_click.tables, by_click.level)
+    rc = build_request_context(RankRequest(task="prequery", country="US"), by_click.tables, "cluster")
     cand = np.arange(1, by_click.tables.n_entities + 1)
     inputs = by_click.features.inputs(rc, cand)
     click, play = by_click.scorer.score(inputs), by_play.scorer.score(inputs)
@@ -72,6 +75,44 @@ def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundl
     assert not np.allclose(play / np.maximum(click, 1e-9), (play / np.maximum(click, 1e-9)).mean())
     with pytest.raises(ValueError, match="play head"):
         LoadedBundle.load(option_bundles["mmoe"], Settings(rank_by="play"))
+
+
+def test_history_encoder_reads_the_sequence_itself(option_bundles):
+    """Same context and history vector, different event sequence: the exported model's scores move."""
+    from service.context import build_request_context
+    from service.features import History
+    from service.schemas import RankRequest
+
+    bundle = LoadedBundle.load(option_bundles["history"], Settings())
+    t = bundle.tables
+    rc = build_request_context(RankRequest(task="prequery", country="US", user_id=t.user_ids[7]), t, "full")
+    cand = np.arange(1, 101)
+    vector = np.zeros(t.item_factors.shape[1], np.float32)
+    empty = bundle.features.inputs(rc, cand, History(np.zeros(0, np.int64), np.zeros(0, np.int64), vector))
+    events = bundle.features.inputs(rc, cand, History(np.arange(150, 156), np.array([1, 2, 3, 4, 1, 3]), vector))
+    assert events["ctx_hist"][0, :6].tolist() == list(range(150, 156)) and events["ctx_hist"][0, 6:].sum() == 0
+    assert not np.allclose(bundle.scorer.score(empty), bundle.scorer.score(events))
+    kinds_only = dict(events, ctx_hist_kind=np.where(events["ctx_hist"] > 0, 1, 0))  # search vs recommendation matters
+    assert not np.allclose(bundle.scorer.score(kinds_only), bundle.scorer.score(events))
+
+
+def test_history_sent_through_events_changes_the_next_ranking(option_bundles, redis_url):
+    """With the history encoder, a user's new clicks (POST /events) reach the next /rank's history tensor."""
+    live = LiveServer(option_bundles["history"], redis_url)
+    try:
+        live.wait_ready()
+        tables = FeatureTables.load(option_bundles["history"] / "tables")
+        user = tables.user_ids[7]
+        candidates = tables.entity_ids[1:101]
+        body = {"task": "prequery", "country": "US", "user_id": user, "candidates": candidates, "k": 100}
+        before = {i["entity_id"]: i["score"] for i in live.client.post("/rank", json=body).json()["items"]}
+        events = [{"user_id": user, "task": "search" if n % 2 else "prequery", "entity_id": tables.entity_ids[150 + n],
+                   "action": "play" if n % 3 == 0 else "click", "ts": 2e9 + n} for n in range(6)]  # fmt: skip
+        assert live.client.post("/events", json=events).status_code == 202
+        after = {i["entity_id"]: i["score"] for i in live.client.post("/rank", json=body).json()["items"]}
+        assert before.keys() == after.keys() and before != after
+    finally:
+        live.stop()
 
 
 def test_service_serves_an_all_options_bundle_ranked_by_play(option_bundles, redis_url):

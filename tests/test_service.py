@@ -160,7 +160,7 @@ def test_events_land_in_redis_newest_first_and_capped(client, redis_url):
     assert client.post("/events", json=batch).json() == {"accepted": 61}
     r = redis.Redis.from_url(redis_url)
     history = [x.decode() for x in r.lrange(f"ur:hist:{user}", 0, -1)]
-    assert history == [f"e{n:06d}" for n in range(59, 9, -1)]  # the 50 most recent clicks, newest first
+    assert history == [f"e{n:06d}|1" for n in range(59, 9, -1)]  # the 50 most recent clicks (kind 1: search click), newest first
     counters = {k.decode(): int(v) for k, v in r.hgetall(f"ur:cnt:{user}").items()}
     assert counters == {"click": 60, "search:click": 60, "impression": 1, "prequery:impression": 1}
     assert 0 < r.ttl(f"ur:hist:{user}") and 0 < r.ttl(f"ur:cnt:{user}")

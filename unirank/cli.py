@@ -49,6 +49,7 @@ def train(
     mmoe_experts: Annotated[int, typer.Option(help="MMoE: shared experts, one gate and head per task (0: off)")] = 0,
     play_head: Annotated[bool, typer.Option(help="Also learn P(play | click); the bundle outputs P(play)")] = False,
     rank_by: Annotated[str, typer.Option(help="The bundle's default ranking score: click | play")] = "click",
+    history_encoder: Annotated[bool, typer.Option(help="Self-attention over the mixed search/rec history (full only)")] = False,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -56,7 +57,7 @@ def train(
 
     cfg = TrainConfig(personalization=personalization, tasks=tuple(tasks.split(",")), epochs=epochs, seed=seed,
                       batch_size=batch_size, task_gate=task_gate, mmoe_experts=mmoe_experts, play_head=play_head,
-                      rank_by=rank_by)  # fmt: skip
+                      rank_by=rank_by, history_encoder=history_encoder)  # fmt: skip
     manifest = train_bundle(data, out, cfg, log=typer.echo)
     typer.echo(format_table(manifest["metrics"]))
 
