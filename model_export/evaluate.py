@@ -74,6 +74,7 @@ def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000) -> np.ndarra
             "cand_genres": x["cand_genres"][rows],
             "cand_dense": x["cand_dense"][rows],
             "cand_ctx": x["cand_ctx"][rows] - s,
+            "cand_text": x["cand_text"][rows],
         } | {k: x[k][s : s + chunk] for k in HISTORY_INPUTS if k in x}
         out[rows] = session.run(None, {i.name: _fit(feed[i.name], i.shape) for i in session.get_inputs()})[0]
     return out

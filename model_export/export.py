@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES
+from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES, TEXT_INPUTS
 from model_export.model import model_input_names, output_names
 from model_export.tables import HISTORY_LENGTH
 from model_export.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
@@ -40,13 +40,14 @@ class ParityError(RuntimeError):
 
 # Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
 # assume they are equal and reuse buffers wrongly.
-DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS} | {"score": {0: "N"}, "play": {0: "N"}}
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS + TEXT_INPUTS} | {"score": {0: "N"}, "play": {0: "N"}}
 
 
 def _input_spec(batch: dict[str, np.ndarray], names) -> list[dict]:
     axes = {"ctx_ids": ["B", len(CTX_IDS)], "ctx_query": ["B", MAX_QUERY_TOKENS], "cand_ids": ["N", len(CAND_IDS)],
             "cand_genres": ["N", 3], "cand_dense": ["N", len(DENSE_FEATURES)], "cand_ctx": ["N"]}  # fmt: skip
     axes |= {k: ["B", int(batch[k].shape[1])] for k in HISTORY_INPUTS if k in batch}
+    axes |= {k: ["N", int(batch[k].shape[1])] for k in TEXT_INPUTS if k in batch}
     return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in names]
 
 
@@ -89,6 +90,7 @@ def held_out_batch(enc, n_requests: int = 64, history_length: int | None = None)
         "cand_genres": x["cand_genres"][rows],
         "cand_dense": x["cand_dense"][rows],
         "cand_ctx": x["cand_ctx"][rows],
+        "cand_text": x["cand_text"][rows],
     }
 
 

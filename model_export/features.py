@@ -26,11 +26,12 @@ CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
 HISTORY_INPUTS = ("ctx_hist", "ctx_hist_kind")  # (B, H): entity index and event kind, most recent first; 0 pad
+TEXT_INPUTS = ("cand_text",)  # (N, TEXT_DIM): the candidate title's text features
 
 
-def input_names(history_encoder: bool) -> tuple[str, ...]:
-    """The model's inputs: the base six, plus the history tensors when it has the history encoder."""
-    return INPUT_NAMES + HISTORY_INPUTS if history_encoder else INPUT_NAMES
+def input_names(history_encoder: bool, text_features: bool = False) -> tuple[str, ...]:
+    """The model's inputs: the base six, plus the history tensors and the text features when it uses them."""
+    return INPUT_NAMES + (HISTORY_INPUTS if history_encoder else ()) + (TEXT_INPUTS if text_features else ())
 
 
 def history_inputs(entities: np.ndarray, kinds: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +65,16 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
         return np.zeros(query.shape, np.float32)
     pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
+
+
+def text_features(text_vec: np.ndarray, source: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """(N, TEXT_DIM + 1): the candidate title's text vector, and its cosine with the source title's
+    (more-like-this; 0 without a source) — what links a cold sequel to the title being watched."""
+    vec = text_vec[cand]
+    src = text_vec[source]
+    norms = np.linalg.norm(vec, axis=1) * np.linalg.norm(src, axis=1)
+    cosine = np.where(norms > 0, (vec * src).sum(1) / np.maximum(norms, 1e-9), 0.0).astype(np.float32)
+    return np.concatenate([vec, cosine[:, None]], 1)
 
 
 def history_vector(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
@@ -160,6 +171,7 @@ class FeatureEncoder:
             "cand_genres": t.genre_ids[cand],
             "cand_dense": dense,
             "cand_ctx": cand_ctx,
+            "cand_text": text_features(t.text_vec, source, cand),
         }
 
 

@@ -11,6 +11,9 @@ Options from the related research, each off by default and a training flag:
 - `history_encoder` (UniSAR): the user's last events (entity, and where each came from — search or a
   recommendation surface — and whether it was played) through one self-attention layer, so the
   transitions between search and recommendation are learnable, then attention from the target entity;
+- `text_features` (S&R Foundation model): the title's MiniLM embedding (PCA-reduced, a table built at
+  export) as a feature group, and an aspect gate — per task, a softmax over ID, text and sparse
+  features — so entities with no engagement (a near-untrained ID embedding) rank by their text;
 - `play_head` (USR's global labels): a second head for P(play | click); the model then outputs both
   P(click) ("score") and P(play) = P(click) x P(play | click) ("play"), trained on both labels.
 """
@@ -26,6 +29,7 @@ import math
 
 from model_export.features import CTX_IDS, DENSE_FEATURES, input_names
 from model_export.tables import HISTORY_KINDS
+from model_export.text_features import TEXT_DIM
 from model_export.text import TOKEN_BUCKETS
 
 
@@ -52,6 +56,8 @@ class ModelSpec:
     play_head: bool = False
     history_encoder: bool = False
     history_length: int = 20  # events per context the encoder reads
+    text_features: bool = False
+    text_vector: bool = True  # with text_features: the title vector itself, not only its similarity to the source
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,7 +93,30 @@ N_TASKS = 4  # index 0: unknown
 def feature_groups(spec: ModelSpec) -> list[int]:
     """Widths of the groups of the per-candidate vector: context, entity, [context x entity], kind, genres, dense."""
     return ([spec.ctx_dim, spec.dim] + ([spec.dim] if spec.interaction else []) + [8, 16, len(DENSE_FEATURES)]
-            + ([spec.dim] if spec.history_encoder else []))  # fmt: skip
+            + ([spec.dim] if spec.history_encoder else []) + ([spec.dim] if spec.text_features else []))  # fmt: skip
+
+
+def feature_aspects(spec: ModelSpec) -> list[int]:
+    """The aspect of each feature group for the aspect gate: 0 context (not gated), 1 ID, 2 text, 3 sparse."""
+    return ([0, 1] + ([1] if spec.interaction else []) + [3, 3, 3] + ([0] if spec.history_encoder else [])
+            + ([2] if spec.text_features else []))  # fmt: skip
+
+
+class AspectGate(nn.Module):
+    """S&R Foundation model: per task, a softmax over the ID, text and sparse aspects (x3, so 1 each at
+    the start) scales their feature groups; the context groups pass unchanged."""
+
+    def __init__(self, groups: list[int], aspects: list[int]):
+        super().__init__()
+        self.logits = nn.Embedding(N_TASKS, 3)
+        nn.init.zeros_(self.logits.weight)
+        column_aspect = torch.repeat_interleave(torch.tensor(aspects), torch.tensor(groups))
+        self.register_buffer("column_aspect", column_aspect)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        weights = 3 * torch.softmax(self.logits(task), -1)
+        scale = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)  # aspect 0: context, unscaled
+        return x * scale.index_select(1, self.column_aspect)
 
 
 def model_width(spec: ModelSpec) -> int:
@@ -199,6 +228,9 @@ class UnifiedRanker(nn.Module):
             self.head = nn.Linear(width, 1)
         self.play = nn.Linear(width, 1) if spec.play_head else None
         self.history = HistoryEncoder(self.entity, d, spec.history_length) if spec.history_encoder else None
+        if spec.text_features:
+            self.text = nn.Linear(TEXT_DIM + 1 if spec.text_vector else 1, d)  # title vector (+) cosine with the source
+            self.aspect_gate = AspectGate(feature_groups(spec), feature_aspects(spec))
 
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
         task = self.task(ctx_ids[:, 0])
@@ -211,8 +243,7 @@ class UnifiedRanker(nn.Module):
                  _bag(self.token, ctx_query)]  # fmt: skip
         return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
-    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, ctx_hist=None,
-              ctx_hist_kind=None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, *optional) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits of P(click) and, with the play head, of P(play | click); one per candidate."""
         ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
         dense = (cand_dense - self.dense_mean) / self.dense_std
@@ -221,11 +252,18 @@ class UnifiedRanker(nn.Module):
         if self.spec.interaction:
             parts.append(ctx[:, self.spec.ctx_dim :] * entity)
         parts += [self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense]
+        optional = list(optional)  # in model_input_names order: history tensors, then text features
         if self.history is not None:
+            ctx_hist, ctx_hist_kind = optional.pop(0), optional.pop(0)
             encoded, mask = self.history.encode(ctx_hist, ctx_hist_kind)
             parts.append(self.history.attend(encoded, mask, entity, cand_ctx))
+        if self.spec.text_features:
+            text = optional.pop(0)
+            parts.append(self.text(text if self.spec.text_vector else text[:, -1:]))
         x0 = torch.cat(parts, 1)
         task = ctx_ids[:, 0].index_select(0, cand_ctx)
+        if self.spec.text_features:
+            x0 = self.aspect_gate(x0, task)
         if self.task_gate is not None:
             x0 = self.task_gate(x0, self.task(task))
         x = x0
@@ -253,7 +291,7 @@ class UnifiedRanker(nn.Module):
 
 
 def model_input_names(spec: ModelSpec) -> tuple[str, ...]:
-    return input_names(spec.history_encoder)
+    return input_names(spec.history_encoder, spec.text_features)
 
 
 def output_names(spec: ModelSpec) -> list[str]:

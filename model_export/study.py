@@ -5,7 +5,7 @@ same test requests for every row:
 - personalization none / cluster / full;
 - ablations: imputation off, feature crossing off (MLP only), task feature off;
 - the research's options: task-conditioned feature gate, MMoE heads, the play head, the mixed-history
-  encoder, and gate + MMoE + play head together;
+  encoder, title text features with the aspect gate, and gate + MMoE + play head together;
 - baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART.
 
 Every trained row is repeated over seeds; the report gives the mean and spread and, for the headline
@@ -44,6 +44,7 @@ class Variant:
     mmoe_experts: int = 0
     play_head: bool = False
     history_encoder: bool = False
+    text_features: bool = False
 
 
 VARIANTS = {
@@ -58,6 +59,7 @@ VARIANTS = {
     "+ mmoe (3 experts)": Variant(mmoe_experts=3),
     "+ play head": Variant(play_head=True),
     "+ history encoder": Variant(history_encoder=True),
+    "+ text features": Variant(text_features=True),
     "+ task gate + mmoe + play head": Variant(task_gate=True, mmoe_experts=3, play_head=True),
 }
 # (comparison row, the row it is compared with, tasks)
@@ -81,7 +83,8 @@ class Study:
     def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int):
         self.seeds, self.epochs = seeds, epochs
         self.dataset = Dataset.load(data_dir)
-        self.tables = FeatureTables.build(self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0)
+        self.tables = FeatureTables.build(self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0,
+                                          text=True)  # fmt: skip
         self._encoded: dict[tuple[str, bool], tuple[Encoded, Encoded, Encoded]] = {}
         self._clicks = None
 
@@ -99,7 +102,7 @@ class Study:
     def _config(self, v: Variant, seed: int) -> TrainConfig:
         cfg = TrainConfig(personalization=v.level, epochs=self.epochs, seed=seed, impute=v.impute, task_feature=v.task_feature,
                           task_gate=v.task_gate, mmoe_experts=v.mmoe_experts, play_head=v.play_head,
-                          history_encoder=v.history_encoder)  # fmt: skip
+                          history_encoder=v.history_encoder, text_features=v.text_features)  # fmt: skip
         return replace(cfg, cross_layers=v.cross_layers) if v.cross_layers is not None else cfg
 
     def scores(self, v: Variant, seed: int) -> np.ndarray:

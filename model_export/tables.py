@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from model_export.lexical import TitleIndex
 from model_export.text import normalize
+from model_export.text_features import TEXT_DIM
 
 HISTORY_LENGTH = 50
 FAVOURITES = 100
@@ -51,6 +52,7 @@ class FeatureTables:
     history_ptr: np.ndarray  # (U+2,) CSR over history_items, per user index
     history_items: np.ndarray  # entity indices, most recent first
     history_kinds: np.ndarray  # per history item: event_kind(task, played), 0 unknown
+    text_vec: np.ndarray  # (E+1, TEXT_DIM) title text features (zeros unless built with text=True)
     cluster_favourites: np.ndarray  # (K+1, FAVOURITES) entity indices, 0 pad
     entity_table: pa.Table
     entity_index: dict[str, int] = field(init=False)
@@ -91,7 +93,7 @@ class FeatureTables:
 
     @classmethod
     def build(cls, entities: pa.Table, feature_events: pa.Table, all_events: pa.Table,
-              n_clusters: int = 16, factors: int = 32, seed: int = 0) -> FeatureTables:  # fmt: skip
+              n_clusters: int = 16, factors: int = 32, seed: int = 0, text: bool = False) -> FeatureTables:  # fmt: skip
         from sklearn.cluster import KMeans  # training-only dependencies
 
         ent_ids = [""] + entities.column("entity_id").to_pylist()
@@ -178,13 +180,14 @@ class FeatureTables:
             co_clicks=co_clicks.astype(np.float32), user_ids=user_ids, user_cluster=user_cluster,
             n_clusters=k, user_factors=user_factors, item_factors=item_factors, history_ptr=hist_ptr,
             history_items=hist_items, history_kinds=hist_kinds, cluster_favourites=favourites, entity_table=entities,
+            text_vec=_text_table(ent_ids, entities, text),
         )  # fmt: skip
 
     # ---- persistence ----------------------------------------------------------------------------
 
     _ARRAYS = ("kind", "genre_ids", "genre_hot", "year", "avail", "pop", "qe_keys", "qe_clicks",
                "qe_impressions", "co_keys", "co_clicks", "user_cluster", "user_factors",
-               "item_factors", "history_ptr", "history_items", "history_kinds", "cluster_favourites")  # fmt: skip
+               "item_factors", "history_ptr", "history_items", "history_kinds", "cluster_favourites", "text_vec")  # fmt: skip
 
     def save(self, directory: Path | str) -> None:
         d = Path(directory)
@@ -202,6 +205,7 @@ class FeatureTables:
         with np.load(d / "arrays.npz") as z:
             arrays = {k: z[k] for k in cls._ARRAYS if k in z}
         arrays.setdefault("history_kinds", np.zeros_like(arrays["history_items"]))  # bundles from before kinds
+        arrays.setdefault("text_vec", np.zeros((len(arrays["kind"]), TEXT_DIM), np.float32))  # ... and text
         meta = json.loads((d / "vocab.json").read_text())
         entities = pq.read_table(d / "entities.parquet")
         users = pq.read_table(d / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
@@ -212,6 +216,14 @@ class FeatureTables:
             ctr_prior=meta["ctr_prior"], n_clusters=meta["n_clusters"], user_ids=[""] + users,
             entity_table=entities, **arrays,
         )  # fmt: skip
+
+
+def _text_table(ent_ids: list[str], entities: pa.Table, text: bool) -> np.ndarray:
+    if not text:
+        return np.zeros((len(ent_ids), TEXT_DIM), np.float32)
+    from model_export.text_features import text_table  # training-only dependencies
+
+    return text_table([""] + entities.column("title").to_pylist())
 
 
 def _als(users: np.ndarray, items: np.ndarray, U1: int, E1: int, factors: int, seed: int):

@@ -46,6 +46,8 @@ class TrainConfig:
     mmoe_experts: int = 0  # shared experts with one gate and head per task (MMoE); 0: off
     play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
     history_encoder: bool = False  # self-attention over the mixed search/recommendation history (UniSAR)
+    text_features: bool = False  # MiniLM title features + an aspect gate (ID / text / sparse), for cold start
+    text_vector: bool = True  # False: only the title's similarity to the source title, not the vector itself
     rank_by: str = "click"  # the bundle's default ranking score: click | play (needs play_head)
     threads: int = 2
 
@@ -72,6 +74,8 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
         mmoe_experts=cfg.mmoe_experts,
         play_head=cfg.play_head,
         history_encoder=cfg.history_encoder and personalization_rank(cfg.personalization) >= 2,
+        text_features=cfg.text_features,
+        text_vector=cfg.text_vector,
     )
 
 
@@ -99,6 +103,7 @@ def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None,
         "cand_ctx": np.arange(len(rows), dtype=np.int64),
         "ctx_hist": hist,
         "ctx_hist_kind": hist_kind,
+        "cand_text": x["cand_text"][rows],
     }
     return [torch.from_numpy(batch[k]) for k in model_input_names(spec)]
 
@@ -176,7 +181,7 @@ def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=pr
     started = time.perf_counter()
     dataset = Dataset.load(data_dir)
     log(f"loaded {dataset.events.num_rows} events, {dataset.entities.num_rows} entities")
-    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=cfg.seed)
+    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=cfg.seed, text=cfg.text_features)
     encoder = FeatureEncoder(tables, cfg.personalization)
     clicks = click_log(encoder, dataset) if personalization_rank(cfg.personalization) >= 2 else None
     fit_enc = encode_split(encoder, dataset, "fit", cfg.tasks, cfg.impute, clicks)

@@ -23,14 +23,15 @@ OPTIONS = {
     "task_gate": dict(task_gate=True),
     "mmoe": dict(mmoe_experts=3),
     "history": dict(history_encoder=True),
-    "all": dict(task_gate=True, mmoe_experts=3, play_head=True, history_encoder=True),
+    "text": dict(text_features=True),
+    "all": dict(task_gate=True, mmoe_experts=3, play_head=True, history_encoder=True, text_features=True),
 }
 
 
 @pytest.fixture(scope="module")
 def splits(data_dir):
     dataset = Dataset.load(data_dir)
-    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=0)
+    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=0, text=True)
     encoder = FeatureEncoder(tables, "full")
     return tables, encode_split(encoder, dataset, "fit"), encode_split(encoder, dataset, "validation")
 
@@ -56,6 +57,7 @@ def test_option_exports_with_parity_and_is_recorded(option_bundles, name):
         assert manifest["train_config"][flag] == value and manifest["model"][flag] == value
     inputs = [i["name"] for i in manifest["onnx"]["inputs"]]
     assert ("ctx_hist" in inputs and "ctx_hist_kind" in inputs) is bool(OPTIONS[name].get("history_encoder"))
+    assert ("cand_text" in inputs) is bool(OPTIONS[name].get("text_features"))
     outputs = [o["name"] for o in manifest["onnx"]["outputs"]]
     assert outputs == (["score", "play"] if OPTIONS[name].get("play_head") else ["score"])
 
@@ -94,6 +96,26 @@ def test_history_encoder_reads_the_sequence_itself(option_bundles):
     assert not np.allclose(bundle.scorer.score(empty), bundle.scorer.score(events))
     kinds_only = dict(events, ctx_hist_kind=np.where(events["ctx_hist"] > 0, 1, 0))  # search vs recommendation matters
     assert not np.allclose(bundle.scorer.score(kinds_only), bundle.scorer.score(events))
+
+
+def test_text_features_link_a_title_to_its_sequels(option_bundles):
+    """The text table comes from MiniLM: titles sharing words are close; the model reads the features."""
+    from service.context import build_request_context
+    from service.schemas import RankRequest
+
+    bundle = LoadedBundle.load(option_bundles["text"], Settings())
+    t = bundle.tables
+    assert np.abs(t.text_vec[1:]).sum(1).min() > 0 and not t.text_vec[0].any()
+    source = 1
+    rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
+    cand = np.arange(2, t.n_entities + 1)
+    inputs = bundle.features.inputs(rc, cand)
+    cosine = inputs["cand_text"][:, -1]
+    words = set(t.norm_titles[source].split())
+    sharing = np.array([bool(words & set(t.norm_titles[c].split())) for c in cand])
+    assert sharing.any() and cosine[sharing].mean() > cosine[~sharing].mean() + 0.1
+    flat = dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))
+    assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(flat))
 
 
 def test_history_sent_through_events_changes_the_next_ranking(option_bundles, redis_url):
