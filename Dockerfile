@@ -9,16 +9,20 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
+# --- the project's sources, once, for every stage that installs them -----------------------------------
+FROM scratch AS source
+COPY pyproject.toml README.md /src/
+COPY unirank /src/unirank
+COPY service /src/service
+COPY model_export /src/model_export
+COPY loadtest /src/loadtest
+
 # --- the service's virtualenv (no torch) -------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS service-venv
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY unirank ./unirank
-COPY service ./service
-COPY model_export ./model_export
-COPY loadtest ./loadtest
+COPY --from=source /src ./
 RUN /opt/venv/bin/pip install .
 
 # --- runtime: slim, non-root, health-checked ----------------------------------------------------------
@@ -43,11 +47,7 @@ CMD ["unirank", "serve"]
 FROM ${PYTHON_IMAGE} AS trainer
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY unirank ./unirank
-COPY service ./service
-COPY model_export ./model_export
-COPY loadtest ./loadtest
+COPY --from=source /src ./
 # versions are pinned in pyproject.toml (torch==2.13.0, the CPU wheel)
 # hadolint ignore=DL3013
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[train,bench]"
@@ -83,11 +83,7 @@ RUN apt-get update \
     && python3 -m venv /opt/venv \
     && useradd --system --uid 10001 --create-home unirank
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY unirank ./unirank
-COPY service ./service
-COPY model_export ./model_export
-COPY loadtest ./loadtest
+COPY --from=source /src ./
 # the CPU onnxruntime comes with the service's dependencies; the GPU build replaces it
 RUN pip install . \
     && pip uninstall -y onnxruntime \

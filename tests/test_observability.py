@@ -46,20 +46,25 @@ def prometheus(prometheus_binaries, server, tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if client.get("/-/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
+    if not _answers_ok(client, "/-/ready"):
         proc.kill()
         pytest.fail("prometheus did not become ready")
     yield client
     client.close()
     proc.terminate()
     proc.wait(20)
+
+
+def _answers_ok(client: httpx.Client, path: str, timeout: float = 60) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if client.get(path).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def _query(prom: httpx.Client, expr: str) -> list[dict]:
@@ -121,15 +126,7 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, redis_url):
                              "--log-level", "warning"], cwd=ROOT, env=env)  # fmt: skip
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
+            if not _answers_ok(c, "/readyz"):
                 pytest.fail("server did not become ready")
         body = json.dumps(TASK_BODIES["search"] | {"k": 7}).encode()
         in_flight = _raw_request(port, body, split_at=len(body) // 2)  # headers and half the body sent
