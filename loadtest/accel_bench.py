@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from loadtest.bench import _drive, _write, machine
+from loadtest.bench import _drive, _write, machine, save_results
 from loadtest.processes import AppServer, RedisServer
 from loadtest.scenarios import Scenarios
 from service.batching import concatenate
@@ -139,15 +138,7 @@ def _gpu_name() -> str | None:
 
 
 def _save(result: dict, out_dir: Path, name: str, table: str, plot) -> dict:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"json": out_dir / f"{name}-{stamp}.json", "markdown": out_dir / f"{name}-{stamp}.md", "plot": out_dir / f"{name}-{stamp}.png"}
-    files["json"].write_text(json.dumps(result, indent=2))
-    files["markdown"].write_text(table)
-    plot(result, files["plot"])
-    result["files"] = {k: str(v) for k, v in files.items()}
-    result["table"] = table
-    return result
+    return save_results(result, out_dir, name, table, plot) | {"table": table}
 
 
 def _scoring_table(r: dict) -> str:

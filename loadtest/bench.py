@@ -162,13 +162,18 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
         "rank_200_vs_concurrency": sweep,
     }
     result["targets"] = check_targets(result)
+    return save_results(result, out_dir, "bench", format_table(result), plot)
+
+
+def save_results(result: dict, out_dir: Path, name: str, table: str, plot_to) -> dict:
+    """<name>-<timestamp>.json, .md (the table) and .png (plot_to(result, path)); their paths go in result["files"]."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2))
-    (out_dir / f"bench-{stamp}.md").write_text(format_table(result))
-    plot(result, out_dir / f"bench-{stamp}.png")
-    result["files"] = {"json": str(path), "markdown": str(out_dir / f"bench-{stamp}.md"), "plot": str(out_dir / f"bench-{stamp}.png")}
+    files = {"json": out_dir / f"{name}-{stamp}.json", "markdown": out_dir / f"{name}-{stamp}.md", "plot": out_dir / f"{name}-{stamp}.png"}
+    files["json"].write_text(json.dumps(result, indent=2))
+    files["markdown"].write_text(table)
+    plot_to(result, files["plot"])
+    result["files"] = {k: str(v) for k, v in files.items()}
     return result
 
 

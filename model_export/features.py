@@ -86,10 +86,12 @@ def history_vector(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
 
 
 class FeatureEncoder:
-    def __init__(self, tables: FeatureTables, level: str):
-        """level: the personalization level of the model these features feed."""
+    def __init__(self, tables: FeatureTables, level: str, text: bool = True):
+        """level: the personalization level of the model these features feed; text: whether to build
+        `cand_text` (training encodes it for every option; the service only for models that read it)."""
         self.t = tables
         self.level = level
+        self.text = text
         self._e1 = tables.n_entities + 1
 
     def entity_indices(self, entity_ids) -> np.ndarray:
@@ -164,28 +166,38 @@ class FeatureEncoder:
             ],
             axis=1,
         ).astype(np.float32)
-        return {
+        inputs = {
             "ctx_ids": ctx.ctx_ids,
             "ctx_query": ctx.ctx_query,
             "cand_ids": np.stack([cand, t.kind[cand]], axis=1),
             "cand_genres": t.genre_ids[cand],
             "cand_dense": dense,
             "cand_ctx": cand_ctx,
-            "cand_text": text_features(t.text_vec, source, cand),
         }
+        if self.text:
+            inputs["cand_text"] = text_features(t.text_vec, source, cand)
+        return inputs
+
+
+def _click_windows(click_user, click_ts, req_user, req_ts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The click log sorted by (user, time), and for each request the slice [first, end) of its user's
+    clicks strictly before its time."""
+    t0 = min(click_ts.min(initial=0), req_ts.min(initial=0))
+    span = int(max(click_ts.max(initial=0), req_ts.max(initial=0)) - t0) + 1
+    click_key = click_user.astype(np.int64) * span + (click_ts - t0)
+    order = np.argsort(click_key, kind="stable")
+    click_key = click_key[order]
+    first = np.searchsorted(click_key, req_user.astype(np.int64) * span, side="left")
+    end = np.searchsorted(click_key, req_user.astype(np.int64) * span + (req_ts - t0), side="left")
+    return order, first, end
 
 
 def history_matrices(click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray, click_kind: np.ndarray,
                      req_user: np.ndarray, req_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Training path of `history_inputs`, vectorised: each request's last `length` clicks strictly before
     its time, most recent first, as (R, length) entity indices and kinds."""
-    t0 = min(click_ts.min(initial=0), req_ts.min(initial=0))
-    span = int(max(click_ts.max(initial=0), req_ts.max(initial=0)) - t0) + 1
-    click_key = click_user.astype(np.int64) * span + (click_ts - t0)
-    order = np.argsort(click_key, kind="stable")
-    click_key, ce, ck = click_key[order], click_entity[order], click_kind[order]
-    first = np.searchsorted(click_key, req_user.astype(np.int64) * span, side="left")
-    end = np.searchsorted(click_key, req_user.astype(np.int64) * span + (req_ts - t0), side="left")
+    order, first, end = _click_windows(click_user, click_ts, req_user, req_ts)
+    ce, ck = click_entity[order], click_kind[order]
     pos = end[:, None] - 1 - np.arange(length)[None, :]
     valid = (pos >= first[:, None]) & (req_user[:, None] > 0)
     pos = np.clip(pos, 0, max(len(ce) - 1, 0))
@@ -199,15 +211,10 @@ def history_vectors(tables: FeatureTables, click_user: np.ndarray, click_ts: np.
     """Training path of `history_vector`, vectorised: for each request, the mean item factor of the
     user's last HISTORY_LENGTH clicks strictly before the request time."""
     F = tables.item_factors.shape[1]
-    t0 = min(click_ts.min(initial=0), req_ts.min(initial=0))
-    span = int(max(click_ts.max(initial=0), req_ts.max(initial=0)) - t0) + 1
-    click_key = click_user.astype(np.int64) * span + (click_ts - t0)
-    order = np.argsort(click_key, kind="stable")
-    click_key, ce = click_key[order], click_entity[order]
+    order, first, end = _click_windows(click_user, click_ts, req_user, req_ts)
+    ce = click_entity[order]
     csum = np.zeros((len(ce) + 1, F), np.float64)
     csum[1:] = np.cumsum(tables.item_factors[ce], axis=0)
-    first = np.searchsorted(click_key, req_user.astype(np.int64) * span, side="left")
-    end = np.searchsorted(click_key, req_user.astype(np.int64) * span + (req_ts - t0), side="left")
     start = np.maximum(first, end - HISTORY_LENGTH)
     n = (end - start)[:, None]
     return np.where(n > 0, (csum[end] - csum[start]) / np.maximum(n, 1), 0.0).astype(np.float32)

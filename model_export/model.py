@@ -110,8 +110,7 @@ class AspectGate(nn.Module):
         super().__init__()
         self.logits = nn.Embedding(N_TASKS, 3)
         nn.init.zeros_(self.logits.weight)
-        column_aspect = torch.repeat_interleave(torch.tensor(aspects), torch.tensor(groups))
-        self.register_buffer("column_aspect", column_aspect)
+        self.register_buffer("column_aspect", _column_labels(aspects, groups))
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         weights = 3 * torch.softmax(self.logits(task), -1)
@@ -124,6 +123,11 @@ def model_width(spec: ModelSpec) -> int:
     return sum(feature_groups(spec))
 
 
+def _column_labels(labels: list[int], widths: list[int]) -> torch.Tensor:
+    """Each column of the per-candidate vector labelled with its group's label (for gathering scales)."""
+    return torch.repeat_interleave(torch.tensor(labels), torch.tensor(widths))
+
+
 class TaskGate(nn.Module):
     """Scenario-conditioned feature scaling: per task, a factor in (0, 2) for each feature group."""
 
@@ -132,7 +136,7 @@ class TaskGate(nn.Module):
         self.gate = nn.Linear(dim, len(groups))
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)  # starts as the identity (2 * sigmoid(0) = 1)
-        self.register_buffer("column_group", torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(groups)))
+        self.register_buffer("column_group", _column_labels(list(range(len(groups))), groups))
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         scale = 2 * torch.sigmoid(self.gate(task))

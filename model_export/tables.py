@@ -265,9 +265,12 @@ def _history_snapshot(events: pa.Table, uidx: dict, eidx: dict, U1: int):
 HISTORY_KINDS = 5  # 0 unknown, then (search | recommendation) x (click | play)
 
 
-def event_kinds(tasks, played) -> np.ndarray:
-    """Kind of each history event: where it came from (a search, or a recommendation surface) and how far
+def event_kind(task: str, played: bool) -> int:
+    """Kind of a history event: where it came from (a search, or a recommendation surface) and how far
     it went (click, or play): 1 search-click, 2 search-play, 3 rec-click, 4 rec-play."""
-    tasks = np.asarray(tasks, dtype=object)
-    played = np.asarray(played).astype(bool)
-    return np.where(tasks == "search", 1, 3).astype(np.int64) + played.astype(np.int64)
+    return (1 if task == "search" else 3) + bool(played)
+
+
+def event_kinds(tasks, played) -> np.ndarray:
+    """`event_kind` of each event of a log."""
+    return np.fromiter(map(event_kind, tasks, played), np.int64, count=len(tasks))

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from service.bundle import BundleMissing, LoadedBundle
+from service.bundle import RANK_OUTPUTS, BundleMissing, LoadedBundle
 from service.cache import EmbeddedRedis, RankCache, connect
 from service.context import PersonalizationError
 from service.events import EventStore
@@ -236,7 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                    "batches": batcher.batches, "requests": batcher.requests} if batcher else {})
         return _json({k: m.get(k) for k in keys} | {"execution_provider": scorer.provider, "device": scorer.device,
                                                       "io_binding": scorer.io_binding, "micro_batching": batching,
-                                                      "rank_by": {"score": "click", "play": "play"}[scorer.output],
+                                                      "rank_by": next(k for k, v in RANK_OUTPUTS.items() if v == scorer.output),
                                                       "bundle": str(state.bundle.path)})  # fmt: skip
 
     @app.get("/metrics")

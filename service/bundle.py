@@ -61,6 +61,7 @@ class LoadedBundle:
             raise BundleMissing(f"no bundle at {path} (manifest.json and model.onnx expected)")
         manifest = json.loads((path / "manifest.json").read_text())
         tables = FeatureTables.load(path / "tables")
+        spec = manifest["model"]
         bundle = cls(
             path=path,
             manifest=manifest,
@@ -68,7 +69,8 @@ class LoadedBundle:
             scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
                           settings.cuda_io_binding, RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")]),
             retriever=Retriever(tables, settings.retrieval_limit),
-            features=ServingFeatures(tables, manifest["personalization"], manifest["model"].get("history_length", 20)),
+            features=ServingFeatures(tables, manifest["personalization"], spec.get("history_length", 20),
+                                     spec.get("history_encoder", False), spec.get("text_features", False)),
         )
         bundle._warm_up()
         batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from model_export.tables import HISTORY_LENGTH, event_kinds
+from model_export.tables import HISTORY_LENGTH, event_kind
 from service.schemas import Event
 
 ENGAGED = ("click", "play")
@@ -60,8 +60,8 @@ class EventStore:
             if slot is None:
                 slot = users[ev.user_id] = len(users) + 1
                 keys += (counters_key(ev.user_id), history_key(ev.user_id))
-            kind = int(event_kinds([ev.task], [ev.action == "play"])[0])
-            args += (slot, ev.action, ev.task, f"{ev.entity_id}|{kind}", 1 if ev.action in ENGAGED else 0)
+            entry = f"{ev.entity_id}|{event_kind(ev.task, ev.action == 'play')}"
+            args += (slot, ev.action, ev.task, entry, 1 if ev.action in ENGAGED else 0)
         return int(await self._store(keys=keys, args=args))
 
 

@@ -29,10 +29,13 @@ def parse_live(entry: bytes) -> tuple[str, int]:
 
 
 class ServingFeatures:
-    def __init__(self, tables: FeatureTables, bundle_level: str, history_length: int = 20):
+    def __init__(self, tables: FeatureTables, bundle_level: str, history_length: int = 20, history_encoder: bool = True,
+                 text_features: bool = True):  # fmt: skip
+        """history_encoder / text_features: whether the model reads those inputs (else they are not built)."""
         self.tables = tables
-        self.encoder = FeatureEncoder(tables, bundle_level)
+        self.encoder = FeatureEncoder(tables, bundle_level, text=text_features)
         self.history_length = history_length
+        self.history_encoder = history_encoder
 
     def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray]:
         """Entity indices and kinds of the user's history, most recent first: live events, then the snapshot."""
@@ -62,6 +65,8 @@ class ServingFeatures:
         vec = history.vector if isinstance(history, History) else history
         ctx = self.encoder.encode_contexts([rc.unified], None if vec is None else vec[None, :], level=rc.level)
         inputs = self.encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+        if not self.history_encoder:
+            return inputs
         if isinstance(history, History) and rc.level == "full":
             inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(history.entities, history.kinds, self.history_length)
         else:
