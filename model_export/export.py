@@ -5,6 +5,8 @@ bundle/
   checkpoint.pt   the torch weights (the service never reads them; the benchmark's reference does)
   manifest.json   the whole contract with the service (see `export_bundle`)
   tables/         feature tables (entities, statistics, users, clusters, factors, histories)
+  text_encoder.onnx, tokenizer.json   with text features only: the MiniLM title encoder, for
+                  entities added at run time (model_export.text_encoder)
 
 Export fails unless onnxruntime and torch agree within PARITY_TOLERANCE on a held-out batch.
 """
@@ -115,6 +117,11 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
     # The torch weights travel too, for the eager-mode reference the benchmark compares against.
     torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
     tables.save(out / "tables")
+    text_encoder = None
+    if model.spec.text_features:
+        from model_export.text_encoder import export_text_encoder
+
+        text_encoder = export_text_encoder(out)
     content_hash, files = _hash_files(out)
     created = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     manifest = {
@@ -137,6 +144,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         "training_data": data_summary,
         "training": training,
         "parity_max_abs_diff": parity,
+        "text_encoder": text_encoder,
         "metrics": None,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

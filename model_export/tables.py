@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from model_export.lexical import TitleIndex
 from model_export.text import normalize
-from model_export.text_features import TEXT_DIM
+from model_export.text_features import TEXT_DIM, TextProjection
 
 HISTORY_LENGTH = 50
 FAVOURITES = 100
@@ -55,13 +55,19 @@ class FeatureTables:
     text_vec: np.ndarray  # (E+1, TEXT_DIM) title text features (zeros unless built with text=True)
     cluster_favourites: np.ndarray  # (K+1, FAVOURITES) entity indices, 0 pad
     entity_table: pa.Table
+    text_projection: TextProjection | None = None  # embedding -> text_vec, for entities added at run time
     entity_index: dict[str, int] = field(init=False)
     country_index: dict[str, int] = field(init=False)
     query_index: dict[str, int] = field(init=False)
     user_index: dict[str, int] = field(init=False)
     norm_titles: list[str] = field(init=False)
+    n_model_entities: int = field(init=False)  # entities the model was trained with; later ones were added at run time
+
+    # per-entity arrays: one row per entity index, grown when entities are added at run time
+    PER_ENTITY = ("kind", "genre_ids", "genre_hot", "year", "avail", "pop", "item_factors", "text_vec")
 
     def __post_init__(self) -> None:
+        self.n_model_entities = len(self.entity_ids) - 1
         self.entity_index = {e: i for i, e in enumerate(self.entity_ids) if i}
         self.country_index = {c: i for i, c in enumerate(self.countries) if i}
         self.query_index = {q: i for i, q in enumerate(self.queries)}
@@ -78,6 +84,15 @@ class FeatureTables:
         if self._title_index is None:
             self._title_index = TitleIndex(self.norm_titles)
         return self._title_index
+
+    def grow(self, n: int) -> int:
+        """Appends n blank entity rows (no statistics, zero factors); returns the first new index.
+        The caller fills the rows, then sets ids and titles, then `entity_index` (what makes them visible)."""
+        first = len(self.kind)
+        for name in self.PER_ENTITY:
+            array = getattr(self, name)
+            setattr(self, name, np.concatenate([array, np.zeros((n, *array.shape[1:]), array.dtype)]))
+        return first
 
     def title_of(self, entity_id: str) -> str | None:
         idx = self.entity_index.get(entity_id)
@@ -172,6 +187,7 @@ class FeatureTables:
         user_factors, item_factors = _als(fu[c], tgt[c], U1, E1, factors, seed)
 
         hist_ptr, hist_items, hist_kinds = _history_snapshot(all_events, uidx, eidx, U1)
+        text_vec, projection = _text_table(ent_ids, entities, text)
         return cls(
             entity_ids=ent_ids, titles=[""] + entities.column("title").to_pylist(), kind=kind,
             genre_ids=genre_ids, genre_hot=genre_hot, year=year, countries=countries, genres=genres,
@@ -180,7 +196,7 @@ class FeatureTables:
             co_clicks=co_clicks.astype(np.float32), user_ids=user_ids, user_cluster=user_cluster,
             n_clusters=k, user_factors=user_factors, item_factors=item_factors, history_ptr=hist_ptr,
             history_items=hist_items, history_kinds=hist_kinds, cluster_favourites=favourites, entity_table=entities,
-            text_vec=_text_table(ent_ids, entities, text),
+            text_vec=text_vec, text_projection=projection,
         )  # fmt: skip
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -192,7 +208,11 @@ class FeatureTables:
     def save(self, directory: Path | str) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / "arrays.npz", **{k: getattr(self, k) for k in self._ARRAYS})
+        arrays = {k: getattr(self, k) for k in self._ARRAYS}
+        if self.text_projection is not None:
+            p = self.text_projection
+            arrays |= {"text_mean": p.mean, "text_components": p.components, "text_scale": np.float32(p.scale)}
+        np.savez(d / "arrays.npz", **arrays)
         pq.write_table(self.entity_table, d / "entities.parquet")
         pq.write_table(pa.table({"user_id": self.user_ids[1:], "cluster": self.user_cluster[1:]}), d / "users.parquet")
         meta = {"countries": self.countries, "genres": self.genres, "queries": self.queries,
@@ -204,6 +224,7 @@ class FeatureTables:
         d = Path(directory)
         with np.load(d / "arrays.npz") as z:
             arrays = {k: z[k] for k in cls._ARRAYS if k in z}
+            projection = TextProjection(z["text_mean"], z["text_components"], float(z["text_scale"])) if "text_mean" in z else None
         arrays.setdefault("history_kinds", np.zeros_like(arrays["history_items"]))  # bundles from before kinds
         arrays.setdefault("text_vec", np.zeros((len(arrays["kind"]), TEXT_DIM), np.float32))  # ... and text
         meta = json.loads((d / "vocab.json").read_text())
@@ -214,13 +235,13 @@ class FeatureTables:
             titles=[""] + entities.column("title").to_pylist(),
             countries=meta["countries"], genres=meta["genres"], queries=meta["queries"],
             ctr_prior=meta["ctr_prior"], n_clusters=meta["n_clusters"], user_ids=[""] + users,
-            entity_table=entities, **arrays,
+            entity_table=entities, text_projection=projection, **arrays,
         )  # fmt: skip
 
 
-def _text_table(ent_ids: list[str], entities: pa.Table, text: bool) -> np.ndarray:
+def _text_table(ent_ids: list[str], entities: pa.Table, text: bool) -> tuple[np.ndarray, TextProjection | None]:
     if not text:
-        return np.zeros((len(ent_ids), TEXT_DIM), np.float32)
+        return np.zeros((len(ent_ids), TEXT_DIM), np.float32), None
     from model_export.text_features import text_table  # training-only dependencies
 
     return text_table([""] + entities.column("title").to_pylist())
