@@ -53,6 +53,7 @@ class EncodedContexts:
     query_ids: np.ndarray  # (B,) id in the query-statistics vocabulary, 0 unknown
     user_vec: np.ndarray  # (B, F) collaborative-filtering user factors
     hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
+    source: np.ndarray  # (B,) source entity index (ctx_ids[:, 3] holds 0 for one added after training)
 
 
 @lru_cache(maxsize=500_000)
@@ -92,7 +93,7 @@ class FeatureEncoder:
         self.t = tables
         self.level = level
         self.text = text
-        self._e1 = tables.n_entities + 1
+        self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
         get = self.t.entity_index.get
@@ -106,13 +107,15 @@ class FeatureEncoder:
         ids = np.zeros((B, len(CTX_IDS)), np.int64)
         query = np.zeros((B, MAX_QUERY_TOKENS), np.int64)
         qids = np.zeros(B, np.int64)
+        source = np.zeros(B, np.int64)
         for i, c in enumerate(contexts):
             user = t.user_index.get(c.user_id, 0) if c.user_id is not None else 0
+            source[i] = t.entity_index.get(c.source_entity_id, 0) if c.source_entity_id else 0
             ids[i] = (
                 TASK_INDEX.get(c.task, 0),
                 t.country_index.get(c.country, 0) if c.country else 0,
                 t.user_cluster[user] if rank >= 1 else 0,
-                t.entity_index.get(c.source_entity_id, 0) if c.source_entity_id else 0,
+                source[i] if source[i] < self._e1 else 0,
                 user if rank >= 2 else 0,
             )
             toks = token_ids(c.query)
@@ -125,19 +128,24 @@ class FeatureEncoder:
         else:
             user_vec = np.zeros((B, F), np.float32)
             hist = np.zeros((B, F), np.float32)
-        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist)
+        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist, source)
 
     def encode_candidates(self, ctx: EncodedContexts, cand: np.ndarray, cand_ctx: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's inputs for candidates `cand` (entity indices, 0 = unknown)."""
+        """The model's inputs for candidates `cand` (entity indices, 0 = unknown).
+
+        An entity added at run time has its content features (kind, genres, year, title, text) but no
+        statistics and, for the model, the unknown entity's id."""
         t, e1 = self.t, self._e1
         cand = np.asarray(cand, np.int64)
         cand_ctx = np.asarray(cand_ctx, np.int64)
         country = ctx.ctx_ids[cand_ctx, 1]
-        source = ctx.ctx_ids[cand_ctx, 3]
-        qe_key = ctx.query_ids[cand_ctx] * e1 + cand
-        clicks = _lookup(t.qe_keys, t.qe_clicks, qe_key)
-        impressions = _lookup(t.qe_keys, t.qe_impressions, qe_key)
-        co = _lookup(t.co_keys, t.co_clicks, source * e1 + cand)
+        source = ctx.source[cand_ctx]
+        trained = cand < e1
+        model_cand = np.where(trained, cand, 0)
+        qe_key = ctx.query_ids[cand_ctx] * e1 + model_cand
+        clicks = np.where(trained, _lookup(t.qe_keys, t.qe_clicks, qe_key), 0.0)
+        impressions = np.where(trained, _lookup(t.qe_keys, t.qe_impressions, qe_key), 0.0)
+        co = np.where(trained & (source < e1), _lookup(t.co_keys, t.co_clicks, source * e1 + model_cand), 0.0)
         g_src, g_cand = t.genre_hot[source], t.genre_hot[cand]
         inter = (g_src & g_cand).sum(1)
         union = (g_src | g_cand).sum(1)
@@ -169,7 +177,7 @@ class FeatureEncoder:
         inputs = {
             "ctx_ids": ctx.ctx_ids,
             "ctx_query": ctx.ctx_query,
-            "cand_ids": np.stack([cand, t.kind[cand]], axis=1),
+            "cand_ids": np.stack([model_cand, t.kind[cand]], axis=1),
             "cand_genres": t.genre_ids[cand],
             "cand_dense": dense,
             "cand_ctx": cand_ctx,

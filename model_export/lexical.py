@@ -43,6 +43,25 @@ class TitleIndex:
         self.fuzzy = dict(fuzzy)
         self._empty = np.zeros(0, dtype=np.int64)
 
+    @staticmethod
+    def _prefixes(normalized_title: str) -> set[str]:
+        return {tok[:n] for tok in set(tokens(normalized_title)) for n in range(1, min(len(tok), MAX_PREFIX) + 1)}
+
+    def add(self, idx: int, normalized_title: str) -> None:
+        """Indexes one more title (an entity added at run time)."""
+        for key in self._prefixes(normalized_title):
+            known = self.prefixes.get(key)
+            self.prefixes[key] = np.union1d(known, [idx]) if known is not None else np.array([idx], np.int64)
+            if known is None and len(key) >= MIN_FUZZY:
+                for variant in _deletions(key):
+                    self.fuzzy.setdefault(variant, set()).add(key)
+
+    def remove(self, idx: int, normalized_title: str) -> None:
+        """Forgets an entity's old title (its title changed); emptied keys stay, matching nothing."""
+        for key in self._prefixes(normalized_title):
+            if (known := self.prefixes.get(key)) is not None:
+                self.prefixes[key] = known[known != idx]
+
     def _token_matches(self, tok: str) -> np.ndarray:
         exact = self.prefixes.get(tok[:MAX_PREFIX])
         if exact is not None:

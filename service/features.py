@@ -68,7 +68,8 @@ class ServingFeatures:
         if not self.history_encoder:
             return inputs
         if isinstance(history, History) and rc.level == "full":
-            inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(history.entities, history.kinds, self.history_length)
+            known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)  # added at run time: unknown to the model
+            inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(known, history.kinds, self.history_length)
         else:
             inputs["ctx_hist"] = inputs["ctx_hist_kind"] = np.zeros((1, self.history_length), np.int64)
         return inputs

@@ -1,11 +1,14 @@
 """Candidate retrieval when a request brings no candidates; only entities available in the country.
 
 - search: the title index (token prefixes, one-edit typos), most popular first when there are many;
-- prequery: popular in the country, plus favourites of the user's cluster;
+- prequery: popular in the country, plus favourites of the user's cluster, plus the newest entities
+  added at run time (no engagement yet, so the model, not popularity, decides whether they show);
 - more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
@@ -16,6 +19,9 @@ def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
     merged = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     _, first = np.unique(merged, return_index=True)
     return merged[np.sort(first)]
+
+
+FRESH = 50  # newest runtime-added entities considered for prequery
 
 
 class Retriever:
@@ -32,6 +38,14 @@ class Retriever:
         src, tgt = src[order], tgt[order]
         bounds = np.searchsorted(src, np.arange(e1 + 1))
         self.co_neighbours = [tgt[bounds[i] : bounds[i + 1]][:limit] for i in range(e1)]
+        self.fresh: deque[int] = deque(maxlen=FRESH)
+
+    def add_fresh(self, indices) -> None:
+        """Entities added at run time, newest last."""
+        for idx in indices:
+            if idx in self.fresh:
+                self.fresh.remove(idx)
+            self.fresh.append(idx)
 
     @staticmethod
     def _top(candidates: np.ndarray, pop: np.ndarray, n: int) -> np.ndarray:
@@ -49,14 +63,17 @@ class Retriever:
 
     def prequery(self, country: int, cluster: int) -> np.ndarray:
         favourites = self.t.cluster_favourites[cluster]
+        fresh = np.fromiter(reversed(self.fresh), np.int64, len(self.fresh))
         parts = [self.country_top[country], favourites[favourites > 0]]
-        return self._available(_unique_in_order(parts), country)[: self.limit + len(parts[1])]
+        cand = self._available(_unique_in_order(parts), country)[: self.limit + len(parts[1])]
+        return _unique_in_order([cand, self._available(fresh, country)]) if fresh.size else cand
 
     def more_like_this(self, source: int, country: int) -> np.ndarray:
         if source == 0:  # unknown source: nothing to be similar to, so the popular titles
             return self.country_top[country]
         t = self.t
-        parts = [self.co_neighbours[source], t.title_index.lookup(t.norm_titles[source])[:50]]
+        co = self.co_neighbours[source] if source < len(self.co_neighbours) else np.zeros(0, np.int64)  # added at run time
+        parts = [co, t.title_index.lookup(t.norm_titles[source])[:50]]
         parts += [self.genre_top[g][:50] for g in np.flatnonzero(t.genre_hot[source])]
         cand = self._available(_unique_in_order(parts), country)
         cand = cand[cand != source]
