@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 BUNDLE ?= artifacts/demo
+ADMIN_TOKEN ?= demo-admin-token  # POST /entities of the local demo; set your own anywhere else
 
 .PHONY: venv serve test bench bench-quick demo clean
 
@@ -25,7 +26,8 @@ serve: venv $(BUNDLE)/manifest.json
 	@echo "unirank on http://$(HOST):$(PORT)  (try, in another shell:)"
 	@echo "  curl -s -X POST http://$(HOST):$(PORT)/rank -H 'content-type: application/json' \\"
 	@echo "       -d '{\"task\": \"search\", \"country\": \"US\", \"query\": \"str\", \"k\": 5}'"
-	$(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	@echo "  (POST /entities takes 'Authorization: Bearer $(ADMIN_TOKEN)')"
+	UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

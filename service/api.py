@@ -1,13 +1,15 @@
-"""HTTP API: POST /rank, POST /events, GET /entities/{id}, /healthz, /readyz, /model, /metrics.
+"""HTTP API: POST /rank, POST /events, POST /entities, GET /entities/{id}, /healthz, /readyz, /model, /metrics.
 
 Bodies are parsed with pydantic-core's JSON parser and answered with orjson-encoded bytes. Any
 invalid input is a 422 whose body names the field; nothing accepted is lost (/events answers 202 only
-after Redis acknowledged the write, 503 otherwise).
+after Redis acknowledged the write, 503 otherwise; so does POST /entities, which also needs the
+admin token).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections import Counter
@@ -22,11 +24,12 @@ from redis.exceptions import RedisError
 
 from service.bundle import RANK_OUTPUTS, BundleMissing, LoadedBundle
 from service.cache import EmbeddedRedis, RankCache, connect
+from service.catalog import CatalogSync
 from service.context import PersonalizationError
 from service.events import EventStore
 from service.metrics import ERRORS, EVENTS, MODEL_INFO, REQUEST_LATENCY, render
 from service.ranker import Ranker, Timings
-from service.schemas import EventBatch, RankRequest
+from service.schemas import EventBatch, NewEntityBatch, RankRequest
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("unirank.api")
@@ -77,6 +80,9 @@ class State:
         self.events: EventStore | None = None
         self.bundle: LoadedBundle | None = None
         self.ranker: Ranker | None = None
+        self.catalog_redis = None
+        self.catalog_sync: CatalogSync | None = None
+        self.catalog_task: asyncio.Task | None = None
         self.load_error: str | None = "loading"
         self.loader: asyncio.Task | None = None
 
@@ -95,10 +101,33 @@ class State:
                 self.load_error = f"bundle failed to load: {exc}"
                 await asyncio.sleep(max(self.settings.bundle_poll_s, 5.0))
                 continue
+            await self.follow_catalog(bundle)
             self.bundle = bundle
             self.ranker = Ranker(bundle, self.cache, self.redis, self.settings)
             self.load_error = None
             MODEL_INFO.labels(version=bundle.version, personalization=bundle.level, provider=bundle.scorer.provider).set(1)
+
+
+    async def follow_catalog(self, bundle: LoadedBundle) -> None:
+        """Entities added at run time: replay the log before serving, then follow it."""
+        self.catalog_sync = CatalogSync(self.catalog_redis, bundle.catalog, self.settings.catalog_stream, self.settings.catalog_block_s)
+        try:
+            added = await self.catalog_sync.catch_up()
+            log.info("runtime catalog: %d entities added at run time (generation %s)", added, bundle.catalog.generation or "-")
+        except (RedisError, OSError) as exc:  # serve the bundle's catalog; the follower keeps trying
+            ERRORS.labels(type=f"catalog_{type(exc).__name__}").inc()
+            log.warning("runtime catalog not replayed yet: %s", exc)
+        self.catalog_task = asyncio.create_task(self.catalog_sync.run())
+
+
+def _authorize(request: Request, token: str | None) -> Response | None:
+    """None when the request carries the admin token; else the answer to give."""
+    if not token:
+        return _json({"detail": "this endpoint is disabled: set UNIRANK_ADMIN_TOKEN to enable it"}, 403)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        return _json({"detail": "missing or wrong admin token (Authorization: Bearer <token>)"}, 401, {"WWW-Authenticate": "Bearer"})
+    return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -116,14 +145,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # writes of accepted events get their own pool and a longer timeout than the keystroke path's reads
         state.events_redis = connect(url, settings.events_timeout_s, settings.redis_max_connections)
         state.events = EventStore(state.events_redis, settings.history_ttl_s)
+        state.catalog_redis = connect(url, settings.catalog_block_s + 2.0, 4)  # blocking reads of the catalog log
         state.cache = RankCache(state.redis, settings.cache_ttl_s, settings.local_cache_size, settings.local_cache_ttl_s)
         state.loader = asyncio.create_task(state.load_bundle_when_present())
         yield
         state.loader.cancel()
+        if state.catalog_task:
+            state.catalog_task.cancel()
         if state.bundle and state.bundle.batcher:
             state.bundle.batcher.close()
         await state.redis.aclose()
         await state.events_redis.aclose()
+        await state.catalog_redis.aclose()
         if state.embedded:
             state.embedded.close()
 
@@ -196,6 +229,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await request.body()
             return Response(b'{"items":[]}', media_type=JSON)
 
+    @app.post("/entities", status_code=201, openapi_extra={"requestBody": {"content": {JSON: {"schema": NewEntityBatch.model_json_schema()}}, "required": True}})
+    async def add_entities(request: Request) -> Response:
+        """Add (or replace) catalog entities at run time; they rank on the next request. Needs the admin token."""
+        if (denied := _authorize(request, settings.admin_token)) is not None:
+            return denied
+        try:
+            batch = NewEntityBatch.model_validate_json(await request.body()).root
+        except ValidationError as exc:
+            return validation_error(exc.errors(include_url=False), root="entities")
+        seen: set[str] = set()
+        duplicates = [i for i, e in enumerate(batch) if e.entity_id in seen or seen.add(e.entity_id)]
+        if duplicates:
+            return validation_error([{"loc": (i, "entity_id"), "msg": "entity_id appears twice in the batch", "type": "duplicate"} for i in duplicates], root="entities")
+        if state.bundle is None:
+            return not_ready()
+        catalog = state.bundle.catalog
+        if trained := catalog.trained([e.entity_id for e in batch]):
+            return _json({"detail": "these entities are in the model's training catalog; retrain to change them", "entity_ids": trained}, 409)
+        try:
+            entry_id = await state.catalog_sync.publish(batch)
+        except (RedisError, OSError) as exc:
+            ERRORS.labels(type=f"catalog_{type(exc).__name__}").inc()
+            return _json({"detail": "entities could not be stored; retry"}, 503, {"Retry-After": "1"})
+        visible = await state.catalog_sync.wait_applied(entry_id, settings.catalog_block_s + 1.0)
+        ignored = {e.entity_id: ig for e in batch if (ig := catalog.ignored(e))}
+        return _json({"accepted": len(batch), "visible": visible, "text_features": catalog.text_encoder is not None,
+                      "catalog_generation": entry_id, "ignored": ignored}, 201)  # fmt: skip
+
     @app.get("/entities/{entity_id}")
     async def entity(entity_id: str) -> Response:
         if state.bundle is None:
@@ -204,8 +265,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idx = t.entity_index.get(entity_id)
         if idx is None:
             return _json({"detail": f"unknown entity '{entity_id}'"}, 404)
+        if idx > t.n_model_entities:
+            return _json(state.bundle.catalog.records[entity_id] | {"added_at_run_time": True})
         row = t.entity_table.slice(idx - 1, 1).to_pylist()[0]
-        return _json(row)
+        return _json(row | {"added_at_run_time": False})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -236,6 +299,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                    "batches": batcher.batches, "requests": batcher.requests} if batcher else {})
         return _json({k: m.get(k) for k in keys} | {"execution_provider": scorer.provider, "device": scorer.device,
                                                       "io_binding": scorer.io_binding, "micro_batching": batching,
+                                                      "runtime_catalog": {"entities": state.bundle.catalog.size,
+                                                                          "generation": state.bundle.catalog.generation,
+                                                                          "text_encoder": state.bundle.catalog.text_encoder is not None},
                                                       "rank_by": next(k for k, v in RANK_OUTPUTS.items() if v == scorer.output),
                                                       "bundle": str(state.bundle.path)})  # fmt: skip
 

@@ -11,10 +11,12 @@ import numpy as np
 
 from model_export.tables import FeatureTables
 from service.batching import MicroBatcher
+from service.catalog import RuntimeCatalog
 from service.features import ServingFeatures
 from service.retrieval import Retriever
 from service.scoring import Scorer
 from service.settings import Settings
+from service.text_encoder import TextEncoder
 
 log = logging.getLogger("unirank.bundle")
 
@@ -34,6 +36,7 @@ class LoadedBundle:
     scorer: Scorer
     retriever: Retriever
     features: ServingFeatures
+    catalog: RuntimeCatalog
     batcher: MicroBatcher | None = None
 
     async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -45,6 +48,12 @@ class LoadedBundle:
     @property
     def version(self) -> str:
         return self.manifest["version"]
+
+    @property
+    def cache_version(self) -> str:
+        """What cached rankings depend on besides the request: the model, and the runtime catalog."""
+        generation = self.catalog.generation
+        return f"{self.version}+{generation}" if generation else self.version
 
     @property
     def level(self) -> str:
@@ -62,15 +71,20 @@ class LoadedBundle:
         manifest = json.loads((path / "manifest.json").read_text())
         tables = FeatureTables.load(path / "tables")
         spec = manifest["model"]
+        retriever = Retriever(tables, settings.retrieval_limit)
+        text_encoder = None
+        if manifest.get("text_encoder") and tables.text_projection is not None:
+            text_encoder = TextEncoder(path, manifest["text_encoder"], tables.text_projection, settings.intra_op_threads)
         bundle = cls(
             path=path,
             manifest=manifest,
             tables=tables,
             scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
                           settings.cuda_io_binding, RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")]),
-            retriever=Retriever(tables, settings.retrieval_limit),
+            retriever=retriever,
             features=ServingFeatures(tables, manifest["personalization"], spec.get("history_length", 20),
                                      spec.get("history_encoder", False), spec.get("text_features", False)),
+            catalog=RuntimeCatalog(tables, retriever, text_encoder),
         )
         bundle._warm_up()
         batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"

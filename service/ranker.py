@@ -1,8 +1,8 @@
 """The /rank flow: context -> (cache | retrieval) -> features -> one onnxruntime call -> top k.
 
 - explicit candidates: scored as given (cache "bypass");
-- personalization none/cluster: the ranked list depends only on (model version, task, country,
-  cluster, normalised query or source, k), so it is cached in Redis with a TTL (single flight);
+- personalization none/cluster: the ranked list depends only on (model version, runtime catalog
+  generation, task, country, cluster, normalised query or source, k), so it is cached in Redis with a TTL (single flight);
 - personalization full: the cluster-level candidates (stage one) are cached, then re-scored with the
   user's features and live history (stage two), so the keystroke path still skips retrieval.
 """
@@ -84,7 +84,7 @@ class Ranker:
             hist = await self._history(rc, timings) if rc.level == "full" else None
             items, status = await self._score(rc, cand, ids, req.k, hist, timings), "bypass"
         elif rc.level != "full":
-            key = rc.cache_key(self.b.version, req.k)
+            key = rc.cache_key(self.b.cache_version, req.k)
             items = await self.cache.get(key)
             t = timings.add("cache", t)
             status = "hit" if items is not None else "miss"
@@ -136,7 +136,7 @@ class Ranker:
 
     async def _stage_one(self, rc: RequestContext, timings: Timings) -> tuple[np.ndarray, str]:
         """Cluster-level candidates for a `full` request: cached, or retrieved and scored at cluster level."""
-        key = rc.stage_one_key(self.b.version)
+        key = rc.stage_one_key(self.b.cache_version)
         t = time.perf_counter()
         packed = await self.cache.get(key)
         timings.add("cache", t)

@@ -1,10 +1,10 @@
-"""Request and response bodies of the HTTP API (pydantic), with the validation rules of /rank and /events."""
+"""Request and response bodies of the HTTP API (pydantic), with the validation rules of /rank, /events and /entities."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from model_export.text import normalize
 
@@ -50,4 +50,32 @@ class Event(BaseModel):
 
 
 class EventBatch(RootModel[Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS)]]):
+    pass
+
+
+MAX_NEW_ENTITIES = 1000
+
+
+class NewEntity(BaseModel):
+    """An entity added at run time (POST /entities); the fields of the catalog's entities table."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    entity_id: Annotated[str, Field(min_length=1, max_length=128)]
+    title: Annotated[str, Field(min_length=1, max_length=300)]
+    kind: Literal["video", "game"] = "video"
+    genres: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=20)] = []
+    release_year: Annotated[int, Field(ge=1870, le=2100)] | None = Field(None, description="unset: the catalog's median year")
+    countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")]], Field(max_length=300)] | None = Field(
+        None, description="ISO 3166 alpha-2 codes where it is available; unset: everywhere")
+
+    @field_validator("title")
+    @classmethod
+    def title_has_words(cls, title: str) -> str:
+        if not normalize(title):
+            raise ValueError("the title needs at least one letter or digit")
+        return title
+
+
+class NewEntityBatch(RootModel[Annotated[list[NewEntity], Field(min_length=1, max_length=MAX_NEW_ENTITIES)]]):
     pass

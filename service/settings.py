@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     max_events: int = 1000
     bundle_poll_s: float = Field(1.0, description="How often to look for a missing bundle")
     bench_endpoints: bool = Field(False, description="Expose POST /bench/noop (the benchmark's ceiling)")
-    admin_token: str | None = Field(None, description="Token for protected endpoints")
+    admin_token: str | None = Field(None, description="Bearer token of POST /entities; unset: that endpoint is off")
+    catalog_stream: str = Field("ur:entities", description="Redis stream holding the entities added at run time")
+    catalog_block_s: float = Field(1.0, gt=0, description="Blocking read of the runtime catalog log (entities added at run time)")
 
 
 @lru_cache

@@ -4,6 +4,7 @@ and is served by the same service code, ranking by P(click) or P(play)."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -60,6 +61,9 @@ def test_option_exports_with_parity_and_is_recorded(option_bundles, name):
     assert ("cand_text" in inputs) is bool(OPTIONS[name].get("text_features"))
     outputs = [o["name"] for o in manifest["onnx"]["outputs"]]
     assert outputs == (["score", "play"] if OPTIONS[name].get("play_head") else ["score"])
+    has_text = bool(OPTIONS[name].get("text_features"))
+    assert (manifest["text_encoder"] is not None) is has_text
+    assert (option_bundles[name] / "text_encoder.onnx").is_file() is has_text
 
 
 def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundles):
@@ -116,6 +120,47 @@ def test_text_features_link_a_title_to_its_sequels(option_bundles):
     assert sharing.any() and cosine[sharing].mean() > cosine[~sharing].mean() + 0.1
     flat = dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))
     assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(flat))
+
+
+def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles):
+    """The service's encoder (ONNX MiniLM + tokenizer + the bundle's projection, no torch) gives an entity
+    added at run time the text features training gave the catalog; a sequel added at run time is close
+    to its original, and the model reads that."""
+    from service.context import build_request_context
+    from service.schemas import RankRequest
+
+    bundle = LoadedBundle.load(option_bundles["text"], Settings())
+    t, catalog = bundle.tables, bundle.catalog
+    assert catalog.text_encoder is not None
+    rows = np.arange(1, 41)
+    features = catalog.text_encoder.features(catalog.text_encoder.embed([t.titles[i] for i in rows]))
+    assert np.abs(features - t.text_vec[rows]).max() < 1e-3
+
+    source = next(i for i in range(1, t.n_entities + 1) if len(t.norm_titles[i].split()) >= 2)
+    records = [{"entity_id": "rt-sequel", "title": f"{t.titles[source]} Returns", "kind": "video", "genres": []},
+               {"entity_id": "rt-other", "title": "Glimmerfax Orbital Kitchen", "kind": "video", "genres": []}]  # fmt: skip
+    added = catalog.apply(records, catalog.embed([r["title"] for r in records]))
+    assert added == [t.n_model_entities + 1, t.n_model_entities + 2] and t.text_vec[added].any(1).all()
+    rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
+    inputs = bundle.features.inputs(rc, np.array(added))
+    assert (inputs["cand_ids"][:, 0] == 0).all()  # the model's id embedding: unknown
+    cosine = inputs["cand_text"][:, -1]
+    assert cosine[0] > cosine[1] + 0.2
+    assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))))
+
+
+def test_a_text_bundle_embeds_entities_posted_at_run_time(option_bundles, redis_url):
+    live = LiveServer(option_bundles["all"], redis_url, {"UNIRANK_ADMIN_TOKEN": "t", "UNIRANK_CATALOG_STREAM": f"ur:entities:test:{uuid.uuid4().hex[:8]}"})
+    try:
+        live.wait_ready()
+        body = [{"entity_id": "rt-text-1", "title": "Nebulon Harvest Saga", "genres": []}]
+        r = live.client.post("/entities", json=body, headers={"authorization": "Bearer t"})
+        assert r.status_code == 201 and r.json()["text_features"] is True, r.text
+        found = live.client.post("/rank", json={"task": "search", "country": "US", "query": "nebulon harv"}).json()["items"]
+        assert [i["entity_id"] for i in found] == ["rt-text-1"]
+        assert live.client.get("/model").json()["runtime_catalog"]["text_encoder"] is True
+    finally:
+        live.stop()
 
 
 def test_history_sent_through_events_changes_the_next_ranking(option_bundles, redis_url):

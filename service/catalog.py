@@ -1,0 +1,184 @@
+"""Entities added at run time (POST /entities): the runtime catalog, and the Redis stream that carries it
+to every worker and replica.
+
+A Redis stream (`ur:entities`; UNIRANK_CATALOG_STREAM) is the runtime catalog's log. POST /entities
+appends one entry per accepted batch (the records and their MiniLM title embeddings); each worker's
+`CatalogSync` replays the log from the start when its bundle loads, then follows it with blocking
+reads, and applies every entry to its feature tables, title index and retriever (`RuntimeCatalog`).
+The worker that took the POST answers once its own sync applied the entry, so the entity ranks on the
+next request; other workers and replicas follow within a read's round trip. The last applied entry id
+is part of every cache key, so no cached ranking predates an entity this worker knows.
+
+An added entity has its content features (kind, genres, year, availability, title, and the text
+features when the bundle has them) but no engagement statistics, and the model sees it as its unknown
+entity until a bundle trained with it replaces this one; entities the bundle was trained with win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from model_export.tables import KINDS, FeatureTables
+from model_export.text import normalize
+from model_export.text_features import EMBEDDING_DIM
+from service.metrics import ERRORS
+from service.retrieval import Retriever
+from service.schemas import NewEntity
+from service.text_encoder import TextEncoder
+
+log = logging.getLogger("unirank.catalog")
+
+
+class RuntimeCatalog:
+    def __init__(self, tables: FeatureTables, retriever: Retriever, text_encoder: TextEncoder | None):
+        self.t = tables
+        self.retriever = retriever
+        self.text_encoder = text_encoder
+        self.records: dict[str, dict] = {}  # entity id -> the record as added
+        self.generation = ""  # id of the last applied log entry
+        years = tables.year[1 : tables.n_model_entities + 1]
+        self.default_year = float(np.median(years)) if years.size else 2000.0
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    def trained(self, entity_ids: list[str]) -> list[str]:
+        """Those of entity_ids the bundle was trained with (they cannot be replaced at run time)."""
+        n = self.t.n_model_entities
+        return [e for e in entity_ids if 0 < self.t.entity_index.get(e, 0) <= n]
+
+    def ignored(self, entity: NewEntity) -> dict[str, list[str]]:
+        """Genres and countries the bundle does not know (the entity is added without them)."""
+        out = {"genres": [g for g in entity.genres if g not in self.t.genres[1:]],
+               "countries": [c for c in entity.countries or () if c.upper() not in self.t.country_index]}  # fmt: skip
+        return {k: v for k, v in out.items() if v}
+
+    def embed(self, titles: list[str]) -> np.ndarray | None:
+        return self.text_encoder.embed(titles) if self.text_encoder is not None else None
+
+    def apply(self, records: list[dict], embeddings: np.ndarray | None) -> list[int]:
+        """Adds (or replaces) runtime entities; returns their indices. Runs on the event loop, between
+        requests, so no request sees a half-applied entity."""
+        t = self.t
+        accepted = [r for r in dict((r["entity_id"], r) for r in records).values() if not self.trained([r["entity_id"]])]
+        new = [r for r in accepted if r["entity_id"] not in t.entity_index]
+        first = t.grow(len(new)) if new else 0
+        index = {r["entity_id"]: first + i for i, r in enumerate(new)} | {
+            r["entity_id"]: t.entity_index[r["entity_id"]] for r in accepted if r["entity_id"] in t.entity_index}
+        text = self._text_features(records, embeddings)
+        for r in accepted:
+            i = index[r["entity_id"]]
+            if r["entity_id"] in t.entity_index:  # replaced: its old title leaves the index
+                t.title_index.remove(i, t.norm_titles[i])
+            self._fill_row(i, r, text.get(r["entity_id"]))
+        for r in new:
+            t.entity_ids.append(r["entity_id"])
+            t.titles.append(r["title"])
+            t.norm_titles.append(normalize(r["title"]))
+        for r in accepted:
+            i = index[r["entity_id"]]
+            t.titles[i], t.norm_titles[i] = r["title"], normalize(r["title"])
+            t.title_index.add(i, t.norm_titles[i])
+            t.entity_index[r["entity_id"]] = i  # last: what makes it visible
+            self.records[r["entity_id"]] = r
+        self.retriever.add_fresh(index[r["entity_id"]] for r in accepted)
+        return [index[r["entity_id"]] for r in accepted]
+
+    def _text_features(self, records: list[dict], embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
+        projection = self.t.text_projection
+        if projection is None or embeddings is None or len(embeddings) != len(records):
+            return {}
+        return dict(zip((r["entity_id"] for r in records), projection.apply(embeddings)))
+
+    def _fill_row(self, i: int, r: dict, text: np.ndarray | None) -> None:
+        t = self.t
+        genres = [t.genres.index(g) for g in r.get("genres", ()) if g in t.genres[1:]]
+        t.kind[i] = KINDS.index(r["kind"]) + 1 if r.get("kind") in KINDS else 0
+        t.genre_ids[i] = 0
+        t.genre_ids[i, : min(3, len(genres))] = genres[:3]
+        t.genre_hot[i] = False
+        t.genre_hot[i, genres] = True
+        t.year[i] = r["release_year"] if r.get("release_year") is not None else self.default_year
+        countries = r.get("countries")
+        t.avail[i] = countries is None
+        t.avail[i, 0] = True
+        t.avail[i, [t.country_index[c.upper()] for c in countries or () if c.upper() in t.country_index]] = True
+        t.pop[i] = 0.0
+        t.item_factors[i] = 0.0
+        t.text_vec[i] = 0.0 if text is None else text
+
+
+class CatalogSync:
+    """Publishes batches to the log and applies the log, in order, to this worker's catalog."""
+
+    def __init__(self, client: aioredis.Redis, catalog: RuntimeCatalog, stream: str, block_s: float = 1.0):
+        self.client = client
+        self.stream = stream
+        self.catalog = catalog
+        self.block_ms = int(block_s * 1000)
+        self.last_id = "0-0"
+        self._applied = asyncio.Condition()
+
+    async def publish(self, entities: list[NewEntity]) -> str:
+        """Appends a batch to the log (with the title embeddings, computed off the event loop); returns its id."""
+        records = [e.model_dump() for e in entities]
+        embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
+        fields = {"entities": orjson.dumps(records), "embeddings": b"" if embeddings is None else embeddings.tobytes()}
+        entry_id = await self.client.xadd(self.stream, fields)
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    async def wait_applied(self, entry_id: str, timeout_s: float) -> bool:
+        async with self._applied:
+            try:
+                await asyncio.wait_for(self._applied.wait_for(lambda: _id(self.last_id) >= _id(entry_id)), timeout_s)
+                return True
+            except TimeoutError:
+                return False
+
+    async def catch_up(self) -> int:
+        """Applies everything already in the log (at bundle load, before the worker is ready)."""
+        applied = 0
+        while entries := await self._read(block=False):
+            applied += await self._apply(entries)
+        return applied
+
+    async def run(self) -> None:
+        """Follows the log until cancelled; Redis errors are counted and retried."""
+        while True:
+            try:
+                await self._apply(await self._read(block=True))
+            except (RedisError, OSError) as exc:
+                ERRORS.labels(type=f"catalog_{type(exc).__name__}").inc()
+                log.warning("runtime catalog sync: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _read(self, block: bool) -> list:
+        reply = await self.client.xread({self.stream: self.last_id}, count=100, block=self.block_ms if block else None)
+        return reply[0][1] if reply else []
+
+    async def _apply(self, entries: list) -> int:
+        n = 0
+        for entry_id, fields in entries:
+            records = orjson.loads(fields[b"entities"])
+            raw = fields.get(b"embeddings", b"")
+            embeddings = np.frombuffer(raw, np.float32).reshape(-1, EMBEDDING_DIM) if raw else None
+            if embeddings is None and self.catalog.text_encoder is not None and self.catalog.t.text_projection is not None:
+                embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
+            n += len(self.catalog.apply(records, embeddings))
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            self.catalog.generation = self.last_id = entry_id
+            async with self._applied:
+                self._applied.notify_all()
+        return n
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,143 @@
+"""POST /entities: entities added at run time rank on the next request, on every replica, through the
+real service over HTTP and a real Redis."""
+
+import time
+import uuid
+
+import pytest
+
+from model_export.tables import FeatureTables
+from tests.conftest import LiveServer
+
+TOKEN = "test-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def stream() -> str:
+    return f"ur:entities:test:{uuid.uuid4().hex[:8]}"  # this module's own runtime catalog
+
+
+@pytest.fixture(scope="module")
+def admin(bundle_dir, redis_url, stream):
+    live = LiveServer(bundle_dir, redis_url, {"UNIRANK_ADMIN_TOKEN": TOKEN, "UNIRANK_CATALOG_STREAM": stream})
+    live.wait_ready()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def tables(bundle_dir) -> FeatureTables:
+    return FeatureTables.load(bundle_dir / "tables")
+
+
+def add(live, entities, status=201):
+    r = live.client.post("/entities", json=entities, headers=AUTH)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def ranked_ids(live, **body) -> list[str]:
+    r = live.client.post("/rank", json=body)
+    assert r.status_code == 200, r.text
+    return [i["entity_id"] for i in r.json()["items"]]
+
+
+def new_id() -> str:
+    return f"rt-{uuid.uuid4().hex[:10]}"
+
+
+def test_adding_needs_the_admin_token(admin, client):
+    entity = [{"entity_id": new_id(), "title": "Token Test"}]
+    assert admin.client.post("/entities", json=entity).status_code == 401
+    r = admin.client.post("/entities", json=entity, headers={"authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/entities", json=entity, headers=AUTH)  # a server without a token configured
+    assert r.status_code == 403 and "UNIRANK_ADMIN_TOKEN" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ([{"entity_id": "x1", "title": "!!"}], "entities[0].title"),
+        ([{"entity_id": "x1", "title": "Fine"}, {"title": "No id"}], "entities[1].entity_id"),
+        ([{"entity_id": "x1", "title": "Fine", "release_year": 3000}], "entities[0].release_year"),
+        ([{"entity_id": "x1", "title": "Fine", "kind": "book"}], "entities[0].kind"),
+        ([{"entity_id": "x1", "title": "Fine", "countries": ["USA"]}], "entities[0].countries.0"),
+        ([{"entity_id": "x1", "title": "A"}, {"entity_id": "x1", "title": "B"}], "entities[1].entity_id"),
+        ({"entity_id": "x1", "title": "not a list"}, "entities"),
+        ([], "entities"),
+    ],
+)
+def test_bad_entities_are_a_422_naming_the_field(admin, body, field):
+    r = admin.client.post("/entities", json=body, headers=AUTH)
+    assert r.status_code == 422, r.text
+    assert field in [d["field"] for d in r.json()["detail"]]
+
+
+def test_entities_the_model_was_trained_with_are_a_409(admin, tables):
+    r = admin.client.post("/entities", json=[{"entity_id": tables.entity_ids[5], "title": "Renamed"}], headers=AUTH)
+    assert r.status_code == 409 and r.json()["entity_ids"] == [tables.entity_ids[5]]
+
+
+def test_an_added_entity_ranks_immediately(admin, tables):
+    eid, genre = new_id(), tables.genres[1]
+    assert ranked_ids(admin, task="search", country="US", query="zorblat") == []  # cached as empty
+    reply = add(admin, [{"entity_id": eid, "title": "Zorblat Rising", "genres": [genre, "no-such-genre"],
+                         "release_year": 2024, "countries": ["US", "ZZ"]}])  # fmt: skip
+    assert reply["accepted"] == 1 and reply["visible"] is True
+    assert reply["ignored"] == {eid: {"genres": ["no-such-genre"], "countries": ["ZZ"]}}
+    # search finds it at once, typos included; the empty ranking cached before it was added is not served
+    assert ranked_ids(admin, task="search", country="US", query="zorblat")[0] == eid
+    assert eid in ranked_ids(admin, task="search", country="US", query="zorblta ris")
+    # only where it is available
+    other = next(c for c in tables.countries[1:] if c != "US")
+    assert eid not in ranked_ids(admin, task="search", country=other, query="zorblat")
+    # as a source of more-like-this: titles of its genre come back
+    similar = ranked_ids(admin, task="more_like_this", country="US", source_entity_id=eid, k=10)
+    assert similar and eid not in similar
+    assert sum(genre in admin.client.get(f"/entities/{s}").json()["genres"] for s in similar) >= 5
+    # scored with its own features, not as an unknown id
+    r = admin.client.post("/rank", json={"task": "search", "country": "US", "query": "zorblat", "candidates": [eid, "never-added"]})
+    scores = {i["entity_id"]: i["score"] for i in r.json()["items"]}
+    assert scores[eid] > scores["never-added"]
+    entity = admin.client.get(f"/entities/{eid}").json()
+    assert entity["title"] == "Zorblat Rising" and entity["added_at_run_time"] is True
+    runtime = admin.client.get("/model").json()["runtime_catalog"]
+    assert runtime["entities"] >= 1 and runtime["generation"] == reply["catalog_generation"]
+
+
+def test_events_on_an_added_entity_reach_the_next_ranking(admin, tables):
+    eid, user = new_id(), tables.user_ids[11]
+    add(admin, [{"entity_id": eid, "title": "Quintessa Voyage", "genres": [tables.genres[2]]}])
+    events = [{"user_id": user, "task": "search", "entity_id": eid, "action": "click", "query": "quint"}]
+    assert admin.client.post("/events", json=events).status_code == 202
+    r = admin.client.post("/rank", json={"task": "prequery", "country": "US", "user_id": user, "k": 10, "explain": True})
+    assert r.status_code == 200 and r.json()["context"]["personalization"] == "full"
+
+
+def test_replacing_an_added_entity_moves_its_title(admin):
+    eid = new_id()
+    add(admin, [{"entity_id": eid, "title": "Vextrahn Dawn"}])
+    assert ranked_ids(admin, task="search", country="US", query="vextrahn") == [eid]
+    add(admin, [{"entity_id": eid, "title": "Ilmorq Dusk"}])
+    assert ranked_ids(admin, task="search", country="US", query="vextrahn") == []
+    assert ranked_ids(admin, task="search", country="US", query="ilmorq") == [eid]
+
+
+def test_replicas_follow_the_runtime_catalog(admin, bundle_dir, redis_url, stream):
+    early = new_id()
+    add(admin, [{"entity_id": early, "title": "Praxholm Early"}])
+    replica = LiveServer(bundle_dir, redis_url, {"UNIRANK_CATALOG_STREAM": stream})
+    try:
+        replica.wait_ready()  # started after the add: replays it before it is ready
+        assert ranked_ids(replica, task="search", country="US", query="praxholm") == [early]
+        late = new_id()
+        add(admin, [{"entity_id": late, "title": "Praxholm Late"}])  # while it runs: it follows
+        deadline = time.monotonic() + 5
+        while late not in (found := ranked_ids(replica, task="search", country="US", query="praxholm")):
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        assert set(found) == {early, late}
+    finally:
+        replica.stop()
