@@ -53,6 +53,7 @@ class ModelSpec:
     user_embedding: bool = True  # learned user representations (personalization "full")
     task_gate: bool = False
     mmoe_experts: int = 0  # 0: one shared MLP and head
+    expert_hidden: int = 32  # hidden width of each MMoE expert (half the shared MLP's: 3 experts cost 1.5 of it)
     play_head: bool = False
     history_encoder: bool = False
     history_length: int = 20  # events per context the encoder reads
@@ -112,10 +113,11 @@ class AspectGate(nn.Module):
         nn.init.zeros_(self.logits.weight)
         self.register_buffer("column_aspect", _column_labels(aspects, groups))
 
-    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    def forward(self, task: torch.Tensor) -> torch.Tensor:
+        """(B,) task ids -> (B, width) scale of each column of the per-candidate vector."""
         weights = 3 * torch.softmax(self.logits(task), -1)
         scale = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)  # aspect 0: context, unscaled
-        return x * scale.index_select(1, self.column_aspect)
+        return scale.index_select(1, self.column_aspect)
 
 
 def model_width(spec: ModelSpec) -> int:
@@ -138,9 +140,9 @@ class TaskGate(nn.Module):
         nn.init.zeros_(self.gate.bias)  # starts as the identity (2 * sigmoid(0) = 1)
         self.register_buffer("column_group", _column_labels(list(range(len(groups))), groups))
 
-    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        scale = 2 * torch.sigmoid(self.gate(task))
-        return x * scale.index_select(1, self.column_group)
+    def forward(self, task: torch.Tensor) -> torch.Tensor:
+        """(B, dim) task embeddings -> (B, width) scale of each column of the per-candidate vector."""
+        return (2 * torch.sigmoid(self.gate(task))).index_select(1, self.column_group)
 
 
 class HistoryEncoder(nn.Module):
@@ -170,37 +172,45 @@ class HistoryEncoder(nn.Module):
         h, m = encoded.index_select(0, cand_ctx), mask.index_select(0, cand_ctx)
         scores = (h @ self.target(target).unsqueeze(-1)).squeeze(-1) * self.scale + (m - 1.0) * 1e4
         weights = torch.softmax(scores, -1) * m.amax(-1, keepdim=True)
-        return (weights.unsqueeze(-1) * h).sum(1)
+        return (weights.unsqueeze(1) @ h).squeeze(1)  # a batched matmul: no (N, H, dim) product in memory
 
 
 class MMoE(nn.Module):
-    """Shared experts, one softmax gate per task over them, and one logit head per task."""
+    """Shared experts, one softmax gate per task over them, and one logit head per task.
 
-    def __init__(self, width: int, hidden: int, experts: int, blocks: int):
+    Each expert is a residual block; since the gates sum to one, mixing the blocks' outputs is the input
+    plus the mixed expert branches, so the experts share one input norm (their affine parts fold into
+    their first layers), all first layers run as one matmul, and one norm follows the mixture."""
+
+    def __init__(self, width: int, hidden: int, experts: int):
         super().__init__()
-        self.experts = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(width, hidden) for _ in range(blocks)), nn.LayerNorm(width)) for _ in range(experts)
-        )
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, hidden * experts)  # every expert's first layer
+        self.down = nn.ModuleList(nn.Linear(hidden, width) for _ in range(experts))
+        self.out_norm = nn.LayerNorm(width)
         self.gates = nn.Linear(width, experts * N_TASKS)
-        self.head_weight = nn.Embedding(N_TASKS, width)
-        self.head_bias = nn.Embedding(N_TASKS, 1)
-        nn.init.normal_(self.head_weight.weight, std=0.02)
-        nn.init.zeros_(self.head_bias.weight)
-        self.n = experts
+        self.heads = nn.Linear(width, N_TASKS)
+        nn.init.normal_(self.heads.weight, std=0.02)
+        nn.init.zeros_(self.heads.bias)
+        self.n, self.hidden = experts, hidden
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the task's mixture of experts (N, width), the task's logit (N,))"""
-        outs = torch.stack([e(x) for e in self.experts], 1)  # (N, E, width)
+        h = torch.relu(self.up(self.norm(x)))
         gates = self.gates(x).reshape(-1, N_TASKS, self.n)
         gate = torch.softmax(torch.gather(gates, 1, task.reshape(-1, 1, 1).expand(-1, 1, self.n)).squeeze(1), -1)
-        mixed = (outs * gate.unsqueeze(-1)).sum(1)
-        return mixed, (mixed * self.head_weight(task)).sum(-1) + self.head_bias(task).squeeze(-1)
+        mixed = x
+        for e, down in enumerate(self.down):
+            mixed = mixed + gate[:, e : e + 1] * down(h[:, e * self.hidden : (e + 1) * self.hidden])
+        mixed = self.out_norm(mixed)
+        return mixed, torch.gather(self.heads(mixed), 1, task.reshape(-1, 1)).squeeze(1)
 
 
 def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Mean of non-padding embeddings (id 0 is padding); written out so it exports to plain ONNX ops."""
-    mask = (ids > 0).unsqueeze(-1).to(table.weight.dtype)
-    return (table(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    mask = (ids > 0).to(table.weight.dtype)
+    weights = mask / mask.sum(1, keepdim=True).clamp(min=1.0)
+    return (weights.unsqueeze(1) @ table(ids)).squeeze(1)  # a batched matmul, cheaper than multiply-and-sum
 
 
 class UnifiedRanker(nn.Module):
@@ -226,7 +236,7 @@ class UnifiedRanker(nn.Module):
         self.task_gate = TaskGate(d, feature_groups(spec)) if spec.task_gate else None
         self.cross = nn.ModuleList(CrossLayer(width, spec.cross_rank) for _ in range(spec.cross_layers))
         if spec.mmoe_experts > 0:
-            self.mmoe = MMoE(width, spec.hidden, spec.mmoe_experts, spec.mlp_blocks)
+            self.mmoe = MMoE(width, spec.expert_hidden, spec.mmoe_experts)
         else:
             self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
             self.head = nn.Linear(width, 1)
@@ -265,11 +275,14 @@ class UnifiedRanker(nn.Module):
             text = optional.pop(0)
             parts.append(self.text(text if self.spec.text_vector else text[:, -1:]))
         x0 = torch.cat(parts, 1)
+        # The gates depend on the task only: computed per context (B rows), then one row gather per
+        # candidate (a column gather per candidate costs more than the rest of the gated model).
+        scales = ([self.aspect_gate(ctx_ids[:, 0])] if self.spec.text_features else []) + (
+            [self.task_gate(self.task(ctx_ids[:, 0]))] if self.task_gate is not None else [])
+        if scales:
+            scale = scales[0] if len(scales) == 1 else scales[0] * scales[1]
+            x0 = x0 * scale.index_select(0, cand_ctx)
         task = ctx_ids[:, 0].index_select(0, cand_ctx)
-        if self.spec.text_features:
-            x0 = self.aspect_gate(x0, task)
-        if self.task_gate is not None:
-            x0 = self.task_gate(x0, self.task(task))
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
