@@ -4,6 +4,9 @@ Structure a model can learn, with every part of the unified context mattering:
 - Zipf popularity, a home country per entity (boosted there) and per-country availability;
 - users with a country and a taste over genres drawn from a few latent taste clusters;
 - titles from a word vocabulary where franchises and sequels share words;
+- optionally (`themes` > 0) a hidden theme per entity that users have a taste for and that only the
+  title's words reveal (they come mostly from the theme's vocabulary), as real titles carry what a
+  title is about beyond its genre tags: the case title text features are for;
 - search: the user types a title (or a keyword of it) keystroke by keystroke, sometimes with a typo;
   impressions are lexical candidates for each prefix; clicks depend on relevance and taste;
 - prequery: impressions from popularity and taste; clicks by taste;
@@ -50,6 +53,24 @@ office hospital prison palace village farm ranch jungle arctic pacific atlantic 
 eastern western central royal grand little big tiny giant ancient modern future past eternal
 """.split()
 WORDS = tuple(dict.fromkeys(WORDS))
+THEME_WORDS = (
+    "galaxy planet rocket orbit astronaut alien starship comet nebula cosmos",
+    "ocean sea ship harbor pirate island sailor tide reef lighthouse",
+    "heist detective murder verdict trial police witness suspect alibi case",
+    "wedding lovers heart kiss romance bride darling valentine passion sweetheart",
+    "ghost vampire zombie haunted curse demon nightmare blood grave possession",
+    "chef kitchen baker recipe feast dinner bakery bistro dessert menu",
+    "champion football boxing coach stadium race marathon league goal tournament",
+    "soldier battle army general siege war regiment trenches frontline sniper",
+    "witch wizard dragon spell sorcerer enchanted potion wand realm elf",
+    "teacher student college campus exam classroom graduation dorm semester professor",
+    "singer band song concert guitar melody rhythm stage opera jazz",
+    "forest mountain wolves bears wilderness river canyon jungle safari glacier",
+    "money bank fortune gold diamond billionaire stock market casino jackpot",
+    "robot code hacker machine android algorithm cyber network virus circuit",
+    "emperor king queen palace dynasty throne crown empire prince duchess",
+    "farm ranch village harvest barn tractor orchard meadow cattle countryside",
+)
 TASK_EVENT_SHARE = {"search": 0.4, "prequery": 0.35, "more_like_this": 0.25}
 SEARCH_IMPRESSIONS, PREQUERY_IMPRESSIONS, MLT_IMPRESSIONS = 10, 20, 15
 DAYS = 28
@@ -66,6 +87,8 @@ class SynthParams:
     franchise_share: float = 0.3
     typo_rate: float = 0.1
     keyword_rate: float = 0.3
+    themes: int = 0  # hidden title themes users have a taste for (0: off; at most len(THEME_WORDS))
+    theme_weight: float = 1.0  # how much theme taste weighs against genre taste
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -121,6 +144,9 @@ class _Catalog:
         self.genre_share = genre_share * G  # taste 1.0 means indifferent
         pop_c = self.pop[:, None] * np.where(self.home[:, None] == np.arange(C), 3.0, 1.0)
         self.pop_country = np.where(self.avail, pop_c, 0.0)  # (E+1, C)
+        self.theme = np.zeros(E + 1, dtype=np.int64)
+        if p.themes:  # its own generator: without themes the data is what it always was
+            self._theme_titles(np.random.default_rng([p.seed, 1]))
 
     def _titles(self, rng: np.random.Generator) -> None:
         E = self.p.entities
@@ -154,12 +180,42 @@ class _Catalog:
         self.titles = [t.title() if t else t for t in titles]
         self.norm_titles = [normalize(t) for t in self.titles]
 
+    def _theme_titles(self, rng: np.random.Generator) -> None:
+        """Themes, users' taste for them, and titles whose words come mostly from their theme."""
+        E, U, T = self.p.entities, self.p.users, min(self.p.themes, len(THEME_WORDS))
+        vocab = [w.split() for w in THEME_WORDS[:T]]
+        fr_theme = rng.integers(0, T, self.franchise.max() + 1)  # a franchise keeps its theme
+        self.theme[1:] = np.where(self.franchise[1:] > 0, fr_theme[self.franchise[1:]], rng.integers(0, T, E))
+        logits = rng.normal(0, 2.0, (self.p.taste_clusters, T))[self.user_cluster] + rng.normal(0, 0.7, (U, T))
+        self.theme_taste = np.exp(logits - logits.max(1, keepdims=True))
+        self.theme_taste /= self.theme_taste.sum(1, keepdims=True)
+
+        def words(theme: int, n: int) -> list[str]:
+            return [str(rng.choice(vocab[theme])) if rng.random() < 0.8 else str(rng.choice(WORDS)) for _ in range(n)]
+
+        bases: dict[int, list] = {}  # franchise -> [base title, members so far]
+        for e in range(1, E + 1):
+            f, n_words = self.franchise[e], int(rng.integers(1, 4))
+            if not f:
+                title = " ".join(words(self.theme[e], n_words))
+            elif f not in bases:
+                title = " ".join(words(self.theme[e], n_words))
+                bases[f] = [title, 1]
+            else:
+                bases[f][1] += 1
+                title = f"{bases[f][0]} {bases[f][1]}" if rng.random() < 0.5 else f"{bases[f][0]}: {words(self.theme[e], 1)[0]}"
+            self.titles[e] = title.title()
+        self.norm_titles = [normalize(t) for t in self.titles]
+
     def log_taste(self, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
-        """log taste of users[i] for ents[i, j]; ents may hold -1 pads (read as entity 0)."""
+        """log taste of users[i] for ents[i, j] (genres, and themes when on); ents may hold -1 pads (entity 0)."""
         safe = np.maximum(ents, 0)
         share = self.genre_share[safe]  # (R, K, G)
-        t = np.einsum("rkg,rg->rk", share, self.taste[users])
-        return np.log(np.maximum(t, 1e-3))
+        t = np.log(np.maximum(np.einsum("rkg,rg->rk", share, self.taste[users]), 1e-3))
+        if self.p.themes:
+            theme = self.theme_taste[users[:, None], self.theme[safe]] * self.theme_taste.shape[1]  # 1.0: indifferent
+            t = t + self.p.theme_weight * np.log(np.maximum(theme, 1e-3))
+        return t
 
 
 def _pick_users(cat: _Catalog, n: int, rng: np.random.Generator) -> np.ndarray:

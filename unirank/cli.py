@@ -26,12 +26,13 @@ def data_synth(
     entities: int = 5_000,
     events: int = 1_000_000,
     seed: int = 0,
+    themes: Annotated[int, typer.Option(help="Hidden title themes users have a taste for, revealed only by title words (0: off; max 16)")] = 0,
 ) -> None:
     """Generate a deterministic synthetic streaming-catalog log."""
     from model_export.synth import SynthParams, generate
 
     started = time.perf_counter()
-    summary = generate(SynthParams(users=users, entities=entities, events=events, seed=seed), out)
+    summary = generate(SynthParams(users=users, entities=entities, events=events, seed=seed, themes=themes), out)
     typer.echo(f"{summary['events']} events, {summary['requests']} requests, {summary['clicks']} clicks "
                f"written to {out} in {time.perf_counter() - started:.1f}s")  # fmt: skip
 
@@ -224,6 +225,21 @@ def bench_batching(
 
     result = run_batching(bundle, provider, tuple(int(x) for x in concurrency.split(",")), duration, window_ms, workers, out)
     typer.echo(result["table"])
+    typer.echo(f"written: {', '.join(result['files'].values())}")
+
+
+@app.command("bench-options")
+def bench_options(
+    bundle: Annotated[Path, typer.Option(help="Bundle with the model options")] = Path("artifacts/all-options"),
+    baseline: Annotated[Path, typer.Option(help="Bundle to compare with (same catalogue)")] = Path("artifacts/demo"),
+    n: Annotated[int, typer.Option(help="Requests per scenario and bundle")] = 2000,
+    out: Annotated[Path, typer.Option(help="Where results go")] = Path("results"),
+) -> None:
+    """/rank latency of a bundle against a baseline, both served at once, requests interleaved."""
+    from loadtest.options_bench import run_options
+
+    result = run_options(bundle, baseline, n, out)
+    typer.echo((Path(result["files"]["markdown"])).read_text())
     typer.echo(f"written: {', '.join(result['files'].values())}")
 
 
