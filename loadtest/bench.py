@@ -21,6 +21,7 @@ import numpy as np
 
 from loadtest.processes import ROOT, AppServer, RedisServer
 from loadtest.scenarios import Scenarios
+from model_export.text_features import TEXT_DIM
 
 TARGETS = {
     "keystroke_hit_vs_ceiling": 0.6,
@@ -55,15 +56,25 @@ def _drive(url: str, path: str, bodies: Path, concurrency: int, duration: float,
 
 
 def model_width(spec: dict, n_dense: int) -> int:
-    return spec["ctx_dim"] + spec["dim"] * (2 if spec["interaction"] else 1) + 8 + 16 + n_dense
+    """Width of the per-candidate vector (model_export.model.feature_groups, from the manifest's spec)."""
+    optional = bool(spec.get("history_encoder")) + bool(spec.get("text_features"))
+    return spec["ctx_dim"] + spec["dim"] * (2 if spec["interaction"] else 1) + 8 + 16 + n_dense + spec["dim"] * optional
 
 
 def flops_per_candidate(spec: dict, n_dense: int) -> int:
-    """2 x multiply-adds of the per-candidate part of the model (cross layers, residual MLP, head)."""
-    width, rank = model_width(spec, n_dense), spec["cross_rank"]
+    """2 x multiply-adds of the per-candidate part of the model: cross layers, the MLP and head (or the
+    MMoE experts, gates and heads), the play head, the history attention and the text projection."""
+    width, rank, dim = model_width(spec, n_dense), spec["cross_rank"], spec["dim"]
     per_cross = 2 * (2 * width * rank) if 0 < rank < width // 2 else 2 * width * width
-    mlp = spec["mlp_blocks"] * 2 * (2 * width * spec["hidden"])
-    return spec["cross_layers"] * per_cross + mlp + 2 * width
+    experts = spec.get("mmoe_experts", 0)
+    if experts:
+        tower = 2 * (2 * width * spec.get("expert_hidden", 32) * experts + width * experts * 4 + width * 4)  # 4 tasks
+    else:
+        tower = spec["mlp_blocks"] * 2 * (2 * width * spec["hidden"]) + 2 * width
+    play = 2 * width if spec.get("play_head") else 0
+    history = 2 * (dim * dim + 2 * spec.get("history_length", 20) * dim) if spec.get("history_encoder") else 0
+    text = 2 * (TEXT_DIM + 1 if spec.get("text_vector", True) else 1) * dim if spec.get("text_features") else 0
+    return spec["cross_layers"] * per_cross + tower + play + history + text
 
 
 def numpy_matmul_flops(width: int, rows: int = 200, seconds: float = 1.0) -> float:

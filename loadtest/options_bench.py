@@ -122,7 +122,7 @@ def plot(r: dict, path: Path) -> None:
 
     names = list(r["scenarios"])
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for i, (who, stat) in enumerate((("baseline", "p50_ms"), ("bundle", "p50_ms"), ("baseline", "p99_ms"), ("bundle", "p99_ms"))):
         ax.bar(x + (i - 1.5) * 0.2, [r["scenarios"][s][who][stat] for s in names], 0.2, label=f"{who} {stat[:3]}")
     for j, s in enumerate(names):
@@ -130,7 +130,8 @@ def plot(r: dict, path: Path) -> None:
                 f"p99 {r['scenarios'][s]['ratio']['p99_ms']:.2f}x", ha="center")  # fmt: skip
     ax.set_xticks(x, names)
     ax.set(ylabel="ms (client side, sequential)", title="POST /rank: bundle with model options vs baseline")
-    ax.legend()
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -26,7 +26,7 @@ CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
 HISTORY_INPUTS = ("ctx_hist", "ctx_hist_kind")  # (B, H): entity index and event kind, most recent first; 0 pad
-TEXT_INPUTS = ("cand_text",)  # (N, TEXT_DIM): the candidate title's text features
+TEXT_INPUTS = ("cand_text",)  # (N, TEXT_DIM + 2): the candidate title's text features
 
 
 def input_names(history_encoder: bool, text_features: bool = False) -> tuple[str, ...]:
@@ -54,6 +54,7 @@ class EncodedContexts:
     user_vec: np.ndarray  # (B, F) collaborative-filtering user factors
     hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
     source: np.ndarray  # (B,) source entity index (ctx_ids[:, 3] holds 0 for one added after training)
+    hist_text: np.ndarray  # (B, TEXT_DIM) mean title text vector of the recent history (zeros without text)
 
 
 @lru_cache(maxsize=500_000)
@@ -68,22 +69,28 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
 
 
-def text_features(text_vec: np.ndarray, source: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """(N, TEXT_DIM + 1): the candidate title's text vector, and its cosine with the source title's
-    (more-like-this; 0 without a source) — what links a cold sequel to the title being watched."""
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norms > 0, (a * b).sum(1) / np.maximum(norms, 1e-9), 0.0).astype(np.float32)
+
+
+def text_features(text_vec: np.ndarray, source: np.ndarray, cand: np.ndarray, hist_text: np.ndarray) -> np.ndarray:
+    """(N, TEXT_DIM + 2): the candidate title's text vector; its cosine with the source title's
+    (more-like-this; 0 without a source) — what links a cold sequel to the title being watched; and its
+    cosine with the mean text of the user's recent titles (0 without history) — what a new title is
+    about against what this user watches."""
     vec = text_vec[cand]
-    src = text_vec[source]
-    norms = np.linalg.norm(vec, axis=1) * np.linalg.norm(src, axis=1)
-    cosine = np.where(norms > 0, (vec * src).sum(1) / np.maximum(norms, 1e-9), 0.0).astype(np.float32)
-    return np.concatenate([vec, cosine[:, None]], 1)
+    return np.concatenate([vec, _cosine(vec, text_vec[source])[:, None], _cosine(vec, hist_text)[:, None]], 1)
 
 
-def history_vector(tables: FeatureTables, recent: np.ndarray) -> np.ndarray:
-    """Mean collaborative-filtering factor of the most recent HISTORY_LENGTH engaged entities."""
+def history_vector(tables: FeatureTables, recent: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:
+    """Mean collaborative-filtering factor (or row of `table`, e.g. text_vec) of the most recent
+    HISTORY_LENGTH engaged entities."""
+    table = tables.item_factors if table is None else table
     recent = np.asarray(recent, np.int64)[:HISTORY_LENGTH]
     if recent.size == 0:
-        return np.zeros(tables.item_factors.shape[1], np.float32)
-    return tables.item_factors[recent].mean(0)
+        return np.zeros(table.shape[1], np.float32)
+    return table[recent].mean(0)
 
 
 class FeatureEncoder:
@@ -100,8 +107,9 @@ class FeatureEncoder:
         return np.fromiter((get(e, 0) for e in entity_ids), np.int64)
 
     def encode_contexts(self, contexts: list[UnifiedContext], hist_vec: np.ndarray | None = None,
-                        level: str | None = None) -> EncodedContexts:  # fmt: skip
-        """hist_vec: (B, F) from `history_vector` (serving) or `history_vectors` (training)."""
+                        level: str | None = None, hist_text: np.ndarray | None = None) -> EncodedContexts:  # fmt: skip
+        """hist_vec: (B, F) from `history_vector` (serving) or `history_vectors` (training); hist_text:
+        (B, TEXT_DIM), the same over the text table."""
         t, B = self.t, len(contexts)
         rank = personalization_rank(level or self.level)
         ids = np.zeros((B, len(CTX_IDS)), np.int64)
@@ -122,13 +130,15 @@ class FeatureEncoder:
             query[i, : len(toks)] = toks
             qids[i] = t.query_index.get(c.query, 0)
         F = t.item_factors.shape[1]
+        text = np.zeros((B, t.text_vec.shape[1]), np.float32)
         if rank >= 2:
             user_vec = t.user_factors[ids[:, 4]]
             hist = np.zeros((B, F), np.float32) if hist_vec is None else np.asarray(hist_vec, np.float32)
+            text = text if hist_text is None else np.asarray(hist_text, np.float32)
         else:
             user_vec = np.zeros((B, F), np.float32)
             hist = np.zeros((B, F), np.float32)
-        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist, source)
+        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist, source, text)
 
     def encode_candidates(self, ctx: EncodedContexts, cand: np.ndarray, cand_ctx: np.ndarray) -> dict[str, np.ndarray]:
         """The model's inputs for candidates `cand` (entity indices, 0 = unknown).
@@ -183,7 +193,7 @@ class FeatureEncoder:
             "cand_ctx": cand_ctx,
         }
         if self.text:
-            inputs["cand_text"] = text_features(t.text_vec, source, cand)
+            inputs["cand_text"] = text_features(t.text_vec, source, cand, ctx.hist_text[cand_ctx])
         return inputs
 
 
@@ -215,14 +225,15 @@ def history_matrices(click_user: np.ndarray, click_ts: np.ndarray, click_entity:
 
 
 def history_vectors(tables: FeatureTables, click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray,
-                    req_user: np.ndarray, req_ts: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Training path of `history_vector`, vectorised: for each request, the mean item factor of the
-    user's last HISTORY_LENGTH clicks strictly before the request time."""
-    F = tables.item_factors.shape[1]
+                    req_user: np.ndarray, req_ts: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Training path of `history_vector`, vectorised: for each request, the mean item factor (or row of
+    `table`) of the user's last HISTORY_LENGTH clicks strictly before the request time."""
+    table = tables.item_factors if table is None else table
+    F = table.shape[1]
     order, first, end = _click_windows(click_user, click_ts, req_user, req_ts)
     ce = click_entity[order]
     csum = np.zeros((len(ce) + 1, F), np.float64)
-    csum[1:] = np.cumsum(tables.item_factors[ce], axis=0)
+    csum[1:] = np.cumsum(table[ce], axis=0)
     start = np.maximum(first, end - HISTORY_LENGTH)
     n = (end - start)[:, None]
     return np.where(n > 0, (csum[end] - csum[start]) / np.maximum(n, 1), 0.0).astype(np.float32)

@@ -243,7 +243,7 @@ class UnifiedRanker(nn.Module):
         self.play = nn.Linear(width, 1) if spec.play_head else None
         self.history = HistoryEncoder(self.entity, d, spec.history_length) if spec.history_encoder else None
         if spec.text_features:
-            self.text = nn.Linear(TEXT_DIM + 1 if spec.text_vector else 1, d)  # title vector (+) cosine with the source
+            self.text = nn.Linear(TEXT_DIM + 2 if spec.text_vector else 2, d)  # title vector (+) cosines with the source and the history
             self.aspect_gate = AspectGate(feature_groups(spec), feature_aspects(spec))
 
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
@@ -273,7 +273,7 @@ class UnifiedRanker(nn.Module):
             parts.append(self.history.attend(encoded, mask, entity, cand_ctx))
         if self.spec.text_features:
             text = optional.pop(0)
-            parts.append(self.text(text if self.spec.text_vector else text[:, -1:]))
+            parts.append(self.text(text if self.spec.text_vector else text[:, -2:]))
         x0 = torch.cat(parts, 1)
         # The gates depend on the task only: computed per context (B rows), then one row gather per
         # candidate (a column gather per candidate costs more than the rest of the gated model).

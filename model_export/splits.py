@@ -42,15 +42,17 @@ def encode_split(encoder: FeatureEncoder, dataset: Dataset, split: str, tasks=No
         build_context(task, country, user, query, source, t.title_of, impute=impute)
         for task, country, user, query, source in zip(req.task, req.country, req.user_id, req.query, req.source_entity_id)
     ]
-    hist = None
+    hist = hist_text = None
     if personalization_rank(encoder.level) >= 2:
         clicks = clicks or click_log(encoder, dataset)
         req_user = np.fromiter((t.user_index.get(u, 0) for u in req.user_id), np.int64)
         hist = history_vectors(t, clicks[0], clicks[1], clicks[2], req_user, req.timestamp)
+        if encoder.text:
+            hist_text = history_vectors(t, clicks[0], clicks[1], clicks[2], req_user, req.timestamp, t.text_vec)
         seq = history_matrices(*clicks, req_user, req.timestamp, ENCODED_HISTORY)
     else:
         seq = (np.zeros((len(contexts), ENCODED_HISTORY), np.int64),) * 2
-    ctx = encoder.encode_contexts(contexts, hist)
+    ctx = encoder.encode_contexts(contexts, hist, hist_text=hist_text)
     cand = encoder.entity_indices(req.target_entity_id)
     inputs = encoder.encode_candidates(ctx, cand, req.row_request)
     inputs["ctx_hist"], inputs["ctx_hist_kind"] = seq

@@ -7,6 +7,9 @@ Structure a model can learn, with every part of the unified context mattering:
 - optionally (`themes` > 0) a hidden theme per entity that users have a taste for and that only the
   title's words reveal (they come mostly from the theme's vocabulary), as real titles carry what a
   title is about beyond its genre tags: the case title text features are for;
+- optionally (`continuation` > 0) a search-to-recommendation transition: on a home-page visit after a
+  search click on a franchise title, the row shows more of that franchise and the user takes it up
+  far more often — what the user did last, and where, matters beyond their average taste;
 - search: the user types a title (or a keyword of it) keystroke by keystroke, sometimes with a typo;
   impressions are lexical candidates for each prefix; clicks depend on relevance and taste;
 - prequery: impressions from popularity and taste; clicks by taste;
@@ -89,6 +92,7 @@ class SynthParams:
     keyword_rate: float = 0.3
     themes: int = 0  # hidden title themes users have a taste for (0: off; at most len(THEME_WORDS))
     theme_weight: float = 1.0  # how much theme taste weighs against genre taste
+    continuation: float = 0.0  # share of home-page visits that continue the franchise of the last search click
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -303,9 +307,44 @@ def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
     logits = np.where(pop > 0, np.log(pop + 1e-12) + 0.5 * taste, -np.inf)
     shown = _gumbel_topk(logits, PREQUERY_IMPRESSIONS, rng)
     ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
+    return users, country, None, None, ents, _prequery_logit(cat, users, ents), None
+
+
+def _prequery_logit(cat: _Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
     safe = np.maximum(ents, 0)
-    logit = -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[safe] + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
-    return users, country, None, None, ents, logit, None
+    return -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[safe] + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
+
+
+CONTINUATION_SLOTS, CONTINUATION_BOOST = 3, 3.0
+
+
+def _continue_franchises(cat: _Catalog, last_search: tuple, users, country, ts, ents, clicked, played, rng):
+    """Home-page visits after a search click on a franchise title: with probability `continuation`, the
+    row's last slots show more of that franchise and its titles are clicked far more often."""
+    s_user, s_ts, s_ent = last_search
+    order = np.lexsort((s_ts, s_user))
+    s_user, s_ts, s_ent = s_user[order], s_ts[order], s_ent[order]
+    span = float(max(s_ts.max(initial=0), ts.max(initial=0))) + 1.0
+    pos = np.searchsorted(s_user * span + s_ts, users * span + ts, side="left") - 1
+    ok = (pos >= 0) & (s_user[np.maximum(pos, 0)] == users)
+    last = np.where(ok, s_ent[np.maximum(pos, 0)], 0)
+    fr = cat.franchise[last]
+    members: dict[int, np.ndarray] = {}
+    for f in np.unique(fr[fr > 0]):
+        members[f] = np.flatnonzero(cat.franchise == f)
+    ents = ents.copy()
+    for i in np.flatnonzero((fr > 0) & (rng.random(len(users)) < cat.p.continuation)):
+        mates = [m for m in members[fr[i]] if m != last[i] and cat.avail[m, country[i]] and m not in ents[i]]
+        for j, m in enumerate(mates[:CONTINUATION_SLOTS]):
+            ents[i, -1 - j] = m
+    boosted = (cat.franchise[np.maximum(ents, 0)] == fr[:, None]) & (fr[:, None] > 0) & (ents != last[:, None]) & (ents > 0)
+    rows, cols = np.nonzero(boosted)
+    logit = _prequery_logit(cat, users[rows], ents[rows, cols][:, None])[:, 0] + CONTINUATION_BOOST
+    clicked, played = clicked.copy(), played.copy()
+    clicked[rows, cols] = rng.random(rows.size) < _sigmoid(logit)
+    play_p = _sigmoid(0.5 + 0.8 * cat.log_taste(users[rows], ents[rows, cols][:, None])[:, 0] + cat.quality[ents[rows, cols]])
+    played[rows, cols] = clicked[rows, cols] & (rng.random(rows.size) < play_p)
+    return ents, clicked, played
 
 
 def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
@@ -359,6 +398,7 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
     countries = np.array(COUNTRIES, dtype=object)
     columns: dict[str, list] = {k: [] for k in EVENT_SCHEMA.names}
     next_request = 0
+    last_search = None
     for task, fn in (("search", _search), ("prequery", _prequery), ("more_like_this", _more_like_this)):
         users, country, query, source, ents, logit, session = fn(cat, int(p.events * TASK_EVENT_SHARE[task]), rng)
         R, K = ents.shape
@@ -372,6 +412,13 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
             start = rng.uniform(0, DAYS * 86400, session.max() + 1)
             first = np.searchsorted(session, session, side="left")
             ts = start[session] + 0.3 * (np.arange(R) - first)
+        if task == "search":
+            rows_c, cols_c = np.nonzero(clicked)
+            last_search = (users[rows_c], ts[rows_c], ents[rows_c, cols_c])
+        elif task == "prequery" and p.continuation > 0:  # its own generator: without it the data is unchanged
+            ents, clicked, played = _continue_franchises(cat, last_search, users, country, ts, ents, clicked, played,
+                                                         np.random.default_rng([p.seed, 2]))  # fmt: skip
+            valid = ents > 0
         rows, cols = np.nonzero(valid)
         columns["request_id"].append(rows + next_request)
         columns["user_id"].append(uids[users[rows]])

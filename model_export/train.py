@@ -22,6 +22,9 @@ from model_export.model import ModelSpec, UnifiedRanker, model_input_names
 from model_export.tables import FeatureTables
 
 _PERSONAL_DENSE = [DENSE_FEATURES.index("als_affinity"), DENSE_FEATURES.index("history_affinity")]
+# what an entity nobody engaged with lacks: its id, and every engagement statistic (it keeps its content)
+_ENGAGEMENT_DENSE = [DENSE_FEATURES.index(f) for f in ("pop_global", "pop_country", "qe_clicks", "qe_ctr", "co_clicks",
+                                                        "als_affinity", "history_affinity")]  # fmt: skip
 
 
 @dataclass
@@ -42,6 +45,7 @@ class TrainConfig:
     interaction: bool = True
     task_feature: bool = True
     cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
+    cold_entity_rate: float = 0.0  # rows trained as if the candidate were new (no id, no statistics; DropoutNet)
     task_gate: bool = False  # task-conditioned feature scaling (USR)
     mmoe_experts: int = 0  # shared experts with one gate and head per task (MMoE); 0: off
     play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
@@ -79,12 +83,15 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
     )
 
 
-def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float, spec: ModelSpec):
-    """Inputs for a batch of impressions, each with its own context row (cand_ctx = arange)."""
+def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float, spec: ModelSpec,
+                cold_entity_rate: float = 0.0):  # fmt: skip
+    """Inputs for a batch of impressions, each with its own context row (cand_ctx = arange); with `rng`,
+    some rows as an unknown user would send them, and some as if their candidate were new."""
     x = enc.inputs
     req = x["cand_ctx"][rows]
     ctx_ids = x["ctx_ids"][req].copy()
     dense = x["cand_dense"][rows].copy()
+    cand_text = None
     hist = x["ctx_hist"][req, : spec.history_length].copy()
     hist_kind = x["ctx_hist_kind"][req, : spec.history_length].copy()
     if rng is not None and cold_rate > 0:
@@ -94,16 +101,25 @@ def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None,
         dense[np.ix_(cold, _PERSONAL_DENSE)] = 0.0
         hist[cold] = 0
         hist_kind[cold] = 0
+        if "cand_text" in x:
+            cand_text = x["cand_text"][rows].copy()
+            cand_text[cold, -1] = 0.0  # the similarity to the user's history: none for an unknown user
+    cand_ids = x["cand_ids"][rows]
+    if rng is not None and cold_entity_rate > 0:
+        new = rng.random(len(rows)) < cold_entity_rate
+        cand_ids = cand_ids.copy()
+        cand_ids[new, 0] = 0
+        dense[np.ix_(new, _ENGAGEMENT_DENSE)] = 0.0
     batch = {
         "ctx_ids": ctx_ids,
         "ctx_query": x["ctx_query"][req],
-        "cand_ids": x["cand_ids"][rows],
+        "cand_ids": cand_ids,
         "cand_genres": x["cand_genres"][rows],
         "cand_dense": dense,
         "cand_ctx": np.arange(len(rows), dtype=np.int64),
         "ctx_hist": hist,
         "ctx_hist_kind": hist_kind,
-        "cand_text": x["cand_text"][rows],
+        "cand_text": cand_text if cand_text is not None else x["cand_text"][rows],
     }
     return [torch.from_numpy(batch[k]) for k in model_input_names(spec)]
 
@@ -144,7 +160,7 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
         total = 0.0
         for s in bar:
             rows = order[s : s + cfg.batch_size]
-            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec))
+            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
             loss = loss_fn(click, labels[rows])
             if play is not None:  # P(play | click): learned on the clicked rows only
                 clicked = labels[rows] > 0

@@ -20,6 +20,7 @@ class History:
     entities: np.ndarray
     kinds: np.ndarray
     vector: np.ndarray
+    text: np.ndarray | None = None  # mean title text vector (bundles with text features)
 
 
 def parse_live(entry: bytes) -> tuple[str, int]:
@@ -36,6 +37,7 @@ class ServingFeatures:
         self.encoder = FeatureEncoder(tables, bundle_level, text=text_features)
         self.history_length = history_length
         self.history_encoder = history_encoder
+        self.text_features = text_features
 
     def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray]:
         """Entity indices and kinds of the user's history, most recent first: live events, then the snapshot."""
@@ -55,7 +57,8 @@ class ServingFeatures:
 
     def history(self, live: list[bytes], user: int) -> History:
         entities, kinds = self.recent_events(live, user)
-        return History(entities, kinds, history_vector(self.tables, entities))
+        text = history_vector(self.tables, entities, self.tables.text_vec) if self.text_features else None
+        return History(entities, kinds, history_vector(self.tables, entities), text)
 
     def history_vector(self, live: list[bytes], user: int) -> np.ndarray:
         return history_vector(self.tables, self.recent_entities(live, user))
@@ -63,7 +66,9 @@ class ServingFeatures:
     def inputs(self, rc: RequestContext, cand: np.ndarray, history: History | np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The model's inputs for one request; `history`: a History, or just its vector (no sequence)."""
         vec = history.vector if isinstance(history, History) else history
-        ctx = self.encoder.encode_contexts([rc.unified], None if vec is None else vec[None, :], level=rc.level)
+        text = history.text if isinstance(history, History) and history.text is not None else None
+        ctx = self.encoder.encode_contexts([rc.unified], None if vec is None else vec[None, :], level=rc.level,
+                                           hist_text=None if text is None else text[None, :])  # fmt: skip
         inputs = self.encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
         if not self.history_encoder:
             return inputs

@@ -114,12 +114,23 @@ def test_text_features_link_a_title_to_its_sequels(option_bundles):
     rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
     cand = np.arange(2, t.n_entities + 1)
     inputs = bundle.features.inputs(rc, cand)
-    cosine = inputs["cand_text"][:, -1]
+    cosine = inputs["cand_text"][:, -2]
     words = set(t.norm_titles[source].split())
     sharing = np.array([bool(words & set(t.norm_titles[c].split())) for c in cand])
     assert sharing.any() and cosine[sharing].mean() > cosine[~sharing].mean() + 0.1
+    assert not inputs["cand_text"][:, -1].any()  # no user, no history: no similarity to it
     flat = dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))
     assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(flat))
+
+    # a known user: the last column is each candidate's cosine with the mean text of the user's recent titles
+    user = next(u for u in range(1, len(t.user_ids)) if len(t.history_of(u)) >= 3)
+    rc = build_request_context(RankRequest(task="prequery", country="US", user_id=t.user_ids[user]), t, "full")
+    history = bundle.features.history([], rc.user)
+    inputs = bundle.features.inputs(rc, cand, history)
+    centroid = t.text_vec[t.history_of(user)[:50]].mean(0)
+    vec = t.text_vec[cand]
+    want = vec @ centroid / (np.linalg.norm(vec, axis=1) * np.linalg.norm(centroid))
+    np.testing.assert_allclose(inputs["cand_text"][:, -1], want, atol=1e-5)
 
 
 def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles):
@@ -144,7 +155,7 @@ def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles
     rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
     inputs = bundle.features.inputs(rc, np.array(added))
     assert (inputs["cand_ids"][:, 0] == 0).all()  # the model's id embedding: unknown
-    cosine = inputs["cand_text"][:, -1]
+    cosine = inputs["cand_text"][:, -2]
     assert cosine[0] > cosine[1] + 0.2
     assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))))
 

@@ -27,12 +27,13 @@ def data_synth(
     events: int = 1_000_000,
     seed: int = 0,
     themes: Annotated[int, typer.Option(help="Hidden title themes users have a taste for, revealed only by title words (0: off; max 16)")] = 0,
+    continuation: Annotated[float, typer.Option(help="Share of home-page visits continuing the franchise of the user's last search click (0: off)")] = 0.0,
 ) -> None:
     """Generate a deterministic synthetic streaming-catalog log."""
     from model_export.synth import SynthParams, generate
 
     started = time.perf_counter()
-    summary = generate(SynthParams(users=users, entities=entities, events=events, seed=seed, themes=themes), out)
+    summary = generate(SynthParams(users=users, entities=entities, events=events, seed=seed, themes=themes, continuation=continuation), out)
     typer.echo(f"{summary['events']} events, {summary['requests']} requests, {summary['clicks']} clicks "
                f"written to {out} in {time.perf_counter() - started:.1f}s")  # fmt: skip
 
@@ -53,6 +54,7 @@ def train(
     history_encoder: Annotated[bool, typer.Option(help="Self-attention over the mixed search/rec history (full only)")] = False,
     text_features: Annotated[bool, typer.Option(help="MiniLM title features + aspect gate, for cold start")] = False,
     text_vector: Annotated[bool, typer.Option(help="With --text-features: the title vector too, not only its similarity to the source")] = True,
+    cold_entity_rate: Annotated[float, typer.Option(help="Share of training rows shown as a new entity (no id, no statistics), so new entities rank on content")] = 0.0,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -61,7 +63,7 @@ def train(
     cfg = TrainConfig(personalization=personalization, tasks=tuple(tasks.split(",")), epochs=epochs, seed=seed,
                       batch_size=batch_size, task_gate=task_gate, mmoe_experts=mmoe_experts, play_head=play_head,
                       rank_by=rank_by, history_encoder=history_encoder, text_features=text_features,
-                      text_vector=text_vector)  # fmt: skip
+                      text_vector=text_vector, cold_entity_rate=cold_entity_rate)  # fmt: skip
     manifest = train_bundle(data, out, cfg, log=typer.echo)
     typer.echo(format_table(manifest["metrics"]))
 
