@@ -89,16 +89,19 @@ def run_cold_start(data_dir: Path | str, out_root: Path | str = "results", seeds
 
 
 def report(summary: dict) -> str:
+    base = next(iter(summary["results"]))  # the first row: no text, no new-entity training
     lines = [f"# Cold start — {summary['data']}", "",
              f"{summary['held_out_entities']} entities ({summary['share']:.0%}) never engaged before the test window; "
-             f"seeds {summary['seeds']}; NDCG@10 mean ± std over seeds.", "",
-             "| task | requests | row | cold requests | all requests |", "|---|---|---|---|---|"]  # fmt: skip
+             f"seeds {summary['seeds']}; NDCG@10 mean ± std over seeds; lift: cold-request NDCG@10 against '{base}'.", "",
+             "| task | requests | row | cold requests | lift | all requests |", "|---|---|---|---|---|---|"]  # fmt: skip
     for task in TASKS:
+        reference = np.mean(summary["results"][base].get(task, {}).get("cold", {}).get("ndcg@10", [np.nan]))
         for name, by_task in summary["results"].items():
             r = by_task.get(task, {})
             if "cold" not in r:
                 continue
             cold, everything = np.array(r["cold"]["ndcg@10"]), np.array(r["all"]["ndcg@10"])
-            lines.append(f"| {task} | {r['cold']['requests']} | {name} | {cold.mean():.4f} ± {cold.std():.4f} | "
+            lift = "" if name == base else f"{cold.mean() / reference - 1:+.1%}"
+            lines.append(f"| {task} | {r['cold']['requests']} | {name} | {cold.mean():.4f} ± {cold.std():.4f} | {lift} | "
                          f"{everything.mean():.4f} ± {everything.std():.4f} |")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -28,6 +28,11 @@ def targets(result: dict) -> list[tuple[str, bool, str]]:
         name = "BM25" if task == "search" else "ALS"
         out.append((f"unified >= LightGBM on {task}", u >= lgbm, f"{u:.4f} vs {lgbm:.4f}"))
         out.append((f"unified >= {name} on {task}", u >= other, f"{u:.4f} vs {other:.4f}"))
+    test = next((t for t in result.get("paired_tests", ()) if t["a"] == "+ history encoder" and t["task"] == "prequery"), None)
+    if test is not None:
+        lifted = test["diff"] > 0 and test["p_value"] < 0.05
+        out.append(("history encoder lifts prequery over full (paired, p < 0.05)", lifted,
+                    f"{test['relative']:+.1%}, p = {test['p_value']:.2g}"))  # fmt: skip
     return out
 
 

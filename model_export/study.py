@@ -69,6 +69,8 @@ HEADLINES = [
     (REFERENCE, "lightgbm lambdamart", TASKS),
     (REFERENCE, "bm25", ("search",)),
     (REFERENCE, "implicit als", ("prequery", "more_like_this")),
+    ("+ history encoder", REFERENCE, TASKS),
+    ("+ text features", REFERENCE, TASKS),
 ]
 
 
