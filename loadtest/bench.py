@@ -73,7 +73,7 @@ def flops_per_candidate(spec: dict, n_dense: int) -> int:
         tower = spec["mlp_blocks"] * 2 * (2 * width * spec["hidden"]) + 2 * width
     play = 2 * width if spec.get("play_head") else 0
     history = 2 * (dim * dim + 2 * spec.get("history_length", 20) * dim) if spec.get("history_encoder") else 0
-    text = 2 * (TEXT_DIM + 1 if spec.get("text_vector", True) else 1) * dim if spec.get("text_features") else 0
+    text = 2 * (TEXT_DIM + 2 if spec.get("text_vector", True) else 2) * dim if spec.get("text_features") else 0
     return spec["cross_layers"] * per_cross + tower + play + history + text
 
 

@@ -31,7 +31,7 @@ NEW_ENTITY_RATE = 0.2
 ROWS = {
     "without text": TrainConfig(),
     "without text, new-entity training": TrainConfig(cold_entity_rate=NEW_ENTITY_RATE),
-    "text: similarity to the source only": TrainConfig(text_features=True, text_vector=False),
+    "text: similarities only": TrainConfig(text_features=True, text_vector=False),
     "text: title vector + similarity": TrainConfig(text_features=True),
     "text + new-entity training": TrainConfig(text_features=True, cold_entity_rate=NEW_ENTITY_RATE),
 }

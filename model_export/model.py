@@ -58,7 +58,7 @@ class ModelSpec:
     history_encoder: bool = False
     history_length: int = 20  # events per context the encoder reads
     text_features: bool = False
-    text_vector: bool = True  # with text_features: the title vector itself, not only its similarity to the source
+    text_vector: bool = True  # with text_features: the title vector itself, not only its similarities (source, history)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -51,7 +51,7 @@ class TrainConfig:
     play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
     history_encoder: bool = False  # self-attention over the mixed search/recommendation history (UniSAR)
     text_features: bool = False  # MiniLM title features + an aspect gate (ID / text / sparse), for cold start
-    text_vector: bool = True  # False: only the title's similarity to the source title, not the vector itself
+    text_vector: bool = True  # False: only the title's similarities to the source and the history titles, not the vector
     rank_by: str = "click"  # the bundle's default ranking score: click | play (needs play_head)
     threads: int = 2
 

@@ -53,7 +53,7 @@ def train(
     rank_by: Annotated[str, typer.Option(help="The bundle's default ranking score: click | play")] = "click",
     history_encoder: Annotated[bool, typer.Option(help="Self-attention over the mixed search/rec history (full only)")] = False,
     text_features: Annotated[bool, typer.Option(help="MiniLM title features + aspect gate, for cold start")] = False,
-    text_vector: Annotated[bool, typer.Option(help="With --text-features: the title vector too, not only its similarity to the source")] = True,
+    text_vector: Annotated[bool, typer.Option(help="With --text-features: the title vector too, not only its similarities to the source and history titles")] = True,
     cold_entity_rate: Annotated[float, typer.Option(help="Share of training rows shown as a new entity (no id, no statistics), so new entities rank on content")] = 0.0,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
