@@ -166,17 +166,24 @@ class CatalogSync:
     async def _apply(self, entries: list) -> int:
         n = 0
         for entry_id, fields in entries:
-            records = orjson.loads(fields[b"entities"])
-            raw = fields.get(b"embeddings", b"")
-            embeddings = np.frombuffer(raw, np.float32).reshape(-1, EMBEDDING_DIM) if raw else None
-            if embeddings is None and self.catalog.text_encoder is not None and self.catalog.t.text_projection is not None:
-                embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
-            n += len(self.catalog.apply(records, embeddings))
             entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            try:
+                n += await self._apply_entry(fields)
+            except Exception:  # a malformed entry (written by hand, or by another version) must not stop the follower
+                ERRORS.labels(type="catalog_bad_entry").inc()
+                log.exception("runtime catalog: entry %s skipped", entry_id)
             self.catalog.generation = self.last_id = entry_id
             async with self._applied:
                 self._applied.notify_all()
         return n
+
+    async def _apply_entry(self, fields: dict) -> int:
+        records = orjson.loads(fields[b"entities"])
+        raw = fields.get(b"embeddings", b"")
+        embeddings = np.frombuffer(raw, np.float32).reshape(-1, EMBEDDING_DIM) if raw else None
+        if embeddings is None and self.catalog.text_encoder is not None and self.catalog.t.text_projection is not None:
+            embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
+        return len(self.catalog.apply(records, embeddings))
 
 
 def _id(entry_id: str) -> tuple[int, int]:

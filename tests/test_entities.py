@@ -141,3 +141,14 @@ def test_replicas_follow_the_runtime_catalog(admin, bundle_dir, redis_url, strea
         assert set(found) == {early, late}
     finally:
         replica.stop()
+
+
+def test_a_malformed_log_entry_is_skipped_not_fatal(admin, redis_url, stream):
+    """An entry the follower cannot read (written by hand, say) is counted and skipped; later ones still apply."""
+    import redis
+
+    redis.Redis.from_url(redis_url).xadd(stream, {"entities": b"not json"})
+    eid = new_id()
+    add(admin, [{"entity_id": eid, "title": "Wuxtrel After"}])
+    assert ranked_ids(admin, task="search", country="US", query="wuxtrel") == [eid]
+    assert 'unirank_errors_total{type="catalog_bad_entry"}' in admin.client.get("/metrics").text
