@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from model_export.tables import KINDS, FeatureTables
 from model_export.text import normalize
 from model_export.text_features import EMBEDDING_DIM
-from service.metrics import ERRORS
+from service.metrics import ERRORS, RUNTIME_ENTITIES
 from service.retrieval import Retriever
 from service.schemas import NewEntity
 from service.text_encoder import TextEncoder
@@ -89,6 +89,7 @@ class RuntimeCatalog:
             t.entity_index[r["entity_id"]] = i  # last: what makes it visible
             self.records[r["entity_id"]] = r
         self.retriever.add_fresh(index[r["entity_id"]] for r in accepted)
+        RUNTIME_ENTITIES.set(len(self.records))
         return [index[r["entity_id"]] for r in accepted]
 
     def _text_features(self, records: list[dict], embeddings: np.ndarray | None) -> dict[str, np.ndarray]:

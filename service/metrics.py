@@ -23,6 +23,8 @@ BATCH_CANDIDATES = Histogram("unirank_batch_candidates", "Micro-batching: candid
                              buckets=(10, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000))  # fmt: skip
 ERRORS = Counter("unirank_errors_total", "Errors by type", ["type"])
 EVENTS = Counter("unirank_events_total", "Engagement events stored", ["action"])
+RUNTIME_ENTITIES = Gauge("unirank_runtime_entities", "Entities added at run time (POST /entities) this worker ranks",
+                         multiprocess_mode="max")  # fmt: skip
 MODEL_INFO = Gauge("unirank_model_info", "The loaded model (value 1)", ["version", "personalization", "provider"],
                    multiprocess_mode="liveall")  # fmt: skip
 

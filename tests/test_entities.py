@@ -105,6 +105,8 @@ def test_an_added_entity_ranks_immediately(admin, tables):
     assert entity["title"] == "Zorblat Rising" and entity["added_at_run_time"] is True
     runtime = admin.client.get("/model").json()["runtime_catalog"]
     assert runtime["entities"] >= 1 and runtime["generation"] == reply["catalog_generation"]
+    gauge = next(line for line in admin.client.get("/metrics").text.splitlines() if line.startswith("unirank_runtime_entities "))
+    assert float(gauge.split()[1]) == runtime["entities"]
 
 
 def test_events_on_an_added_entity_reach_the_next_ranking(admin, tables):
