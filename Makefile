@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 BUNDLE ?= artifacts/demo
-ADMIN_TOKEN ?= demo-admin-token  # POST /entities of the local demo; set your own anywhere else
+# bearer token of POST /entities for the local demo; set your own anywhere else
+ADMIN_TOKEN ?= demo-admin-token
 
 .PHONY: venv serve test bench bench-quick demo clean
 
