@@ -54,7 +54,7 @@ class EncodedContexts:
     user_vec: np.ndarray  # (B, F) collaborative-filtering user factors
     hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
     source: np.ndarray  # (B,) source entity index (ctx_ids[:, 3] holds 0 for one added after training)
-    hist_text: np.ndarray  # (B, TEXT_DIM) mean title text vector of the recent history (zeros without text)
+    hist_text: np.ndarray | None  # (B, TEXT_DIM) mean title text vector of the recent history (None: no text features)
 
 
 @lru_cache(maxsize=500_000)
@@ -130,11 +130,11 @@ class FeatureEncoder:
             query[i, : len(toks)] = toks
             qids[i] = t.query_index.get(c.query, 0)
         F = t.item_factors.shape[1]
-        text = np.zeros((B, t.text_vec.shape[1]), np.float32)
+        text = np.zeros((B, t.text_vec.shape[1]), np.float32) if self.text else None
         if rank >= 2:
             user_vec = t.user_factors[ids[:, 4]]
             hist = np.zeros((B, F), np.float32) if hist_vec is None else np.asarray(hist_vec, np.float32)
-            text = text if hist_text is None else np.asarray(hist_text, np.float32)
+            text = text if hist_text is None or text is None else np.asarray(hist_text, np.float32)
         else:
             user_vec = np.zeros((B, F), np.float32)
             hist = np.zeros((B, F), np.float32)

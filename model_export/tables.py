@@ -85,14 +85,12 @@ class FeatureTables:
             self._title_index = TitleIndex(self.norm_titles)
         return self._title_index
 
-    def grow(self, n: int) -> int:
-        """Appends n blank entity rows (no statistics, zero factors); returns the first new index.
-        The caller fills the rows, then sets ids and titles, then `entity_index` (what makes them visible)."""
-        first = len(self.kind)
+    def grow(self, n: int) -> None:
+        """Appends n blank rows to every per-entity array (no statistics, zero factors) for entities added
+        at run time; the caller fills them and registers the ids (service.catalog.RuntimeCatalog)."""
         for name in self.PER_ENTITY:
             array = getattr(self, name)
             setattr(self, name, np.concatenate([array, np.zeros((n, *array.shape[1:]), array.dtype)]))
-        return first
 
     def title_of(self, entity_id: str) -> str | None:
         idx = self.entity_index.get(entity_id)

@@ -42,6 +42,7 @@ class RuntimeCatalog:
         self.text_encoder = text_encoder
         self.records: dict[str, dict] = {}  # entity id -> the record as added
         self.generation = ""  # id of the last applied log entry
+        self.genre_index = {g: i for i, g in enumerate(tables.genres) if i}
         years = tables.year[1 : tables.n_model_entities + 1]
         self.default_year = float(np.median(years)) if years.size else 2000.0
 
@@ -51,12 +52,14 @@ class RuntimeCatalog:
 
     def trained(self, entity_ids: list[str]) -> list[str]:
         """Those of entity_ids the bundle was trained with (they cannot be replaced at run time)."""
-        n = self.t.n_model_entities
-        return [e for e in entity_ids if 0 < self.t.entity_index.get(e, 0) <= n]
+        return [e for e in entity_ids if self._trained(e)]
+
+    def _trained(self, entity_id: str) -> bool:
+        return 0 < self.t.entity_index.get(entity_id, 0) <= self.t.n_model_entities
 
     def ignored(self, entity: NewEntity) -> dict[str, list[str]]:
         """Genres and countries the bundle does not know (the entity is added without them)."""
-        out = {"genres": [g for g in entity.genres if g not in self.t.genres[1:]],
+        out = {"genres": [g for g in entity.genres if g not in self.genre_index],
                "countries": [c for c in entity.countries or () if c.upper() not in self.t.country_index]}  # fmt: skip
         return {k: v for k, v in out.items() if v}
 
@@ -67,30 +70,30 @@ class RuntimeCatalog:
         """Adds (or replaces) runtime entities; returns their indices. Runs on the event loop, between
         requests, so no request sees a half-applied entity."""
         t = self.t
-        accepted = [r for r in dict((r["entity_id"], r) for r in records).values() if not self.trained([r["entity_id"]])]
-        new = [r for r in accepted if r["entity_id"] not in t.entity_index]
-        first = t.grow(len(new)) if new else 0
-        index = {r["entity_id"]: first + i for i, r in enumerate(new)} | {
-            r["entity_id"]: t.entity_index[r["entity_id"]] for r in accepted if r["entity_id"] in t.entity_index}
         text = self._text_features(records, embeddings)
+        accepted = [r for r in {r["entity_id"]: r for r in records}.values() if not self._trained(r["entity_id"])]
+        added = [r["entity_id"] for r in accepted if r["entity_id"] not in t.entity_index]
+        new_index = {e: len(t.entity_ids) + k for k, e in enumerate(added)}
+        if added:  # blank rows, ids and titles; filled below
+            t.grow(len(added))
+            t.entity_ids += added
+            t.titles += [""] * len(added)
+            t.norm_titles += [""] * len(added)
+        indices = []
         for r in accepted:
-            i = index[r["entity_id"]]
-            if r["entity_id"] in t.entity_index:  # replaced: its old title leaves the index
+            eid = r["entity_id"]
+            i = new_index.get(eid) or t.entity_index[eid]
+            if eid not in new_index:  # replaced: its old title leaves the index
                 t.title_index.remove(i, t.norm_titles[i])
-            self._fill_row(i, r, text.get(r["entity_id"]))
-        for r in new:
-            t.entity_ids.append(r["entity_id"])
-            t.titles.append(r["title"])
-            t.norm_titles.append(normalize(r["title"]))
-        for r in accepted:
-            i = index[r["entity_id"]]
+            self._fill_row(i, r, text.get(eid))
             t.titles[i], t.norm_titles[i] = r["title"], normalize(r["title"])
             t.title_index.add(i, t.norm_titles[i])
-            t.entity_index[r["entity_id"]] = i  # last: what makes it visible
-            self.records[r["entity_id"]] = r
-        self.retriever.add_fresh(index[r["entity_id"]] for r in accepted)
+            t.entity_index[eid] = i
+            self.records[eid] = r
+            indices.append(i)
+        self.retriever.add_fresh(indices)
         RUNTIME_ENTITIES.set(len(self.records))
-        return [index[r["entity_id"]] for r in accepted]
+        return indices
 
     def _text_features(self, records: list[dict], embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
         projection = self.t.text_projection
@@ -100,7 +103,7 @@ class RuntimeCatalog:
 
     def _fill_row(self, i: int, r: dict, text: np.ndarray | None) -> None:
         t = self.t
-        genres = [t.genres.index(g) for g in r.get("genres", ()) if g in t.genres[1:]]
+        genres = [self.genre_index[g] for g in r.get("genres", ()) if g in self.genre_index]
         t.kind[i] = KINDS.index(r["kind"]) + 1 if r.get("kind") in KINDS else 0
         t.genre_ids[i] = 0
         t.genre_ids[i, : min(3, len(genres))] = genres[:3]

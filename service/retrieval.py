@@ -63,10 +63,12 @@ class Retriever:
 
     def prequery(self, country: int, cluster: int) -> np.ndarray:
         favourites = self.t.cluster_favourites[cluster]
-        fresh = np.fromiter(reversed(self.fresh), np.int64, len(self.fresh))
         parts = [self.country_top[country], favourites[favourites > 0]]
         cand = self._available(_unique_in_order(parts), country)[: self.limit + len(parts[1])]
-        return _unique_in_order([cand, self._available(fresh, country)]) if fresh.size else cand
+        if not self.fresh:
+            return cand
+        fresh = np.fromiter(reversed(self.fresh), np.int64, len(self.fresh))
+        return _unique_in_order([cand, self._available(fresh, country)])
 
     def more_like_this(self, source: int, country: int) -> np.ndarray:
         if source == 0:  # unknown source: nothing to be similar to, so the popular titles
