@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 # unirank images. Targets:
-#   runtime (default)  the service, no torch; mount a bundle at /bundle (it waits for one to appear)
+#   runtime (default)  the service, no torch; a bundle at /bundle (it waits for one), or UNIRANK_BUNDLE=s3://...
 #   demo               runtime with the demo bundle trained in the build (what docker-compose.yml runs)
 #   baked              runtime with a bundle of yours baked in: --build-arg BUNDLE_DIR=artifacts/mine
 #   trainer            torch + the whole CLI (data, train, study, bench) for pipeline jobs
 #   gpu                the service on CUDA: onnxruntime-gpu on NVIDIA's CUDA runtime + cuDNN
+#   gpu-demo           gpu with the demo bundle (what the k8s gpu overlay runs)
 #   loadtest           locust with loadtest/locustfile.py and the demo bundle's tables
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
@@ -23,7 +24,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY --from=source /src ./
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install ".[remote]"
 
 # --- runtime: slim, non-root, health-checked ----------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -84,8 +85,10 @@ RUN apt-get update \
     && useradd --system --uid 10001 --create-home unirank
 WORKDIR /src
 COPY --from=source /src ./
-# the CPU onnxruntime comes with the service's dependencies; the GPU build replaces it
-RUN pip install . \
+# the CPU onnxruntime comes with the service's dependencies; the GPU build replaces it (the project and
+# its extra are this source tree, ranges in pyproject.toml)
+# hadolint ignore=DL3013
+RUN pip install ".[remote]" \
     && pip uninstall -y onnxruntime \
     && pip install "onnxruntime-gpu==${ORT_GPU_VERSION}"
 USER 10001
@@ -95,6 +98,9 @@ HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('UNIRANK_PORT', '8000')}/healthz\", timeout=2)"]
 STOPSIGNAL SIGTERM
 CMD ["unirank", "serve"]
+
+FROM gpu AS gpu-demo
+COPY --from=demo-bundle --chown=10001 /bundle /bundle
 
 # the default target
 FROM runtime

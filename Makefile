@@ -2,20 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
-BUNDLE ?= artifacts/demo
-# bearer token of POST /entities for the local demo; set your own anywhere else
-ADMIN_TOKEN ?= demo-admin-token
+# The service's own settings win over these defaults, so `UNIRANK_PORT=9000 make serve` works too.
+HOST ?= $(or $(UNIRANK_HOST),127.0.0.1)
+PORT ?= $(or $(UNIRANK_PORT),8000)
+BUNDLE ?= $(or $(UNIRANK_BUNDLE),artifacts/demo)
+# bearer token of the admin endpoints for the local demo; set your own anywhere else
+ADMIN_TOKEN ?= $(or $(UNIRANK_ADMIN_TOKEN),demo-admin-token)
 
-.PHONY: venv serve test bench bench-quick demo clean
+.PHONY: venv serve test lint format bench bench-quick demo clean
 
 venv: $(VENV)/.installed
 
+# pip shows what it downloads and builds (a first install takes a couple of minutes)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,bench,dev]'
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	$(BIN)/pip install --progress-bar on -e '.[train,bench,dev,remote]'
 	touch $@
 
 $(BUNDLE)/manifest.json: | venv
@@ -27,11 +29,21 @@ serve: venv $(BUNDLE)/manifest.json
 	@echo "unirank on http://$(HOST):$(PORT)  (try, in another shell:)"
 	@echo "  curl -s -X POST http://$(HOST):$(PORT)/rank -H 'content-type: application/json' \\"
 	@echo "       -d '{\"task\": \"search\", \"country\": \"US\", \"query\": \"str\", \"k\": 5}'"
-	@echo "  (POST /entities takes 'Authorization: Bearer $(ADMIN_TOKEN)')"
-	UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	@echo "  (admin endpoints take 'Authorization: Bearer $(ADMIN_TOKEN)'; Ctrl-C stops)"
+	@UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) || \
+		[ $$? -eq 130 ]
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: venv $(BUNDLE)/manifest.json
 	$(BIN)/unirank bench --bundle $(BUNDLE)

@@ -45,7 +45,7 @@ def real_inputs(bundle: LoadedBundle, n: int, per_request: int = 200, seed: int 
         rc = build_request_context(req, bundle.tables, bundle.level)
         k = min(left, per_request)
         cand = rng.choice(np.arange(1, bundle.tables.n_entities + 1), k, replace=k > bundle.tables.n_entities)
-        parts.append(bundle.features.inputs(rc, cand, bundle.features.history_vector([], rc.user)))
+        parts.append(bundle.features.inputs(rc, cand, bundle.features.history([], rc.user)))
         left, i = left - k, i + 1
     return concatenate(parts)[0]
 
@@ -64,11 +64,15 @@ def _time_calls(scorer: Scorer, inputs: dict, budget_s: float = 1.0, max_calls: 
 
 def scoring_configs() -> list[dict]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    configs = [{"name": "cpu_1_thread", "provider": "cpu", "threads": 1, "io_binding": False},
-               {"name": f"cpu_{cores}_threads", "provider": "cpu", "threads": cores, "io_binding": False}]  # fmt: skip
+    configs = [
+        {"name": "cpu_1_thread", "provider": "cpu", "threads": 1, "io_binding": False},
+        {"name": f"cpu_{cores}_threads", "provider": "cpu", "threads": cores, "io_binding": False},
+    ]
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        configs += [{"name": "cuda", "provider": "cuda", "threads": 1, "io_binding": False},
-                    {"name": "cuda_io_binding", "provider": "cuda", "threads": 1, "io_binding": True}]  # fmt: skip
+        configs += [
+            {"name": "cuda", "provider": "cuda", "threads": 1, "io_binding": False},
+            {"name": "cuda_io_binding", "provider": "cuda", "threads": 1, "io_binding": True},
+        ]
     return configs
 
 
@@ -77,24 +81,43 @@ def run_scoring(bundle_path: Path, sizes=SIZES, out_dir: Path = Path("results"))
     inputs = {n: real_inputs(bundle, n) for n in tqdm(sizes, desc="inputs")}
     rows = []
     for cfg in scoring_configs():
-        scorer = Scorer(bundle.path / bundle.manifest["onnx"]["file"], cfg["provider"], cfg["threads"], cfg["io_binding"])
+        scorer = Scorer(
+            bundle.path / bundle.manifest["onnx"]["file"], cfg["provider"], cfg["threads"], cfg["io_binding"]
+        )
         for n in tqdm(sizes, desc=cfg["name"]):
             times = np.asarray(_time_calls(scorer, inputs[n])) * 1000
             median = float(np.median(times))
-            rows.append({"config": cfg["name"], "provider": scorer.provider, "candidates": n, "calls": len(times),
-                         "p50_ms": median, "p99_ms": float(np.percentile(times, 99)),
-                         "candidates_per_s": n / (median / 1000)})  # fmt: skip
+            rows.append(
+                {
+                    "config": cfg["name"],
+                    "provider": scorer.provider,
+                    "candidates": n,
+                    "calls": len(times),
+                    "p50_ms": median,
+                    "p99_ms": float(np.percentile(times, 99)),
+                    "candidates_per_s": n / (median / 1000),
+                }
+            )
     by = {(r["config"], r["candidates"]): r for r in rows}
     ratios = {}
     for cfg in (c["name"] for c in scoring_configs() if c["provider"] == "cuda"):
         for base in (c["name"] for c in scoring_configs() if c["provider"] == "cpu"):
-            ratios[f"{cfg}_vs_{base}"] = {n: by[(cfg, n)]["candidates_per_s"] / by[(base, n)]["candidates_per_s"] for n in sizes}
+            ratios[f"{cfg}_vs_{base}"] = {
+                n: by[(cfg, n)]["candidates_per_s"] / by[(base, n)]["candidates_per_s"] for n in sizes
+            }
     result = {"machine": machine() | {"gpu": _gpu_name()}, "bundle": bundle.version, "rows": rows, "ratios": ratios}
     return _save(result, out_dir, "scoring", _scoring_table(result), _scoring_plot)
 
 
-def run_batching(bundle_path: Path, provider: str = "auto", concurrency=CONCURRENCY, duration: float = 8.0,
-                 window_ms: float = 1.0, workers: int = 1, out_dir: Path = Path("results")) -> dict:  # fmt: skip
+def run_batching(
+    bundle_path: Path,
+    provider: str = "auto",
+    concurrency=CONCURRENCY,
+    duration: float = 8.0,
+    window_ms: float = 1.0,
+    workers: int = 1,
+    out_dir: Path = Path("results"),
+) -> dict:
     sc = Scenarios(bundle_path)
     work = Path(tempfile.mkdtemp(prefix="unirank-batching-"))
     bodies = _write(work / "rank200.jsonl", [sc.rank_200() for _ in range(500)])
@@ -103,9 +126,14 @@ def run_batching(bundle_path: Path, provider: str = "auto", concurrency=CONCURRE
     provider_seen = {}
     try:
         for mode in ("off", "on"):
-            env = {"UNIRANK_BUNDLE": str(bundle_path), "REDIS_URL": redis.url, "UNIRANK_EXECUTION_PROVIDER": provider,
-                   "UNIRANK_MICRO_BATCH": "true" if mode == "on" else "false",
-                   "UNIRANK_MICRO_BATCH_WINDOW_MS": str(window_ms), "UNIRANK_BENCH_ENDPOINTS": "1"}  # fmt: skip
+            env = {
+                "UNIRANK_BUNDLE": str(bundle_path),
+                "REDIS_URL": redis.url,
+                "UNIRANK_EXECUTION_PROVIDER": provider,
+                "UNIRANK_MICRO_BATCH": "true" if mode == "on" else "false",
+                "UNIRANK_MICRO_BATCH_WINDOW_MS": str(window_ms),
+                "UNIRANK_BENCH_ENDPOINTS": "1",
+            }
             server = AppServer("service.api:create_app", env, workers=workers)
             try:
                 server.wait_ready(120)
@@ -120,10 +148,20 @@ def run_batching(bundle_path: Path, provider: str = "auto", concurrency=CONCURRE
                 server.stop()
     finally:
         redis.stop()
-    ratio = {r_on["concurrency"]: r_on["rps"] / max(r_off["rps"], 1e-9) for r_on, r_off in zip(runs["on"], runs["off"])}
-    result = {"machine": machine() | {"gpu": _gpu_name()}, "provider": provider_seen, "window_ms": window_ms, "workers": workers,
-              "ceiling": ceiling,
-              "duration_s": duration, "runs": runs, "throughput_on_vs_off": ratio}  # fmt: skip
+    ratio = {
+        r_on["concurrency"]: r_on["rps"] / max(r_off["rps"], 1e-9)
+        for r_on, r_off in zip(runs["on"], runs["off"], strict=True)
+    }
+    result = {
+        "machine": machine() | {"gpu": _gpu_name()},
+        "provider": provider_seen,
+        "window_ms": window_ms,
+        "workers": workers,
+        "ceiling": ceiling,
+        "duration_s": duration,
+        "runs": runs,
+        "throughput_on_vs_off": ratio,
+    }
     return _save(result, out_dir, "batching", _batching_table(result), _batching_plot)
 
 
@@ -131,7 +169,9 @@ def _gpu_name() -> str | None:
     try:
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -143,21 +183,34 @@ def _save(result: dict, out_dir: Path, name: str, table: str, plot) -> dict:
 
 def _scoring_table(r: dict) -> str:
     lines = ["| config | candidates/call | p50 ms | p99 ms | candidates/s |", "|---|---|---|---|---|"]
-    lines += [f"| {x['config']} | {x['candidates']} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['candidates_per_s']:,.0f} |" for x in r["rows"]]
+    lines += [
+        f"| {x['config']} | {x['candidates']} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['candidates_per_s']:,.0f} |"
+        for x in r["rows"]
+    ]
     for name, by_n in r["ratios"].items():
         lines.append(f"\n{name}: " + ", ".join(f"{n}: {v:.1f}x" for n, v in by_n.items()))
     return "\n".join(lines) + "\n"
 
 
 def _batching_table(r: dict) -> str:
-    lines = [f"provider: {r['provider']}, window {r['window_ms']} ms, {r['workers']} worker(s), rank_200 (200 explicit candidates)", "",
-             "| concurrency | off req/s | off p50 ms | off p99 ms | on req/s | on p50 ms | on p99 ms | on/off |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"provider: {r['provider']}, window {r['window_ms']} ms, {r['workers']} worker(s), "
+        "rank_200 (200 explicit candidates)",
+        "",
+        "| concurrency | off req/s | off p50 ms | off p99 ms | on req/s | on p50 ms | on p99 ms | on/off |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     c = r["ceiling"]
-    lines.insert(1, f"ceiling (POST /bench/noop, same server and load generator, concurrency {c['concurrency']}): {c['rps']:.0f} req/s")
-    for off, on in zip(r["runs"]["off"], r["runs"]["on"]):
-        lines.append(f"| {on['concurrency']} | {off['rps']:.0f} | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {on['rps']:.0f} | "
-                     f"{on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['rps'] / max(off['rps'], 1e-9):.2f}x |")  # fmt: skip
+    lines.insert(
+        1,
+        f"ceiling (POST /bench/noop, same server and load generator, concurrency {c['concurrency']}): "
+        f"{c['rps']:.0f} req/s",
+    )
+    for off, on in zip(r["runs"]["off"], r["runs"]["on"], strict=True):
+        lines.append(
+            f"| {on['concurrency']} | {off['rps']:.0f} | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {on['rps']:.0f} | "
+            f"{on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['rps'] / max(off['rps'], 1e-9):.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -171,8 +224,13 @@ def _scoring_plot(r: dict, path: Path) -> None:
     for cfg in dict.fromkeys(x["config"] for x in r["rows"]):
         xs = [x for x in r["rows"] if x["config"] == cfg]
         ax.plot([x["candidates"] for x in xs], [x["candidates_per_s"] for x in xs], marker="o", label=cfg)
-    ax.set(xscale="log", yscale="log", xlabel="candidates per call", ylabel="candidates / s",
-           title=f"One onnxruntime call: {r['machine'].get('gpu') or 'CPU only'}")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="candidates per call",
+        ylabel="candidates / s",
+        title=f"One onnxruntime call: {r['machine'].get('gpu') or 'CPU only'}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -192,7 +250,9 @@ def _batching_plot(r: dict, path: Path) -> None:
         axes[0].plot(cs, [x["rps"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
         axes[1].plot(cs, [x["p99_ms"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
     axes[0].set(xscale="log", xlabel="concurrency", ylabel="req/s", title="POST /rank, 200 candidates")
-    axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="p99 ms", title=f"provider {r['provider'].get('on')}")
+    axes[1].set(
+        xscale="log", yscale="log", xlabel="concurrency", ylabel="p99 ms", title=f"provider {r['provider'].get('on')}"
+    )
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend()

@@ -2,28 +2,36 @@
 scenario at fixed concurrency with the load generator in its own process, and writes
 results/bench-<timestamp>.json, a markdown table and a PNG plot.
 
-On a machine with two or more cores, the servers are pinned to core 0 and the load generator to core 1,
-so the figures are "one server core" whatever else the machine holds.
+On a machine with two or more cores, the servers are pinned to core 0 and the load generator and Redis
+to core 1, so the figures are "one server core" whatever else the machine holds.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from loadtest.processes import ROOT, AppServer, RedisServer
 from loadtest.scenarios import Scenarios
-from model_export.text_features import TEXT_DIM
+from unirank.core.spec import ModelSpec
 
+ROLLOUT_EVERY_S = 2.0
 TARGETS = {
+    "log_on_vs_off": 1.1,
+    "rollout_p99_vs_rank_200_p99": 1.5,
     "keystroke_hit_vs_ceiling": 0.6,
     "keystroke_hit_p99_ms": 5.0,
     "rank_200_vs_naive_200": 5.0,
@@ -48,33 +56,27 @@ def _drive(url: str, path: str, bodies: Path, concurrency: int, duration: float,
     out = bodies.with_suffix(f".c{concurrency}.result.json")
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     subprocess.run(
-        [sys.executable, "-m", "loadtest.loadgen", url, path, str(bodies), "--concurrency", str(concurrency),
-         "--duration", str(duration), "--warmup", str(warmup), "--out", str(out)],
-        cwd=ROOT, check=True, preexec_fn=preexec,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "loadtest.loadgen",
+            url,
+            path,
+            str(bodies),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        preexec_fn=preexec,
+    )
     return json.loads(out.read_text())
-
-
-def model_width(spec: dict, n_dense: int) -> int:
-    """Width of the per-candidate vector (model_export.model.feature_groups, from the manifest's spec)."""
-    optional = bool(spec.get("history_encoder")) + bool(spec.get("text_features"))
-    return spec["ctx_dim"] + spec["dim"] * (2 if spec["interaction"] else 1) + 8 + 16 + n_dense + spec["dim"] * optional
-
-
-def flops_per_candidate(spec: dict, n_dense: int) -> int:
-    """2 x multiply-adds of the per-candidate part of the model: cross layers, the MLP and head (or the
-    MMoE experts, gates and heads), the play head, the history attention and the text projection."""
-    width, rank, dim = model_width(spec, n_dense), spec["cross_rank"], spec["dim"]
-    per_cross = 2 * (2 * width * rank) if 0 < rank < width // 2 else 2 * width * width
-    experts = spec.get("mmoe_experts", 0)
-    if experts:
-        tower = 2 * (2 * width * spec.get("expert_hidden", 32) * experts + width * experts * 4 + width * 4)  # 4 tasks
-    else:
-        tower = spec["mlp_blocks"] * 2 * (2 * width * spec["hidden"]) + 2 * width
-    play = 2 * width if spec.get("play_head") else 0
-    history = 2 * (dim * dim + 2 * spec.get("history_length", 20) * dim) if spec.get("history_encoder") else 0
-    text = 2 * (TEXT_DIM + 2 if spec.get("text_vector", True) else 2) * dim if spec.get("text_features") else 0
-    return spec["cross_layers"] * per_cross + tower + play + history + text
 
 
 def numpy_matmul_flops(width: int, rows: int = 200, seconds: float = 1.0) -> float:
@@ -100,7 +102,8 @@ def machine() -> dict:
 
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
     return {
@@ -113,7 +116,77 @@ def machine() -> dict:
     }
 
 
-def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")) -> dict:
+LOGGED = ("keystroke_hit", "rank_200")
+
+
+def _logging_on_off(on: AppServer, off: AppServer, files: dict, duration: float, warmup: float, cpus) -> dict:
+    """keystroke_hit and rank_200 against the service with and without the impression log, in short
+    alternating segments (on, off, on, off, ...: this machine's speed drifts by tens of percent within a
+    minute) so both see the same machine; each side's p99 is the median of its segments' p99s."""
+    out = {}
+    segment = max(duration / 3, 1.5)
+    for name, bodies in (("keystroke_hit", files["hit"]), ("rank_200", files["rank_200"])):
+        runs: dict[str, list[dict]] = {"on": [], "off": []}
+        print(f"bench: {name} with the impression log on and off (6 x {segment:.0f}s, alternating)", flush=True)
+        for side in ("on", "off") * 3:
+            server = on if side == "on" else off
+            runs[side].append(_drive(server.url, "/rank", bodies, 8, segment, 0.5, cpus))
+        p99 = {side: float(np.median([r["p99_ms"] for r in rs])) for side, rs in runs.items()}
+        rps = {side: float(np.mean([r["rps"] for r in rs])) for side, rs in runs.items()}
+        errors = sum(r["errors"] for rs in runs.values() for r in rs)
+        out[name] = {"p99_ms": p99, "rps": rps, "errors": errors, "p99_ratio": p99["on"] / max(p99["off"], 1e-9)}
+    return out
+
+
+def rollout_copy(bundle: Path, work: Path) -> Path:
+    """The bundle under another version (same weights): the second model of the rollout scenario when none
+    is given. Its cache keys differ from the original's, as a retrained model's would."""
+    copy = work / "rollout-bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["version"] += "-rollout"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _rollout(
+    service: AppServer,
+    token: str,
+    second: Path,
+    bodies: Path,
+    duration: float,
+    warmup: float,
+    cpus,
+    every_s: float = 2.0,
+) -> dict:
+    """rank_200 at concurrency 8 while the default model is switched between two loaded models every 2 s."""
+    auth = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=service.url, headers=auth, timeout=300) as admin:
+        r = admin.post("/admin/models", json={"name": "candidate", "path": str(second)})
+        r.raise_for_status()
+        stop, switches = threading.Event(), []
+
+        def switch() -> None:
+            names = itertools.cycle(["candidate", "default"])
+            if stop.wait(warmup):
+                return
+            while not stop.wait(every_s):
+                switches.append(admin.put("/admin/routing", json={"default": next(names)}).status_code)
+
+        switcher = threading.Thread(target=switch)
+        switcher.start()
+        try:
+            result = _drive(service.url, "/rank", bodies, 8, duration, warmup, cpus)
+        finally:
+            stop.set()
+            switcher.join()
+        admin.put("/admin/routing", json={"default": "default"})
+    return result | {"switches": len(switches), "switch_failures": sum(code != 200 for code in switches)}
+
+
+def run_bench(
+    bundle: Path, quick: bool = False, out_dir: Path = Path("results"), rollout_bundle: Path | None = None
+) -> dict:
     duration, warmup = (6.0, 1.5) if quick else (15.0, 3.0)
     server_cpus, load_cpus = _cpus()
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -125,14 +198,28 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
         "rank_200": _write(work / "rank200.jsonl", [sc.rank_200() for _ in range(500)]),
         "events": _write(work / "events.jsonl", [sc.events_100() for _ in range(200)]),
     }
-    redis = RedisServer()
-    service = AppServer("service.api:create_app", {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis.url,
-                                                   "UNIRANK_BENCH_ENDPOINTS": "1"}, server_cpus)  # fmt: skip
+    second = rollout_bundle or rollout_copy(bundle, work)
+    token = secrets.token_hex(16)
+    redis = RedisServer(cpus=load_cpus)  # Redis stands for another machine: not on the server's core
+    env = {
+        "UNIRANK_BUNDLE": str(bundle),
+        "REDIS_URL": redis.url,
+        "UNIRANK_BENCH_ENDPOINTS": "1",
+        "UNIRANK_ADMIN_TOKEN": token,
+    }
+    service = AppServer("service.api:create_app", env, server_cpus)
+    # the same service without the impression log (its own Redis keys for the model list)
+    unlogged = AppServer(
+        "service.api:create_app",
+        env | {"UNIRANK_IMPRESSION_LOG": "false", "UNIRANK_CONTROL_KEY": "ur:control:unlogged"},
+        server_cpus,
+    )
     naive = AppServer("loadtest.naive_server:create_app", {"UNIRANK_BUNDLE": str(bundle)}, server_cpus)
     scenarios: dict[str, dict] = {}
     sweep: list[dict] = []
     try:
         service.wait_ready()
+        unlogged.wait_ready()
         naive.wait_ready()
         plan = [
             ("ceiling", service.url, "/bench/noop", files["hit"]),
@@ -146,18 +233,27 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
             print(f"bench: {name} (concurrency 8, {duration:.0f}s)", flush=True)
             scenarios[name] = _drive(url, path, bodies, 8, duration, warmup, load_cpus)
         scenarios["events"]["events_per_s"] = scenarios["events"]["rps"] * 100
+        rollout_s = max(duration, 5 * ROLLOUT_EVERY_S)  # a few switches even in a quick run
+        print(
+            f"bench: rollout (rank_200, the default model switched every {ROLLOUT_EVERY_S:.0f}s, {rollout_s:.0f}s)",
+            flush=True,
+        )
+        scenarios["rollout"] = _rollout(
+            service, token, second, files["rank_200"], rollout_s, warmup, load_cpus, ROLLOUT_EVERY_S
+        )
+        logging = _logging_on_off(service, unlogged, files, duration, warmup, load_cpus)
         if not quick:
             for c in (1, 2, 4, 8, 16, 32):
                 print(f"bench: rank_200 at concurrency {c}", flush=True)
                 sweep.append(_drive(service.url, "/rank", files["rank_200"], c, duration / 2, 1.0, load_cpus))
     finally:
         service.stop()
+        unlogged.stop()
         naive.stop()
         redis.stop()
-    spec = manifest["model"]
-    n_dense = len(manifest["features"]["dense"])
-    achieved = scenarios["rank_200"]["rps"] * 200 * flops_per_candidate(spec, n_dense)
-    numpy_flops = numpy_matmul_flops(model_width(spec, n_dense))
+    spec = ModelSpec.from_dict(manifest["model"])
+    achieved = scenarios["rank_200"]["rps"] * 200 * spec.flops_per_candidate()
+    numpy_flops = numpy_matmul_flops(spec.width)
     result = {
         "machine": machine() | {"server_cpus": sorted(server_cpus or []), "loadgen_cpus": sorted(load_cpus or [])},
         "bundle": {"version": manifest["version"], "personalization": manifest["personalization"]},
@@ -166,10 +262,16 @@ def run_bench(bundle: Path, quick: bool = False, out_dir: Path = Path("results")
         "ratios": {
             "keystroke_hit_vs_ceiling": scenarios["keystroke_hit"]["rps"] / scenarios["ceiling"]["rps"],
             "rank_200_vs_naive_200": scenarios["rank_200"]["rps"] / max(scenarios["naive_200"]["rps"], 1e-9),
-        },
+            "rollout_p99_vs_rank_200_p99": scenarios["rollout"]["p99_ms"] / max(scenarios["rank_200"]["p99_ms"], 1e-9),
+        }
+        | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED},
+        "impression_log": logging,
         "scoring_efficiency": achieved / numpy_flops,
-        "scoring": {"flops_per_candidate": flops_per_candidate(spec, n_dense), "achieved_flops": achieved,
-                    "numpy_matmul_flops": numpy_flops},  # fmt: skip
+        "scoring": {
+            "flops_per_candidate": spec.flops_per_candidate(),
+            "achieved_flops": achieved,
+            "numpy_matmul_flops": numpy_flops,
+        },
         "rank_200_vs_concurrency": sweep,
     }
     result["targets"] = check_targets(result)
@@ -180,7 +282,11 @@ def save_results(result: dict, out_dir: Path, name: str, table: str, plot_to) ->
     """<name>-<timestamp>.json, .md (the table) and .png (plot_to(result, path)); their paths go in result["files"]."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"json": out_dir / f"{name}-{stamp}.json", "markdown": out_dir / f"{name}-{stamp}.md", "plot": out_dir / f"{name}-{stamp}.png"}
+    files = {
+        "json": out_dir / f"{name}-{stamp}.json",
+        "markdown": out_dir / f"{name}-{stamp}.md",
+        "plot": out_dir / f"{name}-{stamp}.png",
+    }
     files["json"].write_text(json.dumps(result, indent=2))
     files["markdown"].write_text(table)
     plot_to(result, files["plot"])
@@ -188,7 +294,14 @@ def save_results(result: dict, out_dir: Path, name: str, table: str, plot_to) ->
     return result
 
 
-SCENARIOS = ("ceiling", "keystroke_hit", "keystroke_miss", "rank_200", "naive_200", "events")
+SCENARIOS = ("ceiling", "keystroke_hit", "keystroke_miss", "rank_200", "naive_200", "events", "rollout")
+RATIOS = (
+    "keystroke_hit_vs_ceiling",
+    "rank_200_vs_naive_200",
+    "rollout_p99_vs_rank_200_p99",
+    "keystroke_hit_p99_log_on_vs_off",
+    "rank_200_p99_log_on_vs_off",
+)
 SCENARIO_FIELDS = ("rps", "p50_ms", "p95_ms", "p99_ms", "errors", "concurrency")
 
 
@@ -205,33 +318,64 @@ def completeness_problems(r: dict) -> list[str]:
             problems.append(f"{name}: {s.get('errors')} errors")
         if not s.get("rps", 0) > 0:
             problems.append(f"{name}: no successful requests")
-    problems += [f"missing ratio {k}" for k in ("keystroke_hit_vs_ceiling", "rank_200_vs_naive_200") if k not in r.get("ratios", {})]
+    problems += [f"missing ratio {k}" for k in RATIOS if k not in r.get("ratios", {})]
+    rollout = r.get("scenarios", {}).get("rollout", {})
+    if rollout.get("switch_failures", 0) or not rollout.get("switches", 1):
+        problems.append(
+            f"rollout: {rollout.get('switches')} default switches, {rollout.get('switch_failures')} refused"
+        )
     return problems
 
 
 def check_targets(r: dict) -> dict:
     s = r["scenarios"]
     return {
-        "keystroke_hit_vs_ceiling >= 0.6": r["ratios"]["keystroke_hit_vs_ceiling"] >= TARGETS["keystroke_hit_vs_ceiling"],
+        "keystroke_hit_vs_ceiling >= 0.6": r["ratios"]["keystroke_hit_vs_ceiling"]
+        >= TARGETS["keystroke_hit_vs_ceiling"],
         "keystroke_hit p99 <= 5 ms": s["keystroke_hit"]["p99_ms"] <= TARGETS["keystroke_hit_p99_ms"],
         "rank_200_vs_naive_200 >= 5": r["ratios"]["rank_200_vs_naive_200"] >= TARGETS["rank_200_vs_naive_200"],
         "rank_200 p99 <= 15 ms": s["rank_200"]["p99_ms"] <= TARGETS["rank_200_p99_ms"],
         "events >= 10000/s": s["events"]["events_per_s"] >= TARGETS["events_per_s"],
         "zero errors": all(v["errors"] == 0 for v in s.values()),
+        "rollout p99 <= 1.5x rank_200 p99": r["ratios"]["rollout_p99_vs_rank_200_p99"]
+        <= TARGETS["rollout_p99_vs_rank_200_p99"],
+        "impression log p99 on/off <= 1.1 (keystroke_hit, rank_200)": all(
+            r["ratios"][f"{n}_p99_log_on_vs_off"] <= TARGETS["log_on_vs_off"] for n in LOGGED
+        ),
     }
 
 
 def format_table(r: dict) -> str:
     lines = ["| scenario | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     for name, s in r["scenarios"].items():
-        lines.append(f"| {name} | {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | {s['errors']} |")
-    lines += ["", f"- keystroke_hit / ceiling: {r['ratios']['keystroke_hit_vs_ceiling']:.2f}",
-              f"- rank_200 / naive_200: {r['ratios']['rank_200_vs_naive_200']:.1f}x",
-              f"- events acknowledged: {r['scenarios']['events']['events_per_s']:.0f}/s",
-              f"- scoring efficiency (model FLOP/s in /rank over numpy matmul FLOP/s, one core): {r['scoring_efficiency']:.3f}"]  # fmt: skip
+        lines.append(
+            f"| {name} | {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
+            f"{s['p99_ms']:.2f} | {s['errors']} |"
+        )
+    lines += [
+        "",
+        f"- keystroke_hit / ceiling: {r['ratios']['keystroke_hit_vs_ceiling']:.2f}",
+        f"- rank_200 / naive_200: {r['ratios']['rank_200_vs_naive_200']:.1f}x",
+        f"- rollout (default model switched every {ROLLOUT_EVERY_S:.0f} s, "
+        f"{r['scenarios']['rollout']['switches']} switches): "
+        f"p99 {r['ratios']['rollout_p99_vs_rank_200_p99']:.2f}x the steady rank_200 p99, "
+        f"{r['scenarios']['rollout']['errors']} failed requests",
+        f"- events acknowledged: {r['scenarios']['events']['events_per_s']:.0f}/s",
+        *(
+            f"- {n} with the impression log on / off (alternating segments): p99 {lg['p99_ms']['on']:.2f} / "
+            f"{lg['p99_ms']['off']:.2f} ms = {lg['p99_ratio']:.2f}x, "
+            f"req/s {lg['rps']['on']:.0f} / {lg['rps']['off']:.0f}"
+            for n, lg in r.get("impression_log", {}).items()
+        ),
+        "- scoring efficiency (model FLOP/s in /rank over numpy matmul FLOP/s, one core): "
+        f"{r['scoring_efficiency']:.3f}",
+    ]
     if r["rank_200_vs_concurrency"]:
         lines += ["", "| rank_200 concurrency | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
-        lines += [f"| {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |" for s in r["rank_200_vs_concurrency"]]
+        lines += [
+            f"| {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |"
+            for s in r["rank_200_vs_concurrency"]
+        ]
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items())]
     return "\n".join(lines) + "\n"
 

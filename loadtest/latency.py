@@ -33,6 +33,11 @@ def sequential_latency(url: str, scenarios: Scenarios, n: int = 1000) -> dict[st
                 r.raise_for_status()
                 server.append(float(r.headers["server-timing"].rsplit("total;dur=", 1)[1]))
             ms = np.array(took) * 1000
-            out[name] = {"n": n, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                         "server_p50_ms": float(np.percentile(server, 50)), "server_p99_ms": float(np.percentile(server, 99))}  # fmt: skip
+            out[name] = {
+                "n": n,
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "server_p50_ms": float(np.percentile(server, 50)),
+                "server_p99_ms": float(np.percentile(server, 99)),
+            }
     return out

@@ -48,8 +48,9 @@ async def _connection(host, port, requests, offset, step, warm_at, stop_at, late
         writer.close()
 
 
-async def run(url: str, path: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float,
-              ok_status=(200, 202)) -> dict:  # fmt: skip
+async def run(
+    url: str, path: str, bodies: list[bytes], concurrency: int, duration: float, warmup: float, ok_status=(200, 202)
+) -> dict:
     parts = urlsplit(url)
     requests = _requests(parts.netloc, path, bodies)
     latencies: list[float] = []
@@ -57,7 +58,9 @@ async def run(url: str, path: str, bodies: list[bytes], concurrency: int, durati
     now = time.perf_counter()
     warm_at, stop_at = now + warmup, now + warmup + duration
     tasks = [
-        _connection(parts.hostname, parts.port, requests, c, concurrency, warm_at, stop_at, latencies, failures, ok_status)
+        _connection(
+            parts.hostname, parts.port, requests, c, concurrency, warm_at, stop_at, latencies, failures, ok_status
+        )
         for c in range(concurrency)
     ]
     results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -5,6 +5,7 @@ home page, and opening a title's page. Titles, countries and users come from the
         --csv results/locust
 
 UNIRANK_BUNDLE points at the bundle (default artifacts/demo); only its entity and user tables are read.
+UNIRANK_INGEST_TOKEN, when the service requires one, is sent with the clicks (POST /events).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class UnirankUser(HttpUser):
 
     def click(self, task_name: str, entity_id: str) -> None:
         event = {"user_id": self.user_id, "task": task_name, "entity_id": entity_id, "action": "click"}
-        self.client.post("/events", json=[event], name="/events")
+        token = os.environ.get("UNIRANK_INGEST_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.client.post("/events", json=[event], name="/events", headers=headers)
 
 
 class InstantSearchUser(UnirankUser):
@@ -99,7 +102,14 @@ class MoreLikeThisUser(UnirankUser):
     @task
     def title_page(self) -> None:
         source = random.choice(catalogue()["entities"])
-        items = self.rank({"task": "more_like_this", "source_entity_id": source["entity_id"],
-                           "country": random.choice(source["countries"]), "k": 12}, "/rank more_like_this")  # fmt: skip
+        items = self.rank(
+            {
+                "task": "more_like_this",
+                "source_entity_id": source["entity_id"],
+                "country": random.choice(source["countries"]),
+                "k": 12,
+            },
+            "/rank more_like_this",
+        )
         if items and random.random() < 0.3:
             self.click("more_like_this", random.choice(items)["entity_id"])

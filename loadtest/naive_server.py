@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request, Response
 
-from model_export.context import build_context
-from model_export.features import INPUT_NAMES, FeatureEncoder
-from model_export.model import ModelSpec, UnifiedRanker
-from model_export.tables import FeatureTables
+from model_export.model import UnifiedRanker
+from unirank.core.context import build_context
+from unirank.core.features import INPUT_NAMES, FeatureEncoder
+from unirank.core.spec import ModelSpec
+from unirank.core.tables import FeatureTables
 
 
 def create_app() -> FastAPI:
@@ -23,7 +24,7 @@ def create_app() -> FastAPI:
     manifest = json.loads((bundle / "manifest.json").read_text())
     tables = FeatureTables.load(bundle / "tables")
     checkpoint = torch.load(bundle / "checkpoint.pt", weights_only=True)
-    model = UnifiedRanker(ModelSpec(**checkpoint["spec"]))
+    model = UnifiedRanker(ModelSpec.from_dict(checkpoint["spec"]))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     torch.set_num_threads(1)
@@ -33,15 +34,21 @@ def create_app() -> FastAPI:
     @app.post("/rank")
     async def rank(request: Request) -> Response:
         body = json.loads(await request.body())
-        ctx = build_context(body["task"], body.get("country"), body.get("user_id"), body.get("query"),
-                            body.get("source_entity_id"), tables.title_of)  # fmt: skip
+        ctx = build_context(
+            body["task"],
+            body.get("country"),
+            body.get("user_id"),
+            body.get("query"),
+            body.get("source_entity_id"),
+            tables.title_of,
+        )
         ids = body["candidates"]
         cand = encoder.entity_indices(ids)
         contexts = encoder.encode_contexts([ctx] * len(ids))  # one context row per candidate
         inputs = encoder.encode_candidates(contexts, cand, np.arange(len(ids)))
         with torch.no_grad():
             scores = model.logits(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)).sigmoid().tolist()
-        ranked = sorted(zip(ids, scores), key=lambda p: (-p[1], p[0]))[: body.get("k", 20)]
+        ranked = sorted(zip(ids, scores, strict=True), key=lambda p: (-p[1], p[0]))[: body.get("k", 20)]
         out = {"items": [{"entity_id": e, "score": s} for e, s in ranked], "task": body["task"]}
         return Response(json.dumps(out), media_type="application/json")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from model_export.splits import Encoded
-from model_export.tables import FeatureTables
-from model_export.text import normalize
+from unirank.core.tables import FeatureTables
+from unirank.core.text import normalize
 
 
 def bm25_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:
@@ -47,13 +47,17 @@ def als_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:
     items = tables.item_factors[x["cand_ids"][:, 0]]
     user = np.einsum("nf,nf->n", tables.user_factors[ctx[:, 4]], items)
     source = np.einsum("nf,nf->n", tables.item_factors[ctx[:, 3]], items)
-    return np.select([enc.row_task == "prequery", enc.row_task == "more_like_this"], [user, source], 0.0).astype(np.float32)
+    return np.select([enc.row_task == "prequery", enc.row_task == "more_like_this"], [user, source], 0.0).astype(
+        np.float32
+    )
 
 
 def _lgbm_features(enc: Encoded) -> np.ndarray:
     x = enc.inputs
     ctx = x["ctx_ids"][x["cand_ctx"]]
-    return np.column_stack([x["cand_dense"], ctx[:, :3], x["cand_ids"][:, 1], x["cand_genres"][:, 0]]).astype(np.float32)
+    return np.column_stack([x["cand_dense"], ctx[:, :3], x["cand_ids"][:, 1], x["cand_genres"][:, 0]]).astype(
+        np.float32
+    )
 
 
 def _groups(enc: Encoded) -> np.ndarray:
@@ -69,7 +73,16 @@ def lambdamart_scores(fit: Encoded, val: Encoded, test: Encoded, seed: int) -> n
     categorical = [12, 13, 14, 15, 16]
     train = lgb.Dataset(_lgbm_features(fit), fit.labels, group=_groups(fit), categorical_feature=categorical)
     valid = lgb.Dataset(_lgbm_features(val), val.labels, group=_groups(val), categorical_feature=categorical)
-    params = {"objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "learning_rate": 0.05,
-              "num_leaves": 31, "min_data_in_leaf": 50, "seed": seed, "verbose": -1, "num_threads": 2}  # fmt: skip
+    params = {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "ndcg_eval_at": [10],
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 50,
+        "seed": seed,
+        "verbose": -1,
+        "num_threads": 2,
+    }
     booster = lgb.train(params, train, 400, valid_sets=[valid], callbacks=[lgb.early_stopping(30, verbose=False)])
     return booster.predict(_lgbm_features(test), num_iteration=booster.best_iteration).astype(np.float32)

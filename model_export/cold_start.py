@@ -20,20 +20,23 @@ import numpy as np
 import pyarrow as pa
 
 from model_export.data import SPLIT_BOUNDS, Dataset
-from model_export.evaluate import ranking_metrics
-from model_export.features import FeatureEncoder
+from model_export.metrics import ranking_metrics
 from model_export.splits import click_log, encode_split
-from model_export.tables import FeatureTables
+from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
+from unirank.core.features import FeatureEncoder
+from unirank.core.schema import TASKS
+from unirank.core.spec import ModelOptions
 
-TASKS = ("search", "prequery", "more_like_this")
 NEW_ENTITY_RATE = 0.2
 ROWS = {
     "without text": TrainConfig(),
     "without text, new-entity training": TrainConfig(cold_entity_rate=NEW_ENTITY_RATE),
-    "text: similarities only": TrainConfig(text_features=True, text_vector=False),
-    "text: title vector + similarity": TrainConfig(text_features=True),
-    "text + new-entity training": TrainConfig(text_features=True, cold_entity_rate=NEW_ENTITY_RATE),
+    "text: similarities only": TrainConfig(options=ModelOptions(text_features=True, text_vector=False)),
+    "text: title vector + similarity": TrainConfig(options=ModelOptions(text_features=True)),
+    "text + new-entity training": TrainConfig(
+        options=ModelOptions(text_features=True), cold_entity_rate=NEW_ENTITY_RATE
+    ),
 }
 
 
@@ -50,12 +53,18 @@ def hold_out(dataset: Dataset, share: float, seed: int = 0) -> tuple[Dataset, se
     return Dataset(dataset.events.filter(pa.array(~drop)), dataset.entities), held
 
 
-def run_cold_start(data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 1, 2), epochs: int = 6,
-                   share: float = 0.1, log=print) -> Path:  # fmt: skip
+def run_cold_start(
+    data_dir: Path | str,
+    out_root: Path | str = "results",
+    seeds=(0, 1, 2),
+    epochs: int = 6,
+    share: float = 0.1,
+    log=print,
+) -> Path:
     started = time.perf_counter()
     full = Dataset.load(data_dir)
     train_ds, held = hold_out(full, share)
-    tables = FeatureTables.build(train_ds.entities, train_ds.split("feature"), train_ds.events, text=True)
+    tables = build_tables(train_ds.entities, train_ds.split("feature"), train_ds.events, text=True)
     encoder = FeatureEncoder(tables, "full")
     fit_enc = encode_split(encoder, train_ds, "fit", clicks=click_log(encoder, train_ds))
     val_enc = encode_split(encoder, train_ds, "validation", clicks=click_log(encoder, train_ds))
@@ -76,13 +85,24 @@ def run_cold_start(data_dir: Path | str, out_root: Path | str = "results", seeds
                     if rows.size == 0:
                         continue
                     m = ranking_metrics(test.inputs["cand_ctx"][rows], scores[rows], test.labels[rows])
-                    entry = results.setdefault(name, {}).setdefault(task, {}).setdefault(subset, {"ndcg@10": [], "requests": 0})
+                    entry = (
+                        results.setdefault(name, {})
+                        .setdefault(task, {})
+                        .setdefault(subset, {"ndcg@10": [], "requests": 0})
+                    )
                     entry["ndcg@10"].append(float(m["ndcg@10"].mean()))
                     entry["requests"] = int(len(m["ndcg@10"]))
     out = Path(out_root) / f"cold-start-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"data": str(data_dir), "held_out_entities": len(held), "share": share, "seeds": list(seeds),
-               "epochs": epochs, "seconds": round(time.perf_counter() - started, 1), "results": results}  # fmt: skip
+    summary = {
+        "data": str(data_dir),
+        "held_out_entities": len(held),
+        "share": share,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
     (out / "cold_start.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(report(summary))
     return out
@@ -90,10 +110,15 @@ def run_cold_start(data_dir: Path | str, out_root: Path | str = "results", seeds
 
 def report(summary: dict) -> str:
     base = next(iter(summary["results"]))  # the first row: no text, no new-entity training
-    lines = [f"# Cold start — {summary['data']}", "",
-             f"{summary['held_out_entities']} entities ({summary['share']:.0%}) never engaged before the test window; "
-             f"seeds {summary['seeds']}; NDCG@10 mean ± std over seeds; lift: cold-request NDCG@10 against '{base}'.", "",
-             "| task | requests | row | cold requests | lift | all requests |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Cold start — {summary['data']}",
+        "",
+        f"{summary['held_out_entities']} entities ({summary['share']:.0%}) never engaged before the test window; "
+        f"seeds {summary['seeds']}; NDCG@10 mean ± std over seeds; lift: cold-request NDCG@10 against '{base}'.",
+        "",
+        "| task | requests | row | cold requests | lift | all requests |",
+        "|---|---|---|---|---|---|",
+    ]
     for task in TASKS:
         reference = np.mean(summary["results"][base].get(task, {}).get("cold", {}).get("ndcg@10", [np.nan]))
         for name, by_task in summary["results"].items():
@@ -102,6 +127,8 @@ def report(summary: dict) -> str:
                 continue
             cold, everything = np.array(r["cold"]["ndcg@10"]), np.array(r["all"]["ndcg@10"])
             lift = "" if name == base else f"{cold.mean() / reference - 1:+.1%}"
-            lines.append(f"| {task} | {r['cold']['requests']} | {name} | {cold.mean():.4f} ± {cold.std():.4f} | {lift} | "
-                         f"{everything.mean():.4f} ± {everything.std():.4f} |")  # fmt: skip
+            lines.append(
+                f"| {task} | {r['cold']['requests']} | {name} | {cold.mean():.4f} ± {cold.std():.4f} | {lift} | "
+                f"{everything.mean():.4f} ± {everything.std():.4f} |"
+            )
     return "\n".join(lines) + "\n"

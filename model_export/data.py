@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model_export.schema import entities_path, events_path, read_entities, read_events
+from unirank.core.schema import entities_path, events_path, read_entities, read_events
 
 SPLIT_BOUNDS = {"feature": (0.0, 0.5), "fit": (0.5, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 

@@ -11,50 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.context import personalization_rank
 from model_export.data import Dataset
-from model_export.features import HISTORY_INPUTS, FeatureEncoder
+from model_export.metrics import ranking_metrics, summarize
 from model_export.splits import Encoded, click_log, encode_split
-from model_export.tables import FeatureTables
+from unirank.core.context import personalization_rank
+from unirank.core.features import HISTORY_INPUTS, FeatureEncoder
+from unirank.core.tables import FeatureTables
 
-K = 10
 METRICS = ("auc", "ndcg@10", "hr@10", "mrr")
-
-
-def ranking_metrics(group: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int = K) -> dict[str, np.ndarray]:
-    """Per-request metrics (arrays aligned on requests with at least one positive; AUC on requests
-    with both classes, NaN elsewhere). Ties break by row order, so a constant score earns nothing."""
-    order = np.lexsort((np.arange(len(scores)), -scores, group))
-    g, y = group[order], labels[order] > 0
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    sizes = np.diff(np.r_[starts, len(g)])
-    pos = np.arange(len(g)) - np.repeat(starts, sizes)
-    gid = np.repeat(np.arange(len(starts)), sizes)
-    n_pos = np.bincount(gid, weights=y, minlength=len(starts))
-    gain = y / np.log2(pos + 2.0)
-    dcg = np.bincount(gid, weights=np.where(pos < k, gain, 0.0), minlength=len(starts))
-    ideal = np.array([np.sum(1.0 / np.log2(np.arange(min(int(n), k)) + 2.0)) for n in n_pos])
-    first = np.full(len(starts), np.inf)
-    np.minimum.at(first, gid[y], pos[y])
-    # AUC from ascending ranks of the (score-sorted, descending) positions.
-    n_neg = sizes - n_pos
-    rank_asc = sizes[gid] - pos  # 1 = lowest score
-    pos_rank_sum = np.bincount(gid, weights=np.where(y, rank_asc, 0.0), minlength=len(starts))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    has = n_pos > 0
-    return {
-        "ndcg@10": (dcg / np.maximum(ideal, 1e-12))[has],
-        "hr@10": (first < k).astype(float)[has],
-        "mrr": (1.0 / (first + 1.0))[has],
-        "auc": np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)[has],
-    }
-
-
-def summarize(per_request: dict[str, np.ndarray]) -> dict[str, float]:
-    out = {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in per_request.items()}
-    out["requests"] = int(len(per_request["mrr"]))
-    return out
 
 
 def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000) -> np.ndarray:
@@ -100,11 +64,35 @@ def per_task(enc: Encoded, scores: np.ndarray, tasks) -> dict[str, dict[str, np.
     return out
 
 
-def evaluate_bundle(bundle: Path | str, data_dir: Path | str, split: str = "test", json_out: Path | str | None = None) -> dict:
+class CatalogMismatch(ValueError):
+    """The dataset's impressions are mostly of entities the bundle was not trained with."""
+
+
+def catalog_overlap(tables: FeatureTables, events) -> float:
+    """Share of the impressions whose entity the bundle knows."""
+    targets = events.column("target_entity_id").to_pylist()
+    return sum(t in tables.entity_index for t in targets) / max(len(targets), 1)
+
+
+def evaluate_bundle(
+    bundle: Path | str,
+    data_dir: Path | str,
+    split: str = "test",
+    json_out: Path | str | None = None,
+    minimum_overlap: float = 0.0,
+) -> dict:
+    """Metrics of the bundle on a split of the dataset; CatalogMismatch when fewer than `minimum_overlap` of
+    the split's impressions are of entities the bundle knows (another catalogue: the numbers would mislead)."""
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     tables = FeatureTables.load(Path(bundle) / "tables")
     encoder = FeatureEncoder(tables, manifest["personalization"])
     dataset = Dataset.load(data_dir)
+    overlap = catalog_overlap(tables, dataset.split(split))
+    if overlap < minimum_overlap:
+        raise CatalogMismatch(
+            f"only {overlap:.1%} of the {split} impressions in {data_dir} are of entities the bundle at {bundle} "
+            "was trained with: another catalogue? (--allow-catalog-mismatch reports anyway)"
+        )
     clicks = click_log(encoder, dataset) if personalization_rank(encoder.level) >= 2 else None
     tasks = manifest["tasks"]
     enc = encode_split(encoder, dataset, split, tasks, manifest["train_config"]["impute"], clicks)
@@ -114,6 +102,7 @@ def evaluate_bundle(bundle: Path | str, data_dir: Path | str, split: str = "test
         "split": split,
         "bundle_version": manifest["version"],
         "personalization": manifest["personalization"],
+        "catalog_overlap": overlap,
         "tasks": {t: {"model": summarize(model[t]), "popularity": summarize(baseline[t])} for t in model},
     }
     if json_out:

@@ -13,7 +13,6 @@ Export fails unless onnxruntime and torch agree within PARITY_TOLERANCE on a hel
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -22,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES, TEXT_INPUTS
-from model_export.model import model_input_names, output_names
-from model_export.tables import HISTORY_LENGTH
-from model_export.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
+from unirank.core.bundle_files import content_hash, file_hashes
+from unirank.core.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES, TEXT_INPUTS
+from unirank.core.history import HISTORY_LENGTH
+from unirank.core.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 17
@@ -42,39 +41,38 @@ class ParityError(RuntimeError):
 
 # Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
 # assume they are equal and reuse buffers wrongly.
-DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS + TEXT_INPUTS} | {"score": {0: "N"}, "play": {0: "N"}}
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS + TEXT_INPUTS} | {
+    "score": {0: "N"},
+    "play": {0: "N"},
+}
 
 
 def _input_spec(batch: dict[str, np.ndarray], names) -> list[dict]:
-    axes = {"ctx_ids": ["B", len(CTX_IDS)], "ctx_query": ["B", MAX_QUERY_TOKENS], "cand_ids": ["N", len(CAND_IDS)],
-            "cand_genres": ["N", 3], "cand_dense": ["N", len(DENSE_FEATURES)], "cand_ctx": ["N"]}  # fmt: skip
+    axes = {
+        "ctx_ids": ["B", len(CTX_IDS)],
+        "ctx_query": ["B", MAX_QUERY_TOKENS],
+        "cand_ids": ["N", len(CAND_IDS)],
+        "cand_genres": ["N", 3],
+        "cand_dense": ["N", len(DENSE_FEATURES)],
+        "cand_ctx": ["N"],
+    }
     axes |= {k: ["B", int(batch[k].shape[1])] for k in HISTORY_INPUTS if k in batch}
     axes |= {k: ["N", int(batch[k].shape[1])] for k in TEXT_INPUTS if k in batch}
     return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in names]
-
-
-def _hash_files(root: Path) -> tuple[str, dict[str, str]]:
-    files = {}
-    total = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        files[str(path.relative_to(root))] = digest
-        total.update(f"{path.relative_to(root)}:{digest}\n".encode())
-    return total.hexdigest(), files
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.ndarray]) -> float:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = model_input_names(model.spec)
+    names = model.spec.input_names()
     got = session.run(None, {k: batch[k] for k in names})
     with torch.no_grad():
         want = model(*(torch.from_numpy(batch[k]) for k in names))
     want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
     if len(got) != len(want):
         raise ParityError(f"onnxruntime returns {len(got)} outputs, torch {len(want)}")
-    diff = max((float(np.max(np.abs(g - w))) for g, w in zip(got, want) if len(w)), default=0.0)
+    diff = max((float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True) if len(w)), default=0.0)
     if not diff <= PARITY_TOLERANCE:
         raise ParityError(f"onnxruntime and torch differ by {diff:.2e} (> {PARITY_TOLERANCE:.0e}); bundle not exported")
     return diff
@@ -99,8 +97,10 @@ def held_out_batch(enc, n_requests: int = 64, history_length: int | None = None)
 def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, data_summary: dict) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = model_input_names(model.spec)
-    batch = held_out_batch(val_enc, history_length=model.spec.history_length if model.spec.history_encoder else None)
+    spec = model.spec
+    names, outputs = spec.input_names(), spec.output_names()
+    history_length = spec.architecture.history_length if spec.options.history_encoder else None
+    batch = held_out_batch(val_enc, history_length=history_length)
     onnx_path = out / "model.onnx"
     model.eval()
     torch.onnx.export(
@@ -108,37 +108,47 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         tuple(torch.from_numpy(batch[k]) for k in names),
         str(onnx_path),
         input_names=list(names),
-        output_names=output_names(model.spec),
-        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in output_names(model.spec)},
+        output_names=outputs,
+        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
         opset_version=OPSET,
         dynamo=False,
     )
     parity = check_parity(model, onnx_path, batch)
     # The torch weights travel too, for the eager-mode reference the benchmark compares against.
-    torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
+    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
     tables.save(out / "tables")
     text_encoder = None
-    if model.spec.text_features:
+    if spec.options.text_features:
         from model_export.text_encoder import export_text_encoder
 
         text_encoder = export_text_encoder(out)
-    content_hash, files = _hash_files(out)
+    files = file_hashes(out)
+    digest = content_hash(files)
     created = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     manifest = {
         "format": 1,
-        "version": f"{created}-{content_hash[:12]}",
-        "content_hash": content_hash,
+        "version": f"{created}-{digest[:12]}",
+        "content_hash": digest,
         "created": created,
         "personalization": cfg.personalization,
         "tasks": list(cfg.tasks),
         "train_config": asdict(cfg) | {"tasks": list(cfg.tasks)},
-        "model": model.spec.to_dict(),
-        "onnx": {"file": "model.onnx", "opset": OPSET, "inputs": _input_spec(batch, names),
-                 "outputs": [{"name": n, "dtype": "float32", "shape": ["N"]} for n in output_names(model.spec)]},  # fmt: skip
-        "rank_by": cfg.rank_by,
-        "features": {"ctx_ids": list(CTX_IDS), "cand_ids": list(CAND_IDS), "dense": list(DENSE_FEATURES),
-                     "max_query_tokens": MAX_QUERY_TOKENS, "token_buckets": TOKEN_BUCKETS,
-                     "history_length": HISTORY_LENGTH},  # fmt: skip
+        "model": spec.to_dict(),
+        "onnx": {
+            "file": "model.onnx",
+            "opset": OPSET,
+            "inputs": _input_spec(batch, names),
+            "outputs": [{"name": n, "dtype": "float32", "shape": ["N"]} for n in outputs],
+        },
+        "rank_by": spec.options.rank_by,
+        "features": {
+            "ctx_ids": list(CTX_IDS),
+            "cand_ids": list(CAND_IDS),
+            "dense": list(DENSE_FEATURES),
+            "max_query_tokens": MAX_QUERY_TOKENS,
+            "token_buckets": TOKEN_BUCKETS,
+            "history_length": HISTORY_LENGTH,
+        },
         "imputation": IMPUTATION,
         "tables": files,
         "training_data": data_summary,

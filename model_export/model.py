@@ -1,67 +1,23 @@
-"""The unified contextual ranker (UniCoRn): P(engagement | context, target entity).
+"""The unified contextual ranker (UniCoRn) in torch: P(engagement | context, target entity).
 
-Embeddings for every categorical feature (task, country, user cluster, source entity, user, query
-tokens, target entity, kind, genres); the context tower runs once per context and is gathered for
-each candidate (`cand_ctx`), then DCN-v2 cross layers and a residual MLP score each candidate.
-
-Options from the related research, each off by default and a training flag:
-- `task_gate` (USR): a gate from the task embedding scales each feature group of the candidate vector;
-- `mmoe_experts` (UniSAR / MMoE): the MLP becomes shared experts mixed by one gate per task, with one
-  output head per task;
-- `history_encoder` (UniSAR): the user's last events (entity, and where each came from — search or a
-  recommendation surface — and whether it was played) through one self-attention layer, so the
-  transitions between search and recommendation are learnable, then attention from the target entity;
-- `text_features` (S&R Foundation model): the title's MiniLM embedding (PCA-reduced, a table built at
-  export) as a feature group, and an aspect gate — per task, a softmax over ID, text and sparse
-  features — so entities with no engagement (a near-untrained ID embedding) rank by their text;
-- `play_head` (USR's global labels): a second head for P(play | click); the model then outputs both
-  P(click) ("score") and P(play) = P(click) x P(play | click) ("play"), trained on both labels.
+Contract: `UnifiedRanker(spec)` takes the inputs `spec.input_names()` names and returns P(click) per
+candidate ("score"), plus P(play) with the play head; the shape comes from `unirank.core.spec`
+alone, which the service and the benchmark read too. docs/model.md describes the network and the
+research options.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
 
 import torch
 from torch import nn
 
-import math
-
-from model_export.features import CTX_IDS, DENSE_FEATURES, input_names
-from model_export.tables import HISTORY_KINDS
-from model_export.text_features import TEXT_DIM
-from model_export.text import TOKEN_BUCKETS
-
-
-@dataclass
-class ModelSpec:
-    n_countries: int
-    n_clusters: int
-    n_entities: int
-    n_users: int
-    n_genres: int
-    dense_mean: list[float]
-    dense_std: list[float]
-    dim: int = 32
-    ctx_dim: int = 64  # width of the context vector each candidate sees
-    hidden: int = 64
-    cross_layers: int = 2  # 0 turns feature crossing off (MLP only)
-    cross_rank: int = 16  # low-rank cross layers (DCN-v2 "LowRank"); 0 = full rank
-    mlp_blocks: int = 1
-    task_feature: bool = True
-    interaction: bool = True  # context (x) target entity element-wise product (GMF) as an input
-    user_embedding: bool = True  # learned user representations (personalization "full")
-    task_gate: bool = False
-    mmoe_experts: int = 0  # 0: one shared MLP and head
-    expert_hidden: int = 32  # hidden width of each MMoE expert (half the shared MLP's: 3 experts cost 1.5 of it)
-    play_head: bool = False
-    history_encoder: bool = False
-    history_length: int = 20  # events per context the encoder reads
-    text_features: bool = False
-    text_vector: bool = True  # with text_features: the title vector itself, not only its similarities (source, history)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from unirank.core.context import N_TASKS
+from unirank.core.history import HISTORY_KINDS
+from unirank.core.spec import ModelSpec
+from unirank.core.tables import KINDS
+from unirank.core.text import TOKEN_BUCKETS
 
 
 class CrossLayer(nn.Module):
@@ -88,21 +44,6 @@ class ResidualBlock(nn.Module):
         return x + self.net(x)
 
 
-N_TASKS = 4  # index 0: unknown
-
-
-def feature_groups(spec: ModelSpec) -> list[int]:
-    """Widths of the groups of the per-candidate vector: context, entity, [context x entity], kind, genres, dense."""
-    return ([spec.ctx_dim, spec.dim] + ([spec.dim] if spec.interaction else []) + [8, 16, len(DENSE_FEATURES)]
-            + ([spec.dim] if spec.history_encoder else []) + ([spec.dim] if spec.text_features else []))  # fmt: skip
-
-
-def feature_aspects(spec: ModelSpec) -> list[int]:
-    """The aspect of each feature group for the aspect gate: 0 context (not gated), 1 ID, 2 text, 3 sparse."""
-    return ([0, 1] + ([1] if spec.interaction else []) + [3, 3, 3] + ([0] if spec.history_encoder else [])
-            + ([2] if spec.text_features else []))  # fmt: skip
-
-
 class AspectGate(nn.Module):
     """S&R Foundation model: per task, a softmax over the ID, text and sparse aspects (x3, so 1 each at
     the start) scales their feature groups; the context groups pass unchanged."""
@@ -118,11 +59,6 @@ class AspectGate(nn.Module):
         weights = 3 * torch.softmax(self.logits(task), -1)
         scale = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)  # aspect 0: context, unscaled
         return scale.index_select(1, self.column_aspect)
-
-
-def model_width(spec: ModelSpec) -> int:
-    """Width of the per-candidate vector: context, entity, context x entity, kind (8), genres (16), dense."""
-    return sum(feature_groups(spec))
 
 
 def _column_labels(labels: list[int], widths: list[int]) -> torch.Tensor:
@@ -167,7 +103,9 @@ class HistoryEncoder(nn.Module):
         scores = q @ k.transpose(1, 2) * self.scale + (mask.unsqueeze(1) - 1.0) * 1e4
         return self.norm(x + self.out(torch.softmax(scores, -1) @ v)), mask
 
-    def attend(self, encoded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, cand_ctx: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self, encoded: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, cand_ctx: torch.Tensor
+    ) -> torch.Tensor:
         """(N, dim): each candidate's attention-weighted summary of its context's history (0 when empty)."""
         h, m = encoded.index_select(0, cand_ctx), mask.index_select(0, cand_ctx)
         scores = (h @ self.target(target).unsqueeze(-1)).squeeze(-1) * self.scale + (m - 1.0) * 1e4
@@ -217,76 +155,89 @@ class UnifiedRanker(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        d = spec.dim
-        self.task = nn.Embedding(4, d)
-        self.country = nn.Embedding(spec.n_countries + 1, d)
-        self.cluster = nn.Embedding(spec.n_clusters + 1, d)
-        self.entity = nn.Embedding(spec.n_entities + 1, d)  # shared by source and target entities
-        self.user = nn.Embedding(spec.n_users + 1, d)
+        arch, options, vocab = spec.architecture, spec.options, spec.vocabulary
+        self.arch, self.options = arch, options
+        d = arch.dim
+        self.task = nn.Embedding(N_TASKS, d)
+        self.country = nn.Embedding(vocab.n_countries + 1, d)
+        self.cluster = nn.Embedding(vocab.n_clusters + 1, d)
+        self.entity = nn.Embedding(vocab.n_entities + 1, d)  # shared by source and target entities
+        self.user = nn.Embedding(vocab.n_users + 1, d)
         self.token = nn.Embedding(TOKEN_BUCKETS, d, padding_idx=0)
-        self.kind = nn.Embedding(3, 8)
-        self.genre = nn.Embedding(spec.n_genres + 1, 16, padding_idx=0)
+        self.kind = nn.Embedding(len(KINDS) + 1, arch.kind_dim)
+        self.genre = nn.Embedding(vocab.n_genres + 1, arch.genre_dim, padding_idx=0)
         for emb in (self.entity, self.user, self.token):
             nn.init.normal_(emb.weight, std=0.01)
-        self.ctx_proj = nn.Sequential(nn.Linear(d * (len(CTX_IDS) + 1), spec.hidden), nn.ReLU())
-        self.ctx_out = nn.Linear(spec.hidden, spec.ctx_dim + (d if spec.interaction else 0))
+        self.ctx_proj = nn.Sequential(nn.Linear(spec.context_width, arch.hidden), nn.ReLU())
+        self.ctx_out = nn.Linear(arch.hidden, arch.ctx_dim + (d if arch.interaction else 0))
         self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
-        width = model_width(spec)
-        self.task_gate = TaskGate(d, feature_groups(spec)) if spec.task_gate else None
-        self.cross = nn.ModuleList(CrossLayer(width, spec.cross_rank) for _ in range(spec.cross_layers))
-        if spec.mmoe_experts > 0:
-            self.mmoe = MMoE(width, spec.expert_hidden, spec.mmoe_experts)
+        width, groups = spec.width, spec.feature_groups()
+        self.task_gate = TaskGate(d, groups) if options.task_gate else None
+        self.cross = nn.ModuleList(CrossLayer(width, arch.cross_rank) for _ in range(arch.cross_layers))
+        if options.mmoe_experts > 0:
+            self.mmoe = MMoE(width, arch.expert_hidden, options.mmoe_experts)
         else:
-            self.mlp = nn.Sequential(*(ResidualBlock(width, spec.hidden) for _ in range(spec.mlp_blocks)), nn.LayerNorm(width))
+            blocks = (ResidualBlock(width, arch.hidden) for _ in range(arch.mlp_blocks))
+            self.mlp = nn.Sequential(*blocks, nn.LayerNorm(width))
             self.head = nn.Linear(width, 1)
-        self.play = nn.Linear(width, 1) if spec.play_head else None
-        self.history = HistoryEncoder(self.entity, d, spec.history_length) if spec.history_encoder else None
-        if spec.text_features:
-            self.text = nn.Linear(TEXT_DIM + 2 if spec.text_vector else 2, d)  # title vector (+) cosines with the source and the history
-            self.aspect_gate = AspectGate(feature_groups(spec), feature_aspects(spec))
+        self.play = nn.Linear(width, 1) if options.play_head else None
+        self.history = HistoryEncoder(self.entity, d, arch.history_length) if options.history_encoder else None
+        if options.text_features:
+            # the title vector (unless text_vector is off) and its cosines with the source and the history
+            self.text = nn.Linear(spec.text_input_width, d)
+            self.aspect_gate = AspectGate(groups, spec.feature_aspects())
 
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
         task = self.task(ctx_ids[:, 0])
-        if not self.spec.task_feature:
+        if not self.arch.task_feature:
             task = torch.zeros_like(task)
         user = self.user(ctx_ids[:, 4])
         if not self.spec.user_embedding:
             user = torch.zeros_like(user)
-        parts = [task, self.country(ctx_ids[:, 1]), self.cluster(ctx_ids[:, 2]), self.entity(ctx_ids[:, 3]), user,
-                 _bag(self.token, ctx_query)]  # fmt: skip
+        parts = [
+            task,
+            self.country(ctx_ids[:, 1]),
+            self.cluster(ctx_ids[:, 2]),
+            self.entity(ctx_ids[:, 3]),
+            user,
+            _bag(self.token, ctx_query),
+        ]
         return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
-    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, *optional) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits of P(click) and, with the play head, of P(play | click); one per candidate."""
+    def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, *optional):
+        """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
         ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
         dense = (cand_dense - self.dense_mean) / self.dense_std
         entity = self.entity(cand_ids[:, 0])
-        parts = [ctx[:, : self.spec.ctx_dim], entity]
-        if self.spec.interaction:
-            parts.append(ctx[:, self.spec.ctx_dim :] * entity)
+        parts = [ctx[:, : self.arch.ctx_dim], entity]
+        if self.arch.interaction:
+            parts.append(ctx[:, self.arch.ctx_dim :] * entity)
         parts += [self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense]
-        optional = list(optional)  # in model_input_names order: history tensors, then text features
+        optional = list(optional)  # in spec.input_names() order: history tensors, then text features
         if self.history is not None:
             ctx_hist, ctx_hist_kind = optional.pop(0), optional.pop(0)
             encoded, mask = self.history.encode(ctx_hist, ctx_hist_kind)
             parts.append(self.history.attend(encoded, mask, entity, cand_ctx))
-        if self.spec.text_features:
+        if self.options.text_features:
             text = optional.pop(0)
-            parts.append(self.text(text if self.spec.text_vector else text[:, -2:]))
+            parts.append(self.text(text if self.options.text_vector else text[:, -2:]))
         x0 = torch.cat(parts, 1)
         # The gates depend on the task only: computed per context (B rows), then one row gather per
         # candidate (a column gather per candidate costs more than the rest of the gated model).
-        scales = ([self.aspect_gate(ctx_ids[:, 0])] if self.spec.text_features else []) + (
-            [self.task_gate(self.task(ctx_ids[:, 0]))] if self.task_gate is not None else [])
-        if scales:
-            scale = scales[0] if len(scales) == 1 else scales[0] * scales[1]
+        scale = None
+        if self.options.text_features:
+            scale = self.aspect_gate(ctx_ids[:, 0])
+        if self.task_gate is not None:
+            gate = self.task_gate(self.task(ctx_ids[:, 0]))
+            scale = gate if scale is None else scale * gate
+        if scale is not None:
             x0 = x0 * scale.index_select(0, cand_ctx)
         task = ctx_ids[:, 0].index_select(0, cand_ctx)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        if self.spec.mmoe_experts > 0:
+        if self.options.mmoe_experts > 0:
             h, click = self.mmoe(x, task)
         else:
             h = self.mlp(x)
@@ -298,18 +249,10 @@ class UnifiedRanker(nn.Module):
         return self.heads(*inputs)[0]
 
     def forward(self, *inputs):
-        """Inputs in `input_names(spec)` order. P(click) in (0, 1) per candidate ("score"); with the play
+        """Inputs in `spec.input_names()` order. P(click) in (0, 1) per candidate ("score"); with the play
         head also P(play) ("play")."""
         click, play = self.heads(*inputs)
         p_click = torch.sigmoid(click)
         if play is None:
             return p_click
         return p_click, p_click * torch.sigmoid(play)
-
-
-def model_input_names(spec: ModelSpec) -> tuple[str, ...]:
-    return input_names(spec.history_encoder, spec.text_features)
-
-
-def output_names(spec: ModelSpec) -> list[str]:
-    return ["score", "play"] if spec.play_head else ["score"]

@@ -28,23 +28,39 @@ def targets(result: dict) -> list[tuple[str, bool, str]]:
         name = "BM25" if task == "search" else "ALS"
         out.append((f"unified >= LightGBM on {task}", u >= lgbm, f"{u:.4f} vs {lgbm:.4f}"))
         out.append((f"unified >= {name} on {task}", u >= other, f"{u:.4f} vs {other:.4f}"))
-    test = next((t for t in result.get("paired_tests", ()) if t["a"] == "+ history encoder" and t["task"] == "prequery"), None)
+    test = next(
+        (t for t in result.get("paired_tests", ()) if t["a"] == "+ history encoder" and t["task"] == "prequery"), None
+    )
     if test is not None:
         lifted = test["diff"] > 0 and test["p_value"] < 0.05
-        out.append(("history encoder lifts prequery over full (paired, p < 0.05)", lifted,
-                    f"{test['relative']:+.1%}, p = {test['p_value']:.2g}"))  # fmt: skip
+        out.append(
+            (
+                "history encoder lifts prequery over full (paired, p < 0.05)",
+                lifted,
+                f"{test['relative']:+.1%}, p = {test['p_value']:.2g}",
+            )
+        )
     return out
 
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
-    lines = [f"# unirank study — {result['data']}", "",
-             f"Seeds {result['seeds']}, {result['epochs']} epochs max, finished in {result['seconds']:.0f}s. "
-             "Mean over seeds (± std over seeds where a row was trained per seed).", ""]  # fmt: skip
+    lines = [
+        f"# unirank study — {result['data']}",
+        "",
+        f"Seeds {result['seeds']}, {result['epochs']} epochs max, finished in {result['seconds']:.0f}s. "
+        "Mean over seeds (± std over seeds where a row was trained per seed).",
+        "",
+    ]
     if result.get("generator"):
         lines += ["Generator parameters (fixed before the study): `" + str(result["generator"]["params"]) + "`", ""]
     for task in TASKS:
-        lines += [f"## {task}", "", "| row | " + " | ".join(METRICS) + " | requests |", "|---|" + "---|" * (len(METRICS) + 1)]
+        lines += [
+            f"## {task}",
+            "",
+            "| row | " + " | ".join(METRICS) + " | requests |",
+            "|---|" + "---|" * (len(METRICS) + 1),
+        ]
         for name, per_task in rows.items():
             if task not in per_task:
                 continue
@@ -52,12 +68,17 @@ def markdown(result: dict) -> str:
             cells = [f"{r[m]:.4f} ± {r[m + '_std']:.4f}" if r["seeds"] > 1 else f"{r[m]:.4f}" for m in METRICS]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['requests']} |")
         lines.append("")
-    lines += ["## Paired tests (per-request NDCG@10, averaged over seeds)", "",
-              "| a | b | task | NDCG a | NDCG b | a − b | relative | 95% CI (bootstrap) | p (paired t) |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Paired tests (per-request NDCG@10, averaged over seeds)",
+        "",
+        "| a | b | task | NDCG a | NDCG b | a − b | relative | 95% CI (bootstrap) | p (paired t) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in result["paired_tests"]:
-        lines.append(f"| {t['a']} | {t['b']} | {t['task']} | {t['ndcg_a']:.4f} | {t['ndcg_b']:.4f} | {t['diff']:+.4f} | "
-                     f"{t['relative']:+.1%} | [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}] | {t['p_value']:.2g} |")  # fmt: skip
+        lines.append(
+            f"| {t['a']} | {t['b']} | {t['task']} | {t['ndcg_a']:.4f} | {t['ndcg_b']:.4f} | {t['diff']:+.4f} | "
+            f"{t['relative']:+.1%} | [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}] | {t['p_value']:.2g} |"
+        )
     lines += ["", "## Targets", ""]
     lines += [f"- {'met' if ok else 'MISSED'}: {name} ({detail})" for name, ok, detail in targets(result)]
     return "\n".join(lines) + "\n"
@@ -71,11 +92,18 @@ def plot(result: dict, path: Path) -> None:
 
     rows = result["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), sharey=False)
-    for ax, task in zip(axes, TASKS):
+    for ax, task in zip(axes, TASKS, strict=True):
         names = [n for n in rows if task in rows[n]]
         means = [rows[n][task]["ndcg@10"] for n in names]
         stds = [rows[n][task]["ndcg@10_std"] for n in names]
-        colors = ["tab:blue" if n.startswith("unified (full)") else "tab:gray" if n in ("popularity", "bm25", "implicit als", "lightgbm lambdamart") else "tab:orange" for n in names]
+        colors = [
+            "tab:blue"
+            if n.startswith("unified (full)")
+            else "tab:gray"
+            if n in ("popularity", "bm25", "implicit als", "lightgbm lambdamart")
+            else "tab:orange"
+            for n in names
+        ]
         ax.barh(np.arange(len(names)), means, xerr=stds, color=colors)
         ax.set_yticks(np.arange(len(names)), names)
         ax.invert_yaxis()

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model_export.context import build_context, personalization_rank
 from model_export.data import Dataset, Requests
-from model_export.features import FeatureEncoder, history_matrices, history_vectors
-from model_export.tables import event_kinds
+from unirank.core.context import build_context, personalization_rank
+from unirank.core.features import FeatureEncoder, history_matrices, history_vectors
+from unirank.core.history import event_kinds
 
 ENCODED_HISTORY = 20  # history events per context kept in the encoded splits (the encoder's maximum)
 
@@ -30,17 +30,20 @@ class Encoded:
         return len(self.labels)
 
 
-def encode_split(encoder: FeatureEncoder, dataset: Dataset, split: str, tasks=None, impute: bool = True,
-                 clicks: tuple | None = None) -> Encoded:  # fmt: skip
+def encode_split(
+    encoder: FeatureEncoder, dataset: Dataset, split: str, tasks=None, impute: bool = True, clicks: tuple | None = None
+) -> Encoded:
     """Encode a split exactly as the service would, request by request, but vectorised."""
     events = dataset.split(split)
     if tasks is not None:
         events = events.filter(pc.is_in(events.column("task"), value_set=pa.array(list(tasks))))
     req = Requests.from_events(events)
-    t = encoder.t
+    t = encoder.tables
     contexts = [
         build_context(task, country, user, query, source, t.title_of, impute=impute)
-        for task, country, user, query, source in zip(req.task, req.country, req.user_id, req.query, req.source_entity_id)
+        for task, country, user, query, source in zip(
+            req.task, req.country, req.user_id, req.query, req.source_entity_id, strict=True
+        )
     ]
     hist = hist_text = None
     if personalization_rank(encoder.level) >= 2:
@@ -62,8 +65,10 @@ def encode_split(encoder: FeatureEncoder, dataset: Dataset, split: str, tasks=No
 def click_log(encoder: FeatureEncoder, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user index, timestamp ms, entity index, event kind) of every click in the log, for history features."""
     clicks = dataset.events.filter(pc.field("clicked"))
-    t = encoder.t
+    t = encoder.tables
     users = np.fromiter((t.user_index.get(u, 0) for u in clicks.column("user_id").to_pylist()), np.int64)
     ents = encoder.entity_indices(clicks.column("target_entity_id").to_pylist())
-    kinds = event_kinds(clicks.column("task").to_numpy(zero_copy_only=False), clicks.column("played").to_numpy(zero_copy_only=False))
+    kinds = event_kinds(
+        clicks.column("task").to_numpy(zero_copy_only=False), clicks.column("played").to_numpy(zero_copy_only=False)
+    )
     return users, clicks.column("timestamp").cast(pa.int64()).to_numpy(), ents, kinds

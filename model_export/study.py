@@ -24,27 +24,25 @@ import numpy as np
 from model_export.baselines import als_scores, bm25_scores, lambdamart_scores
 from model_export.data import Dataset
 from model_export.evaluate import METRICS, per_task, popularity_scores
-from model_export.features import FeatureEncoder
 from model_export.splits import Encoded, click_log, encode_split
-from model_export.tables import FeatureTables
+from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
+from unirank.core.features import FeatureEncoder
+from unirank.core.schema import TASKS
+from unirank.core.spec import Architecture, ModelOptions
 
-TASKS = ("search", "prequery", "more_like_this")
 REFERENCE = "unified (full)"
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One trained row: data use (level, imputation, one model per task) and the model."""
+
     level: str = "full"
     impute: bool = True
     separate: bool = False
-    cross_layers: int | None = None
-    task_feature: bool = True
-    task_gate: bool = False
-    mmoe_experts: int = 0
-    play_head: bool = False
-    history_encoder: bool = False
-    text_features: bool = False
+    architecture: Architecture = Architecture()
+    options: ModelOptions = ModelOptions()
 
 
 VARIANTS = {
@@ -53,14 +51,14 @@ VARIANTS = {
     "unified (none)": Variant(level="none"),
     "unified (cluster)": Variant(level="cluster"),
     "no imputation": Variant(impute=False),
-    "no feature crossing": Variant(cross_layers=0),
-    "no task feature": Variant(task_feature=False),
-    "+ task gate": Variant(task_gate=True),
-    "+ mmoe (3 experts)": Variant(mmoe_experts=3),
-    "+ play head": Variant(play_head=True),
-    "+ history encoder": Variant(history_encoder=True),
-    "+ text features": Variant(text_features=True),
-    "+ task gate + mmoe + play head": Variant(task_gate=True, mmoe_experts=3, play_head=True),
+    "no feature crossing": Variant(architecture=Architecture(cross_layers=0)),
+    "no task feature": Variant(architecture=Architecture(task_feature=False)),
+    "+ task gate": Variant(options=ModelOptions(task_gate=True)),
+    "+ mmoe (3 experts)": Variant(options=ModelOptions(mmoe_experts=3)),
+    "+ play head": Variant(options=ModelOptions(play_head=True)),
+    "+ history encoder": Variant(options=ModelOptions(history_encoder=True)),
+    "+ text features": Variant(options=ModelOptions(text_features=True)),
+    "+ task gate + mmoe + play head": Variant(options=ModelOptions(task_gate=True, mmoe_experts=3, play_head=True)),
 }
 # (comparison row, the row it is compared with, tasks)
 HEADLINES = [
@@ -85,8 +83,9 @@ class Study:
     def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int):
         self.seeds, self.epochs = seeds, epochs
         self.dataset = Dataset.load(data_dir)
-        self.tables = FeatureTables.build(self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0,
-                                          text=True)  # fmt: skip
+        self.tables = build_tables(
+            self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0, text=True
+        )
         self._encoded: dict[tuple[str, bool], tuple[Encoded, Encoded, Encoded]] = {}
         self._clicks = None
 
@@ -97,15 +96,21 @@ class Study:
             if level == "full" and self._clicks is None:
                 self._clicks = click_log(encoder, self.dataset)
             clicks = self._clicks if level == "full" else None
-            self._encoded[key] = tuple(encode_split(encoder, self.dataset, s, TASKS, impute, clicks)  # type: ignore[assignment]
-                                       for s in ("fit", "validation", "test"))  # fmt: skip
+            self._encoded[key] = tuple(
+                encode_split(encoder, self.dataset, s, TASKS, impute, clicks)  # type: ignore[assignment]
+                for s in ("fit", "validation", "test")
+            )
         return self._encoded[key]
 
     def _config(self, v: Variant, seed: int) -> TrainConfig:
-        cfg = TrainConfig(personalization=v.level, epochs=self.epochs, seed=seed, impute=v.impute, task_feature=v.task_feature,
-                          task_gate=v.task_gate, mmoe_experts=v.mmoe_experts, play_head=v.play_head,
-                          history_encoder=v.history_encoder, text_features=v.text_features)  # fmt: skip
-        return replace(cfg, cross_layers=v.cross_layers) if v.cross_layers is not None else cfg
+        return TrainConfig(
+            personalization=v.level,
+            epochs=self.epochs,
+            seed=seed,
+            impute=v.impute,
+            architecture=v.architecture,
+            options=v.options,
+        )
 
     def scores(self, v: Variant, seed: int) -> np.ndarray:
         fit_enc, val_enc, test_enc = self.encoded(v.level, v.impute)
@@ -129,7 +134,9 @@ class Study:
         jobs = [(name, v, s) for name, v in VARIANTS.items() for s in self.seeds]
         for name, v, seed in tqdm(jobs, desc="study", unit="model"):
             per_seed.setdefault(name, []).append(per_task(test, self.scores(v, seed), TASKS))
-        per_seed["lightgbm lambdamart"] = [per_task(test, lambdamart_scores(fit_enc, val_enc, test, s), TASKS) for s in self.seeds]
+        per_seed["lightgbm lambdamart"] = [
+            per_task(test, lambdamart_scores(fit_enc, val_enc, test, s), TASKS) for s in self.seeds
+        ]
         per_seed["popularity"] = [per_task(test, popularity_scores(self.tables, test), TASKS)]
         per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
         per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), ("prequery", "more_like_this"))]
@@ -143,8 +150,11 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict:
         rows[name] = {}
         for task in seeds[0]:
             means = {m: [float(np.nanmean(s[task][m])) for s in seeds] for m in METRICS}
-            rows[name][task] = {m: float(np.mean(v)) for m, v in means.items()} | {
-                f"{m}_std": float(np.std(v)) for m, v in means.items()} | {"seeds": len(seeds), "requests": len(seeds[0][task]["mrr"])}  # fmt: skip
+            rows[name][task] = (
+                {m: float(np.mean(v)) for m, v in means.items()}
+                | {f"{m}_std": float(np.std(v)) for m, v in means.items()}
+                | {"seeds": len(seeds), "requests": len(seeds[0][task]["mrr"])}
+            )
     return rows
 
 
@@ -160,14 +170,26 @@ def paired_tests(per_seed: dict[str, list[dict]], n_boot: int = 2000) -> list[di
             xb = np.mean([s[task]["ndcg@10"] for s in per_seed[b]], axis=0)
             diff = xa - xb
             boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-            out.append({"a": a, "b": b, "task": task, "ndcg_a": float(xa.mean()), "ndcg_b": float(xb.mean()),
-                        "diff": float(diff.mean()), "relative": float(diff.mean() / max(xb.mean(), 1e-12)),
-                        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                        "p_value": float(stats.ttest_rel(xa, xb).pvalue), "requests": int(len(diff))})  # fmt: skip
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "task": task,
+                    "ndcg_a": float(xa.mean()),
+                    "ndcg_b": float(xb.mean()),
+                    "diff": float(diff.mean()),
+                    "relative": float(diff.mean() / max(xb.mean(), 1e-12)),
+                    "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                    "p_value": float(stats.ttest_rel(xa, xb).pvalue),
+                    "requests": int(len(diff)),
+                }
+            )
     return out
 
 
-def run_study(data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 1, 2), epochs: int = 6, log=print) -> Path:
+def run_study(
+    data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 1, 2), epochs: int = 6, log=print
+) -> Path:
     from model_export.report import write_report
 
     started = time.perf_counter()

@@ -28,16 +28,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model_export.lexical import TitleIndex
-from model_export.schema import ENTITY_SCHEMA, EVENT_SCHEMA
-from model_export.text import normalize
+from unirank.core.lexical import TitleIndex
+from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from unirank.core.text import normalize
 
 COUNTRIES = ("US", "GB", "CA", "DE", "FR", "ES", "IT", "BR", "MX", "IN", "JP", "KR")
 COUNTRY_WEIGHTS = (0.34, 0.1, 0.06, 0.08, 0.07, 0.05, 0.04, 0.08, 0.05, 0.07, 0.04, 0.02)
 GENRES = (
-    "action", "comedy", "drama", "thriller", "horror", "romance", "scifi", "fantasy",
-    "documentary", "animation", "crime", "family", "mystery", "adventure", "reality", "anime",
-)  # fmt: skip
+    "action",
+    "comedy",
+    "drama",
+    "thriller",
+    "horror",
+    "romance",
+    "scifi",
+    "fantasy",
+    "documentary",
+    "animation",
+    "crime",
+    "family",
+    "mystery",
+    "adventure",
+    "reality",
+    "anime",
+)
 WORDS = """
 stranger things dark crown house night star river city lost king queen shadow fire ice moon sun ocean
 storm wild secret last first black white red blue golden silent broken hidden dream heart blood iron
@@ -54,7 +68,7 @@ revenge escape return rise fall awakening origins reckoning journey quest voyage
 heist trial verdict game show party wedding funeral holiday vacation summer camp school college
 office hospital prison palace village farm ranch jungle arctic pacific atlantic northern southern
 eastern western central royal grand little big tiny giant ancient modern future past eternal
-""".split()
+""".split()  # noqa: SIM905 (a word list reads better as text)
 WORDS = tuple(dict.fromkeys(WORDS))
 THEME_WORDS = (
     "galaxy planet rocket orbit astronaut alien starship comet nebula cosmos",
@@ -207,7 +221,11 @@ class _Catalog:
                 bases[f] = [title, 1]
             else:
                 bases[f][1] += 1
-                title = f"{bases[f][0]} {bases[f][1]}" if rng.random() < 0.5 else f"{bases[f][0]}: {words(self.theme[e], 1)[0]}"
+                title = (
+                    f"{bases[f][0]} {bases[f][1]}"
+                    if rng.random() < 0.5
+                    else f"{bases[f][0]}: {words(self.theme[e], 1)[0]}"
+                )
             self.titles[e] = title.title()
         self.norm_titles = [normalize(t) for t in self.titles]
 
@@ -220,6 +238,15 @@ class _Catalog:
             theme = self.theme_taste[users[:, None], self.theme[safe]] * self.theme_taste.shape[1]  # 1.0: indifferent
             t = t + self.p.theme_weight * np.log(np.maximum(theme, 1e-3))
         return t
+
+
+Catalog = _Catalog
+
+
+def world(p: SynthParams) -> Catalog:
+    """The hidden state `generate(p, ...)` draws from — tastes, quality, franchises, themes — rebuilt from
+    the parameters (the same seed gives the same world): the ground truth simulated users act on."""
+    return _Catalog(p, np.random.default_rng(p.seed))
 
 
 def _pick_users(cat: _Catalog, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -267,7 +294,7 @@ def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
     req_session = np.asarray(req_session)
     index = TitleIndex(cat.norm_titles)
     # Candidates per unique (prefix, country): the 30 most popular lexical matches.
-    keys = [(q, int(country[s])) for q, s in zip(req_query, req_session)]
+    keys = [(q, int(country[s])) for q, s in zip(req_query, req_session, strict=True)]
     uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     pools = np.full((len(uniq), 30), -1, dtype=np.int64)
     for (q, c), i in uniq.items():
@@ -284,12 +311,12 @@ def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
     ru = users[req_session]
     is_target = ents == target[req_session][:, None]
     prefix_match = np.array(
-        [[cat.norm_titles[e].startswith(q) if e > 0 else False for e in row] for q, row in zip(req_query, ents)]
+        [
+            [cat.norm_titles[e].startswith(q) if e > 0 else False for e in row]
+            for q, row in zip(req_query, ents, strict=True)
+        ]
     )
-    logit = (
-        -3.2 + 3.5 * is_target + 0.8 * prefix_match + 1.2 * cat.log_taste(ru, ents)
-        + cat.quality[np.maximum(ents, 0)] + 0.3 * np.log(cat.pop[np.maximum(ents, 0)] * len(cat.pop) + 1e-9) / 3
-    )  # fmt: skip
+    logit = search_logit(cat, ru, ents, is_target, prefix_match)
     query = np.asarray(req_query, dtype=object)
     return ru, rc, query, None, ents, logit, req_session
 
@@ -310,9 +337,50 @@ def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
     return users, country, None, None, ents, _prequery_logit(cat, users, ents), None
 
 
+def search_logit(
+    cat: Catalog, users: np.ndarray, ents: np.ndarray, is_target: np.ndarray, prefix_match: np.ndarray
+) -> np.ndarray:
+    """Click logit of a search result: the title the user looks for, a title starting with what was
+    typed, taste, quality, popularity."""
+    return (
+        -3.2
+        + 3.5 * is_target
+        + 0.8 * prefix_match
+        + 1.2 * cat.log_taste(users, ents)
+        + cat.quality[np.maximum(ents, 0)]
+        + 0.3 * np.log(cat.pop[np.maximum(ents, 0)] * len(cat.pop) + 1e-9) / 3
+    )
+
+
+def mlt_logit(cat: Catalog, users: np.ndarray, ents: np.ndarray, jaccard: np.ndarray, same_franchise: np.ndarray):
+    """Click logit of a more-like-this result: genres shared with the source, its franchise, taste, quality."""
+    return (
+        -3.0
+        + 2.0 * jaccard
+        + 2.5 * same_franchise
+        + 1.0 * cat.log_taste(users, ents)
+        + cat.quality[np.maximum(ents, 0)]
+    )
+
+
+def play_probability(cat: Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
+    """P(play | click)."""
+    return _sigmoid(0.5 + 0.8 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)])
+
+
+def prequery_logit(cat: Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
+    """Click logit of a home-page recommendation: taste, quality, popularity."""
+    return _prequery_logit(cat, users, ents)
+
+
 def _prequery_logit(cat: _Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
     safe = np.maximum(ents, 0)
-    return -3.0 + 1.8 * cat.log_taste(users, ents) + cat.quality[safe] + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
+    return (
+        -3.0
+        + 1.8 * cat.log_taste(users, ents)
+        + cat.quality[safe]
+        + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
+    )
 
 
 CONTINUATION_SLOTS, CONTINUATION_BOOST = 3, 3.0
@@ -337,12 +405,16 @@ def _continue_franchises(cat: _Catalog, last_search: tuple, users, country, ts, 
         mates = [m for m in members[fr[i]] if m != last[i] and cat.avail[m, country[i]] and m not in ents[i]]
         for j, m in enumerate(mates[:CONTINUATION_SLOTS]):
             ents[i, -1 - j] = m
-    boosted = (cat.franchise[np.maximum(ents, 0)] == fr[:, None]) & (fr[:, None] > 0) & (ents != last[:, None]) & (ents > 0)
+    boosted = (
+        (cat.franchise[np.maximum(ents, 0)] == fr[:, None]) & (fr[:, None] > 0) & (ents != last[:, None]) & (ents > 0)
+    )
     rows, cols = np.nonzero(boosted)
     logit = _prequery_logit(cat, users[rows], ents[rows, cols][:, None])[:, 0] + CONTINUATION_BOOST
     clicked, played = clicked.copy(), played.copy()
     clicked[rows, cols] = rng.random(rows.size) < _sigmoid(logit)
-    play_p = _sigmoid(0.5 + 0.8 * cat.log_taste(users[rows], ents[rows, cols][:, None])[:, 0] + cat.quality[ents[rows, cols]])
+    play_p = _sigmoid(
+        0.5 + 0.8 * cat.log_taste(users[rows], ents[rows, cols][:, None])[:, 0] + cat.quality[ents[rows, cols]]
+    )
     played[rows, cols] = clicked[rows, cols] & (rng.random(rows.size) < play_p)
     return ents, clicked, played
 
@@ -357,7 +429,9 @@ def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
     same_genre = np.zeros((n, 30), dtype=np.int64)
     for g in np.unique(primary):
         rows_g = primary == g
-        sub = _sample_by_country(cat, country[rows_g], 30, rng, lambda c: cat.pop_country[:, c] * cat.genres[:, g] + 1e-12)
+        sub = _sample_by_country(
+            cat, country[rows_g], 30, rng, lambda c, g=g: cat.pop_country[:, c] * cat.genres[:, g] + 1e-12
+        )
         same_genre[rows_g] = sub
     fr_members = {}
     for e in np.flatnonzero(cat.franchise):
@@ -381,7 +455,7 @@ def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
     ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
     j = np.take_along_axis(jacc, np.maximum(shown, 0), 1)
     f = np.take_along_axis(same_fr, np.maximum(shown, 0), 1)
-    logit = -3.0 + 2.0 * j + 2.5 * f + 1.0 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)]
+    logit = mlt_logit(cat, users, ents, j, f)
     return users, country, None, source, ents, logit, None
 
 
@@ -404,7 +478,7 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
         R, K = ents.shape
         valid = ents > 0
         clicked = (rng.random(ents.shape) < _sigmoid(logit)) & valid
-        play_p = _sigmoid(0.5 + 0.8 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)])
+        play_p = play_probability(cat, users, ents)
         played = clicked & (rng.random(ents.shape) < play_p)
         if session is None:
             ts = rng.uniform(0, DAYS * 86400, R)
@@ -416,8 +490,9 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
             rows_c, cols_c = np.nonzero(clicked)
             last_search = (users[rows_c], ts[rows_c], ents[rows_c, cols_c])
         elif task == "prequery" and p.continuation > 0:  # its own generator: without it the data is unchanged
-            ents, clicked, played = _continue_franchises(cat, last_search, users, country, ts, ents, clicked, played,
-                                                         np.random.default_rng([p.seed, 2]))  # fmt: skip
+            ents, clicked, played = _continue_franchises(
+                cat, last_search, users, country, ts, ents, clicked, played, np.random.default_rng([p.seed, 2])
+            )
             valid = ents > 0
         rows, cols = np.nonzero(valid)
         columns["request_id"].append(rows + next_request)
@@ -425,7 +500,9 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
         columns["country"].append(countries[country[rows]])
         columns["task"].append(np.full(rows.size, task, dtype=object))
         columns["query"].append(query[rows] if query is not None else np.full(rows.size, None, dtype=object))
-        columns["source_entity_id"].append(eids[source[rows]] if source is not None else np.full(rows.size, None, dtype=object))
+        columns["source_entity_id"].append(
+            eids[source[rows]] if source is not None else np.full(rows.size, None, dtype=object)
+        )
         columns["target_entity_id"].append(eids[ents[rows, cols]])
         columns["clicked"].append(clicked[rows, cols])
         columns["played"].append(played[rows, cols])
@@ -440,7 +517,12 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
     new_id[np.argsort(req_ts, kind="stable")] = np.arange(next_request)
     data["request_id"] = new_id[data["request_id"]]
     order = np.lexsort((data["target_entity_id"].astype(str), data["request_id"]))
-    arrays = [pa.array(data[k][order], type=EVENT_SCHEMA.field(k).type) if k != "timestamp" else pa.array(data[k][order]).cast(pa.timestamp("ms")) for k in EVENT_SCHEMA.names]
+    arrays = [
+        pa.array(data[k][order], type=EVENT_SCHEMA.field(k).type)
+        if k != "timestamp"
+        else pa.array(data[k][order]).cast(pa.timestamp("ms"))
+        for k in EVENT_SCHEMA.names
+    ]
     pq.write_table(pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), out / "events.parquet")
     entities = pa.table(
         {
@@ -454,7 +536,12 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
         schema=ENTITY_SCHEMA,
     )
     pq.write_table(entities, out / "entities.parquet")
-    summary = {"params": asdict(p), "events": int(len(order)), "requests": int(next_request), "clicks": int(data["clicked"].sum())}
+    summary = {
+        "params": asdict(p),
+        "events": int(len(order)),
+        "requests": int(next_request),
+        "clicks": int(data["clicked"].sum()),
+    }
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
     steps.update()
     steps.close()

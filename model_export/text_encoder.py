@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.text_features import load_tokenizer, minilm_path, title_embeddings, tokenize
+from model_export.text_embeddings import minilm_path, title_embeddings
+from unirank.core.text_features import load_tokenizer, tokenize
 
 ONNX_FILE = "text_encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -52,7 +53,11 @@ def export_text_encoder(out: Path | str) -> dict:
         str(out / ONNX_FILE),
         input_names=["input_ids", "attention_mask"],
         output_names=["embedding"],
-        dynamic_axes={"input_ids": {0: "n", 1: "tokens"}, "attention_mask": {0: "n", 1: "tokens"}, "embedding": {0: "n"}},
+        dynamic_axes={
+            "input_ids": {0: "n", 1: "tokens"},
+            "attention_mask": {0: "n", 1: "tokens"},
+            "embedding": {0: "n"},
+        },
         opset_version=17,
         dynamo=False,
     )

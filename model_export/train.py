@@ -7,84 +7,100 @@ on the fit window, the ONNX bundle exported (with the parity check) and evaluate
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.context import PERSONALIZATION_LEVELS, personalization_rank
 from model_export.data import Dataset
-from model_export.features import DENSE_FEATURES, FeatureEncoder
+from model_export.model import UnifiedRanker
 from model_export.splits import Encoded, click_log, encode_split
-from model_export.model import ModelSpec, UnifiedRanker, model_input_names
-from model_export.tables import FeatureTables
+from model_export.table_builder import build_tables
+from unirank.core.context import PERSONALIZATION_LEVELS, personalization_rank
+from unirank.core.features import DENSE_FEATURES, FeatureEncoder
+from unirank.core.schema import TASKS
+from unirank.core.spec import Architecture, ModelOptions, ModelSpec, Vocabulary
+from unirank.core.tables import FeatureTables
 
 _PERSONAL_DENSE = [DENSE_FEATURES.index("als_affinity"), DENSE_FEATURES.index("history_affinity")]
 # what an entity nobody engaged with lacks: its id, and every engagement statistic (it keeps its content)
-_ENGAGEMENT_DENSE = [DENSE_FEATURES.index(f) for f in ("pop_global", "pop_country", "qe_clicks", "qe_ctr", "co_clicks",
-                                                        "als_affinity", "history_affinity")]  # fmt: skip
+_ENGAGEMENT_DENSE = [
+    DENSE_FEATURES.index(f)
+    for f in ("pop_global", "pop_country", "qe_clicks", "qe_ctr", "co_clicks", "als_affinity", "history_affinity")
+]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """One training run: data use, optimisation, and the model (`architecture`, `options`) as the spec
+    takes them. Invalid values are refused here, before any data is read."""
+
     personalization: str = "full"
-    tasks: tuple[str, ...] = ("search", "prequery", "more_like_this")
+    tasks: tuple[str, ...] = TASKS
     epochs: int = 8
     batch_size: int = 1024
     lr: float = 2e-3
     patience: int = 1
     seed: int = 0
     impute: bool = True
-    cross_layers: int = 2
-    cross_rank: int = 16
-    ctx_dim: int = 64
-    hidden: int = 64
-    mlp_blocks: int = 1
-    interaction: bool = True
-    task_feature: bool = True
     cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
     cold_entity_rate: float = 0.0  # rows trained as if the candidate were new (no id, no statistics; DropoutNet)
-    task_gate: bool = False  # task-conditioned feature scaling (USR)
-    mmoe_experts: int = 0  # shared experts with one gate and head per task (MMoE); 0: off
-    play_head: bool = False  # a P(play | click) head trained on the play label; the bundle outputs P(play) too
-    history_encoder: bool = False  # self-attention over the mixed search/recommendation history (UniSAR)
-    text_features: bool = False  # MiniLM title features + an aspect gate (ID / text / sparse), for cold start
-    text_vector: bool = True  # False: only the title's similarities to the source and the history titles, not the vector
-    rank_by: str = "click"  # the bundle's default ranking score: click | play (needs play_head)
     threads: int = 2
+    architecture: Architecture = field(default_factory=Architecture)
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+    def __post_init__(self) -> None:
+        if problems := self.problems():
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.personalization not in PERSONALIZATION_LEVELS:
+            out.append(
+                f"personalization must be one of {', '.join(PERSONALIZATION_LEVELS)}, not {self.personalization!r}"
+            )
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            out.append(f"tasks must be a non-empty subset of {', '.join(TASKS)} (unknown: {', '.join(unknown) or '-'})")
+        for name in ("cold_user_rate", "cold_entity_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                out.append(f"{name} must be in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1:
+            out.append("epochs and batch_size must be at least 1")
+        if self.personalization in PERSONALIZATION_LEVELS:
+            out += self.options.problems(self.personalization)
+        return out
 
 
 def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpec:
     dense = fit.inputs["cand_dense"]
-    return ModelSpec(
+    vocabulary = Vocabulary(
         n_countries=len(tables.countries) - 1,
         n_clusters=tables.n_clusters,
         n_entities=tables.n_entities,
         n_users=len(tables.user_ids) - 1,
         n_genres=len(tables.genres) - 1,
+    )
+    return ModelSpec(
+        vocabulary=vocabulary,
         dense_mean=dense.mean(0).tolist(),
         dense_std=np.maximum(dense.std(0), 1e-3).tolist(),
-        cross_layers=cfg.cross_layers,
-        cross_rank=cfg.cross_rank,
-        ctx_dim=cfg.ctx_dim,
-        hidden=cfg.hidden,
-        mlp_blocks=cfg.mlp_blocks,
-        interaction=cfg.interaction,
-        task_feature=cfg.task_feature,
-        user_embedding=personalization_rank(cfg.personalization) >= 2,
-        task_gate=cfg.task_gate,
-        mmoe_experts=cfg.mmoe_experts,
-        play_head=cfg.play_head,
-        history_encoder=cfg.history_encoder and personalization_rank(cfg.personalization) >= 2,
-        text_features=cfg.text_features,
-        text_vector=cfg.text_vector,
+        personalization=cfg.personalization,
+        architecture=cfg.architecture,
+        options=cfg.options,
     )
 
 
-def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None, cold_rate: float, spec: ModelSpec,
-                cold_entity_rate: float = 0.0):  # fmt: skip
+def _rows_batch(
+    enc: Encoded,
+    rows: np.ndarray,
+    rng: np.random.Generator | None,
+    cold_rate: float,
+    spec: ModelSpec,
+    cold_entity_rate: float = 0.0,
+):
     """Inputs for a batch of impressions, each with its own context row (cand_ctx = arange); with `rng`,
     some rows as an unknown user would send them, and some as if their candidate were new."""
     x = enc.inputs
@@ -92,8 +108,9 @@ def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None,
     ctx_ids = x["ctx_ids"][req].copy()
     dense = x["cand_dense"][rows].copy()
     cand_text = None
-    hist = x["ctx_hist"][req, : spec.history_length].copy()
-    hist_kind = x["ctx_hist_kind"][req, : spec.history_length].copy()
+    length = spec.architecture.history_length
+    hist = x["ctx_hist"][req, :length].copy()
+    hist_kind = x["ctx_hist_kind"][req, :length].copy()
     if rng is not None and cold_rate > 0:
         cold = rng.random(len(rows)) < cold_rate
         ctx_ids[cold, 2] = 0
@@ -121,7 +138,7 @@ def _rows_batch(enc: Encoded, rows: np.ndarray, rng: np.random.Generator | None,
         "ctx_hist_kind": hist_kind,
         "cand_text": cand_text if cand_text is not None else x["cand_text"][rows],
     }
-    return [torch.from_numpy(batch[k]) for k in model_input_names(spec)]
+    return [torch.from_numpy(batch[k]) for k in spec.input_names()]
 
 
 @torch.no_grad()
@@ -139,7 +156,9 @@ def _logloss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainConfig, log=print) -> tuple[UnifiedRanker, dict]:
+def fit(
+    tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainConfig, log=print
+) -> tuple[UnifiedRanker, dict]:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -147,8 +166,6 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
     model = UnifiedRanker(spec)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    if cfg.rank_by not in ("click", "play") or (cfg.rank_by == "play" and not cfg.play_head):
-        raise ValueError("rank_by is 'click', or 'play' with play_head")
     labels = torch.from_numpy(fit_enc.labels)
     played = torch.from_numpy(fit_enc.played.astype(np.float32))
     best, best_state, bad, history = float("inf"), None, 0, []
@@ -173,7 +190,10 @@ def fit(tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainCon
         seconds = time.perf_counter() - started
         val = _logloss(predict(model, val_enc), val_enc.labels)
         history.append({"epoch": epoch, "train_logloss": total / len(order), "val_logloss": val, "seconds": seconds})
-        log(f"epoch {epoch}: train logloss {total / len(order):.4f}  val logloss {val:.4f}  ({seconds:.1f}s, {len(order)} rows)")
+        log(
+            f"epoch {epoch}: train logloss {total / len(order):.4f}  val logloss {val:.4f}  "
+            f"({seconds:.1f}s, {len(order)} rows)"
+        )
         if val < best - 1e-4:
             best, bad = val, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -192,12 +212,12 @@ def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=pr
     from model_export.evaluate import evaluate_bundle
     from model_export.export import export_bundle, record_metrics
 
-    if cfg.personalization not in PERSONALIZATION_LEVELS:
-        raise ValueError(f"personalization must be one of {PERSONALIZATION_LEVELS}")
     started = time.perf_counter()
     dataset = Dataset.load(data_dir)
     log(f"loaded {dataset.events.num_rows} events, {dataset.entities.num_rows} entities")
-    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=cfg.seed, text=cfg.text_features)
+    tables = build_tables(
+        dataset.entities, dataset.split("feature"), dataset.events, seed=cfg.seed, text=cfg.options.text_features
+    )
     encoder = FeatureEncoder(tables, cfg.personalization)
     clicks = click_log(encoder, dataset) if personalization_rank(cfg.personalization) >= 2 else None
     fit_enc = encode_split(encoder, dataset, "fit", cfg.tasks, cfg.impute, clicks)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +47,7 @@ def concatenate(parts: list[Inputs]) -> tuple[Inputs, list[int]]:
     sizes = [len(p["cand_ctx"]) for p in parts]
     offsets = np.cumsum([0] + [len(p["ctx_ids"]) for p in parts[:-1]])
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "cand_ctx"}
-    merged["cand_ctx"] = np.concatenate([p["cand_ctx"] + o for p, o in zip(parts, offsets)])
+    merged["cand_ctx"] = np.concatenate([p["cand_ctx"] + o for p, o in zip(parts, offsets, strict=True)])
     return merged, sizes
 
 
@@ -66,18 +67,20 @@ class MicroBatcher:
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="unirank-inference")
-        self.in_flight = 0  # requests between enter() and leave(): those that may still join (0: callers don't say)
+        self.in_flight = 0  # requests inside request(): those that may still join (0: callers don't say)
         self.batches = 0  # counters read by tests and /model
         self.requests = 0
 
-    def enter(self) -> None:
-        """A request began (it may reach score() soon)."""
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """The scope of one request that may reach score(); when it ends, the waiting requests that were
+        waiting only for it are dispatched."""
         self.in_flight += 1
-
-    def leave(self) -> None:
-        """A request ended; if the waiting ones were waiting only for it, dispatch them."""
-        self.in_flight -= 1
-        self._dispatch_if_due()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._dispatch_if_due()
 
     async def score(self, inputs: Inputs) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -100,7 +103,9 @@ class MicroBatcher:
         if self._busy or not self._waiting:
             return
         everyone_waits = self.in_flight > 0 and len(self._waiting) >= self.in_flight
-        if not (window_over or everyone_waits or self._waiting_candidates >= self.max_candidates or self._time_left() <= 0):
+        if not (
+            window_over or everyone_waits or self._waiting_candidates >= self.max_candidates or self._time_left() <= 0
+        ):
             return
         batch, taken = [], 0
         while self._waiting and (not batch or taken + self._waiting[0].size <= self.max_candidates):

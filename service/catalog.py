@@ -22,29 +22,27 @@ import logging
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from model_export.tables import KINDS, FeatureTables
-from model_export.text import normalize
-from model_export.text_features import EMBEDDING_DIM
-from service.metrics import ERRORS, RUNTIME_ENTITIES
+from service.errors import STORE_ERRORS, count_error
+from service.metrics import RUNTIME_ENTITIES
 from service.retrieval import Retriever
 from service.schemas import NewEntity
 from service.text_encoder import TextEncoder
+from unirank.core.tables import FeatureTables, RuntimeEntity
+from unirank.core.text_features import EMBEDDING_DIM
 
 log = logging.getLogger("unirank.catalog")
 
 
 class RuntimeCatalog:
+    """The entities added at run time, as this worker applied them to its tables and retriever."""
+
     def __init__(self, tables: FeatureTables, retriever: Retriever, text_encoder: TextEncoder | None):
-        self.t = tables
+        self.tables = tables
         self.retriever = retriever
         self.text_encoder = text_encoder
         self.records: dict[str, dict] = {}  # entity id -> the record as added
         self.generation = ""  # id of the last applied log entry
-        self.genre_index = {g: i for i, g in enumerate(tables.genres) if i}
-        years = tables.year[1 : tables.n_model_entities + 1]
-        self.default_year = float(np.median(years)) if years.size else 2000.0
 
     @property
     def size(self) -> int:
@@ -55,12 +53,15 @@ class RuntimeCatalog:
         return [e for e in entity_ids if self._trained(e)]
 
     def _trained(self, entity_id: str) -> bool:
-        return 0 < self.t.entity_index.get(entity_id, 0) <= self.t.n_model_entities
+        return 0 < self.tables.entity_index.get(entity_id, 0) <= self.tables.n_model_entities
 
     def ignored(self, entity: NewEntity) -> dict[str, list[str]]:
         """Genres and countries the bundle does not know (the entity is added without them)."""
-        out = {"genres": [g for g in entity.genres if g not in self.genre_index],
-               "countries": [c for c in entity.countries or () if c.upper() not in self.t.country_index]}  # fmt: skip
+        known_genres = set(self.tables.genres[1:])
+        out = {
+            "genres": [g for g in entity.genres if g not in known_genres],
+            "countries": [c for c in entity.countries or () if c.upper() not in self.tables.country_index],
+        }
         return {k: v for k, v in out.items() if v}
 
     def embed(self, titles: list[str]) -> np.ndarray | None:
@@ -68,55 +69,33 @@ class RuntimeCatalog:
 
     def apply(self, records: list[dict], embeddings: np.ndarray | None) -> list[int]:
         """Adds (or replaces) runtime entities; returns their indices. Runs on the event loop, between
-        requests, so no request sees a half-applied entity."""
-        t = self.t
+        requests, so no request sees a half-applied entity. Entities the bundle was trained with win."""
         text = self._text_features(records, embeddings)
-        accepted = [r for r in {r["entity_id"]: r for r in records}.values() if not self._trained(r["entity_id"])]
-        added = [r["entity_id"] for r in accepted if r["entity_id"] not in t.entity_index]
-        new_index = {e: len(t.entity_ids) + k for k, e in enumerate(added)}
-        if added:  # blank rows, ids and titles; filled below
-            t.grow(len(added))
-            t.entity_ids += added
-            t.titles += [""] * len(added)
-            t.norm_titles += [""] * len(added)
-        indices = []
-        for r in accepted:
-            eid = r["entity_id"]
-            i = new_index.get(eid) or t.entity_index[eid]
-            if eid not in new_index:  # replaced: its old title leaves the index
-                t.title_index.remove(i, t.norm_titles[i])
-            self._fill_row(i, r, text.get(eid))
-            t.titles[i], t.norm_titles[i] = r["title"], normalize(r["title"])
-            t.title_index.add(i, t.norm_titles[i])
-            t.entity_index[eid] = i
-            self.records[eid] = r
-            indices.append(i)
+        latest = {r["entity_id"]: r for r in records}  # the last record of an id in a batch wins
+        accepted = [r for r in latest.values() if not self._trained(r["entity_id"])]
+        entities = [
+            RuntimeEntity(
+                entity_id=r["entity_id"],
+                title=r["title"],
+                kind=r.get("kind") or "video",
+                genres=tuple(r.get("genres") or ()),
+                release_year=r.get("release_year"),
+                countries=None if r.get("countries") is None else tuple(r["countries"]),
+                text=text.get(r["entity_id"]),
+            )
+            for r in accepted
+        ]
+        indices = self.tables.upsert_runtime_entities(entities)
+        self.records.update((r["entity_id"], r) for r in accepted)
         self.retriever.add_fresh(indices)
         RUNTIME_ENTITIES.set(len(self.records))
         return indices
 
     def _text_features(self, records: list[dict], embeddings: np.ndarray | None) -> dict[str, np.ndarray]:
-        projection = self.t.text_projection
+        projection = self.tables.text_projection
         if projection is None or embeddings is None or len(embeddings) != len(records):
             return {}
-        return dict(zip((r["entity_id"] for r in records), projection.apply(embeddings)))
-
-    def _fill_row(self, i: int, r: dict, text: np.ndarray | None) -> None:
-        t = self.t
-        genres = [self.genre_index[g] for g in r.get("genres", ()) if g in self.genre_index]
-        t.kind[i] = KINDS.index(r["kind"]) + 1 if r.get("kind") in KINDS else 0
-        t.genre_ids[i] = 0
-        t.genre_ids[i, : min(3, len(genres))] = genres[:3]
-        t.genre_hot[i] = False
-        t.genre_hot[i, genres] = True
-        t.year[i] = r["release_year"] if r.get("release_year") is not None else self.default_year
-        countries = r.get("countries")
-        t.avail[i] = countries is None
-        t.avail[i, 0] = True
-        t.avail[i, [t.country_index[c.upper()] for c in countries or () if c.upper() in t.country_index]] = True
-        t.pop[i] = 0.0
-        t.item_factors[i] = 0.0
-        t.text_vec[i] = 0.0 if text is None else text
+        return dict(zip((r["entity_id"] for r in records), projection.apply(embeddings), strict=True))
 
 
 class CatalogSync:
@@ -158,8 +137,8 @@ class CatalogSync:
         while True:
             try:
                 await self._apply(await self._read(block=True))
-            except (RedisError, OSError) as exc:
-                ERRORS.labels(type=f"catalog_{type(exc).__name__}").inc()
+            except STORE_ERRORS as exc:
+                count_error("catalog", exc)
                 log.warning("runtime catalog sync: %s; retrying", exc)
                 await asyncio.sleep(1.0)
 
@@ -174,7 +153,7 @@ class CatalogSync:
             try:
                 n += await self._apply_entry(fields)
             except Exception:  # a malformed entry (written by hand, or by another version) must not stop the follower
-                ERRORS.labels(type="catalog_bad_entry").inc()
+                count_error("catalog_bad_entry")
                 log.exception("runtime catalog: entry %s skipped", entry_id)
             self.catalog.generation = self.last_id = entry_id
             async with self._applied:
@@ -185,7 +164,11 @@ class CatalogSync:
         records = orjson.loads(fields[b"entities"])
         raw = fields.get(b"embeddings", b"")
         embeddings = np.frombuffer(raw, np.float32).reshape(-1, EMBEDDING_DIM) if raw else None
-        if embeddings is None and self.catalog.text_encoder is not None and self.catalog.t.text_projection is not None:
+        if (
+            embeddings is None
+            and self.catalog.text_encoder is not None
+            and self.catalog.tables.text_projection is not None
+        ):
             embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
         return len(self.catalog.apply(records, embeddings))
 

@@ -1,13 +1,17 @@
 """The unified context of one /rank request, built with the training code (imputation included),
-plus what the service derives from it: indices, the personalization applied and the cache keys."""
+plus what the service derives from it: indices, the personalization applied and the cache keys.
+
+Contract: `build_request_context` raises `PersonalizationError` when the request asks for more
+personalization than the bundle has; cache keys hold everything a cached ranking depends on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from model_export.context import UnifiedContext, build_context, personalization_rank
-from model_export.tables import FeatureTables
 from service.schemas import RankRequest
+from unirank.core.context import UnifiedContext, build_context, personalization_rank
+from unirank.core.tables import FeatureTables
 
 
 class PersonalizationError(ValueError):
@@ -23,10 +27,15 @@ class RequestContext:
     country: int  # 0 = unknown bucket
     source: int  # source entity index, 0 = none / unknown
 
+    def at_level(self, level: str) -> RequestContext:
+        """The same request at a lower personalization level (without the user at 'cluster' and below)."""
+        return replace(self, level=level, user=self.user if level == "full" else 0)
+
     def cache_key(self, version: str, k: int) -> str:
         """Everything a none/cluster ranking depends on; no user id, so users of a cluster share it."""
         u = self.unified
-        return f"ur:rank:{version}:{u.task}:{self.country}:{self.level}:{self.cluster}:{u.source_entity_id or ''}:{u.query}:{k}"
+        source = u.source_entity_id or ""
+        return f"ur:rank:{version}:{u.task}:{self.country}:{self.level}:{self.cluster}:{source}:{u.query}:{k}"
 
     def stage_one_key(self, version: str) -> str:
         u = self.unified
@@ -48,11 +57,15 @@ class RequestContext:
         }
 
 
-def build_request_context(req: RankRequest, tables: FeatureTables, bundle_level: str, impute: bool = True) -> RequestContext:
+def build_request_context(
+    req: RankRequest, tables: FeatureTables, bundle_level: str, impute: bool = True
+) -> RequestContext:
     level = req.personalization or bundle_level
     if personalization_rank(level) > personalization_rank(bundle_level):
         raise PersonalizationError(f"this bundle supports personalization up to '{bundle_level}', not '{level}'")
-    unified = build_context(req.task, req.country, req.user_id, req.query, req.source_entity_id, tables.title_of, impute)
+    unified = build_context(
+        req.task, req.country, req.user_id, req.query, req.source_entity_id, tables.title_of, impute
+    )
     user = tables.user_index.get(req.user_id, 0) if req.user_id else 0
     rank = personalization_rank(level)
     return RequestContext(

@@ -1,5 +1,9 @@
-"""Serving-side features: the shared encoder (model_export.features) fed with one request's context,
-its candidates and the user's recent history (Redis first, then the bundle's snapshot)."""
+"""Serving-side features: the shared encoder (unirank.core.features) fed with one request's context,
+its candidates and the user's recent history (Redis first, then the bundle's snapshot).
+
+Contract: `inputs(ctx, candidates, history)` gives exactly the tensors training builds for the same
+request (the parity tests hold it to that), and only those the bundle's model reads.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_export.features import FeatureEncoder, history_inputs, history_vector
-from model_export.tables import HISTORY_LENGTH, FeatureTables
 from service.context import RequestContext
+from unirank.core.features import FeatureEncoder, history_inputs, history_vector
+from unirank.core.history import HISTORY_LENGTH
+from unirank.core.spec import ModelSpec
+from unirank.core.tables import FeatureTables
 
 
 @dataclass
@@ -30,14 +36,13 @@ def parse_live(entry: bytes) -> tuple[str, int]:
 
 
 class ServingFeatures:
-    def __init__(self, tables: FeatureTables, bundle_level: str, history_length: int = 20, history_encoder: bool = True,
-                 text_features: bool = True):  # fmt: skip
-        """history_encoder / text_features: whether the model reads those inputs (else they are not built)."""
+    def __init__(self, tables: FeatureTables, spec: ModelSpec):
+        """Builds only the inputs `spec`'s model reads (history tensors, text features)."""
         self.tables = tables
-        self.encoder = FeatureEncoder(tables, bundle_level, text=text_features)
-        self.history_length = history_length
-        self.history_encoder = history_encoder
-        self.text_features = text_features
+        self.encoder = FeatureEncoder(tables, spec.personalization, text=spec.options.text_features)
+        self.history_length = spec.architecture.history_length
+        self.history_encoder = spec.options.history_encoder
+        self.text_features = spec.options.text_features
 
     def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray]:
         """Entity indices and kinds of the user's history, most recent first: live events, then the snapshot."""
@@ -52,28 +57,24 @@ class ServingFeatures:
         kinds = np.concatenate([np.asarray([k for _, k in fresh], np.int64), snap_k])[:HISTORY_LENGTH]
         return entities, kinds
 
-    def recent_entities(self, live: list[bytes], user: int) -> np.ndarray:
-        return self.recent_events(live, user)[0]
-
     def history(self, live: list[bytes], user: int) -> History:
         entities, kinds = self.recent_events(live, user)
         text = history_vector(self.tables, entities, self.tables.text_vec) if self.text_features else None
         return History(entities, kinds, history_vector(self.tables, entities), text)
 
-    def history_vector(self, live: list[bytes], user: int) -> np.ndarray:
-        return history_vector(self.tables, self.recent_entities(live, user))
-
-    def inputs(self, rc: RequestContext, cand: np.ndarray, history: History | np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The model's inputs for one request; `history`: a History, or just its vector (no sequence)."""
-        vec = history.vector if isinstance(history, History) else history
-        text = history.text if isinstance(history, History) and history.text is not None else None
-        ctx = self.encoder.encode_contexts([rc.unified], None if vec is None else vec[None, :], level=rc.level,
-                                           hist_text=None if text is None else text[None, :])  # fmt: skip
-        inputs = self.encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+    def inputs(
+        self, ctx: RequestContext, candidates: np.ndarray, history: History | None = None
+    ) -> dict[str, np.ndarray]:
+        """The model's inputs for one request (history: None for levels below 'full')."""
+        hist_vec = None if history is None else history.vector[None, :]
+        hist_text = None if history is None or history.text is None else history.text[None, :]
+        contexts = self.encoder.encode_contexts([ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text)
+        inputs = self.encoder.encode_candidates(contexts, candidates, np.zeros(len(candidates), np.int64))
         if not self.history_encoder:
             return inputs
-        if isinstance(history, History) and rc.level == "full":
-            known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)  # added at run time: unknown to the model
+        if history is not None and ctx.level == "full":
+            # entities added at run time are unknown to the model
+            known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)
             inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(known, history.kinds, self.history_length)
         else:
             inputs["ctx_hist"] = inputs["ctx_hist_kind"] = np.zeros((1, self.history_length), np.int64)

@@ -1,4 +1,7 @@
-"""Prometheus metrics; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (`unirank serve --workers N`)."""
+"""Prometheus metrics; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (`unirank serve --workers N`).
+
+Contract: every metric of the service is defined here (the README lists them).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +11,79 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
-REQUEST_LATENCY = Histogram("unirank_request_duration_seconds", "Request latency by endpoint and task",
-                            ["endpoint", "task"], buckets=LATENCY_BUCKETS)  # fmt: skip
-STAGE_LATENCY = Histogram("unirank_stage_duration_seconds", "Latency of /rank stages", ["stage"], buckets=LATENCY_BUCKETS)
-CANDIDATES = Histogram("unirank_candidates", "Candidates scored per /rank request", ["task"],
-                       buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000))  # fmt: skip
-CACHE = Counter("unirank_cache_total", "Keystroke cache look-ups by result", ["result"])
+REQUEST_LATENCY = Histogram(
+    "unirank_request_duration_seconds",
+    "Request latency by endpoint, task and the model that answered (/rank)",
+    ["endpoint", "task", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_LATENCY = Histogram(
+    "unirank_stage_duration_seconds", "Latency of /rank stages", ["stage"], buckets=LATENCY_BUCKETS
+)
+CANDIDATES = Histogram(
+    "unirank_candidates",
+    "Candidates scored per /rank request",
+    ["task"],
+    buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+CACHE = Counter("unirank_cache_total", "Keystroke cache look-ups by result and model", ["result", "model"])
 CACHE_LAYER = Counter("unirank_cache_layer_hits_total", "Cache hits by layer (local: this worker's memory)", ["layer"])
-BATCH_WAIT = Histogram("unirank_batch_wait_seconds", "Micro-batching: time a request waited for its batch to start",
-                       buckets=LATENCY_BUCKETS)  # fmt: skip
-BATCH_REQUESTS = Histogram("unirank_batch_requests", "Micro-batching: requests per inference call",
-                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))  # fmt: skip
-BATCH_CANDIDATES = Histogram("unirank_batch_candidates", "Micro-batching: candidates per inference call",
-                             buckets=(10, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000))  # fmt: skip
+BATCH_WAIT = Histogram(
+    "unirank_batch_wait_seconds",
+    "Micro-batching: time a request waited for its batch to start",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_REQUESTS = Histogram(
+    "unirank_batch_requests", "Micro-batching: requests per inference call", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+BATCH_CANDIDATES = Histogram(
+    "unirank_batch_candidates",
+    "Micro-batching: candidates per inference call",
+    buckets=(10, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+)
 ERRORS = Counter("unirank_errors_total", "Errors by type", ["type"])
 EVENTS = Counter("unirank_events_total", "Engagement events stored", ["action"])
-RUNTIME_ENTITIES = Gauge("unirank_runtime_entities", "Entities added at run time (POST /entities) this worker ranks",
-                         multiprocess_mode="max")  # fmt: skip
-MODEL_INFO = Gauge("unirank_model_info", "The loaded model (value 1)", ["version", "personalization", "provider"],
-                   multiprocess_mode="liveall")  # fmt: skip
+RUNTIME_ENTITIES = Gauge(
+    "unirank_runtime_entities", "Entities added at run time (POST /entities) this worker ranks", multiprocess_mode="max"
+)
+MODEL_INFO = Gauge(
+    "unirank_model_info",
+    "Every model a worker holds (1 loaded, 0 unloaded since)",
+    ["model", "version", "personalization", "provider"],
+    multiprocess_mode="liveall",
+)
+IMPRESSIONS = Counter("unirank_impressions_total", "Served rankings for the impression log, by result", ["result"])
+EXPERIMENT_REQUESTS = Counter(
+    "unirank_experiment_requests_total", "/rank answers per experiment and variant", ["experiment", "variant"]
+)
+EXPERIMENT_EVENTS = Counter(
+    "unirank_experiment_events_total",
+    "Clicks and plays credited to an experiment's variant (for interleaving: the team that showed the item)",
+    ["experiment", "variant", "action"],
+)
+FEEDBACK = Counter(
+    "unirank_feedback_total", "Clicks and plays that named their request, by whether it was known", ["result"]
+)
+BREAKER_STATE = Gauge(
+    "unirank_redis_breaker_state",
+    "The worker's Redis circuit breaker: 0 closed, 1 half-open, 2 open",
+    multiprocess_mode="max",
+)
+BREAKER_TRANSITIONS = Counter("unirank_redis_breaker_transitions_total", "Circuit breaker state changes", ["to"])
+REJECTED = Counter("unirank_rejected_total", "Requests refused at once by admission control (503)", ["endpoint"])
+DEGRADED = Counter("unirank_degraded_total", "/rank answered with the fallback ranking, by reason", ["reason"])
+SHADOW = Counter("unirank_shadow_total", "Shadow scoring of served requests by result", ["result"])
+SHADOW_LATENCY = Histogram("unirank_shadow_duration_seconds", "Shadow model's ranking time", buckets=LATENCY_BUCKETS)
+SHADOW_OVERLAP = Histogram(
+    "unirank_shadow_overlap_at_10",
+    "Share of the served top 10 that the shadow model's top 10 holds too",
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+SHADOW_CORRELATION = Histogram(
+    "unirank_shadow_rank_correlation",
+    "Kendall's tau between the served and the shadow order of the items both returned",
+    buckets=(-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
 
 
 def render() -> tuple[bytes, str]:

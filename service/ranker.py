@@ -1,34 +1,40 @@
 """The /rank flow: context -> (cache | retrieval) -> features -> one onnxruntime call -> top k.
 
+Contract: `Ranker.rank(request)` answers one parsed `RankRequest` with the JSON body bytes and the
+stage timings, or raises `Unsupported` (personalization above the bundle's). Per personalization:
 - explicit candidates: scored as given (cache "bypass");
-- personalization none/cluster: the ranked list depends only on (model version, runtime catalog
-  generation, task, country, cluster, normalised query or source, k), so it is cached in Redis with a TTL (single flight);
-- personalization full: the cluster-level candidates (stage one) are cached, then re-scored with the
-  user's features and live history (stage two), so the keystroke path still skips retrieval.
+- none/cluster: the ranked list depends only on (model version, runtime catalog generation, task,
+  country, cluster, normalised query or source, k), so it is cached in Redis with a TTL (single flight);
+- full: the cluster-level candidates (stage one) are cached, then re-scored with the user's features
+  and live history (stage two), so the keystroke path still skips retrieval.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from service.bundle import LoadedBundle
 from service.cache import RankCache
-from service.context import RequestContext, build_request_context
+from service.context import PersonalizationError, RequestContext, build_request_context
+from service.errors import DeadlineExceeded, ModelFailure, Unsupported, store_failures_tolerated
 from service.events import recent_history
 from service.features import History
-from service.metrics import CACHE, CANDIDATES, ERRORS, STAGE_LATENCY
+from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY
 from service.schemas import RankRequest
 from service.settings import Settings
+from unirank.core.lexical import match_features
 
 
 @dataclass
 class Timings:
+    """Seconds spent per stage of one request; `finish` records them once, `header` formats them."""
+
     started: float = field(default_factory=time.perf_counter)
     stages: dict[str, float] = field(default_factory=dict)
 
@@ -37,11 +43,20 @@ class Timings:
         self.stages[stage] = self.stages.get(stage, 0.0) + (now - since)
         return now
 
-    def server_timing(self) -> str:
+    def finish(self, observe: bool = True) -> None:
         self.stages["total"] = time.perf_counter() - self.started
-        for stage, seconds in self.stages.items():
-            STAGE_LATENCY.labels(stage=stage).observe(seconds)
-        return ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in self.stages.items())
+        if observe:
+            for stage, seconds in self.stages.items():
+                _stage_histogram(stage).observe(seconds)
+
+    def header(self) -> str:
+        """The Server-Timing header value."""
+        return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in self.stages.items())
+
+
+@cache
+def _stage_histogram(stage: str):
+    return STAGE_LATENCY.labels(stage=stage)  # a labelled child costs a dict look-up; labels() costs microseconds
 
 
 @dataclass
@@ -49,6 +64,8 @@ class RankResult:
     body: bytes
     cache: str
     timings: Timings
+    items: bytes = b"[]"  # the items as encoded in the body
+    level: str = ""  # the personalization applied
 
 
 def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
@@ -64,90 +81,168 @@ def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
 
 
 class Ranker:
-    def __init__(self, bundle: LoadedBundle, cache: RankCache, redis: aioredis.Redis, settings: Settings):
-        self.b = bundle
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        cache: RankCache,
+        redis: aioredis.Redis,
+        settings: Settings,
+        name: str = "default",
+        observe: bool = True,
+    ):
+        """name: the model's name in responses and metrics; observe: record metrics (off for shadow scoring)."""
+        self.bundle = bundle
         self.cache = cache
         self.redis = redis
         self.settings = settings
-        self._head = b',"model_version":' + orjson.dumps(bundle.version) + b',"task":"'
+        self.name = name
+        self.observe = observe
+        self._head = (
+            b',"model":' + orjson.dumps(name) + b',"model_version":' + orjson.dumps(bundle.version) + b',"task":"'
+        )
+        self._cache_results = {r: CACHE.labels(result=r, model=name) for r in ("hit", "miss", "bypass")}
 
-    def context(self, req: RankRequest) -> RequestContext:
-        return build_request_context(req, self.b.tables, self.b.level, self.b.impute)
+    def context(self, request: RankRequest) -> RequestContext:
+        try:
+            return build_request_context(request, self.bundle.tables, self.bundle.level, self.bundle.impute)
+        except PersonalizationError as exc:
+            raise Unsupported("personalization", str(exc)) from exc
 
-    async def rank(self, req: RankRequest, rc: RequestContext, timings: Timings) -> RankResult:
-        t = time.perf_counter()
-        if req.candidates is not None:
-            ids = list(dict.fromkeys(req.candidates))
-            if rc.unified.task == "more_like_this":
-                ids = [i for i in ids if i != rc.unified.source_entity_id]
-            cand = self.b.features.encoder.entity_indices(ids)
-            hist = await self._history(rc, timings) if rc.level == "full" else None
-            items, status = await self._score(rc, cand, ids, req.k, hist, timings), "bypass"
-        elif rc.level != "full":
-            key = rc.cache_key(self.b.cache_version, req.k)
+    async def rank(
+        self, request: RankRequest, started: float | None = None, tail: bytes = b"", deadline: float = float("inf")
+    ) -> RankResult:
+        """`tail`: more members for the response object (`,"key":value...`). Raises DeadlineExceeded when
+        `deadline` (a perf_counter time) passes before the scoring starts, ModelFailure when the model
+        call fails; a cached answer is served whatever the deadline."""
+        timings = Timings(started or time.perf_counter())
+        ctx = self.context(request)
+        timings.add("context", timings.started)
+        with self.bundle.request_scope():
+            items, status = await self._items(request, ctx, timings, deadline)
+        if self.observe:
+            self._cache_results[status].inc()
+        body = b'{"items":' + items + self._head + ctx.unified.task.encode() + b'","cache":"' + status.encode() + b'"'
+        if request.explain:
+            body += b',"context":' + orjson.dumps(ctx.explain())
+        timings.finish(self.observe)
+        return RankResult(body + tail + b"}", status, timings, items, ctx.level)
+
+    async def candidate_ids(self, request: RankRequest) -> list[str]:
+        """The candidates this model would rank for the request: the given ones, or its retrieval."""
+        ctx = self.context(request)
+        if request.candidates is not None:
+            return self._explicit_ids(request, ctx)
+        ids = self.bundle.tables.entity_ids
+        return [ids[i] for i in self.bundle.retriever.candidates(ctx).tolist()]
+
+    async def rank_pool(
+        self, request: RankRequest, pool: list[str], timings: Timings, deadline: float = float("inf")
+    ) -> list[tuple[str, float]]:
+        """Every id of `pool` with this model's score for the request, best first (ties by id)."""
+        ctx = self.context(request)
+        candidates = self.bundle.features.encoder.entity_indices(pool)
+        with self.bundle.request_scope():
+            history = await self._history(ctx, timings) if ctx.level == "full" else None
+            scores = (await self._score_array(ctx, candidates, history, timings, deadline)).tolist()
+        return sorted(zip(pool, scores, strict=True), key=lambda p: (-p[1], p[0]))
+
+    async def _items(
+        self, request: RankRequest, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
+    ) -> tuple[bytes, str]:
+        """The ranked items as JSON, and how the cache was used."""
+        if request.candidates is not None:
+            ids = self._explicit_ids(request, ctx)
+            candidates = self.bundle.features.encoder.entity_indices(ids)
+            history = await self._history(ctx, timings) if ctx.level == "full" else None
+            return await self._score(ctx, candidates, ids, request.k, history, timings, deadline), "bypass"
+        if ctx.level != "full":
+            key = ctx.cache_key(self.bundle.cache_version, request.k)
+            started = time.perf_counter()
             items = await self.cache.get(key)
-            t = timings.add("cache", t)
-            status = "hit" if items is not None else "miss"
-            if items is None:
-                items = await self.cache.single_flight(key, lambda: self._compute_and_store(rc, req.k, key, timings))
-        else:
-            cand, status = await self._stage_one(rc, timings)
-            hist = await self._history(rc, timings)
-            ids = [self.b.tables.entity_ids[i] for i in cand.tolist()]
-            items = await self._score(rc, cand, ids, req.k, hist, timings)
-        CACHE.labels(result=status).inc()
-        body = b'{"items":' + items + self._head + rc.unified.task.encode() + b'","cache":"' + status.encode() + b'"'
-        if req.explain:
-            body += b',"context":' + orjson.dumps(rc.explain())
-        return RankResult(body + b"}", status, timings)
+            timings.add("cache", started)
+            if items is not None:
+                return items, "hit"
+            return await self.cache.single_flight(
+                key, lambda: self._compute_and_store(ctx, request.k, key, timings, deadline)
+            ), "miss"
+        candidates, status = await self._stage_one(ctx, timings, deadline)
+        history = await self._history(ctx, timings)
+        ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
+        return await self._score(ctx, candidates, ids, request.k, history, timings, deadline), status
 
-    def _retrieve(self, rc: RequestContext, timings: Timings) -> np.ndarray:
-        t = time.perf_counter()
-        r, task = self.b.retriever, rc.unified.task
-        if task == "search":
-            cand = r.search(rc.unified.query, rc.country)
-        elif task == "prequery":
-            cand = r.prequery(rc.country, rc.cluster)
-        else:
-            cand = r.more_like_this(rc.source, rc.country)
-        timings.add("retrieval", t)
-        return cand
+    @staticmethod
+    def _explicit_ids(request: RankRequest, ctx: RequestContext) -> list[str]:
+        ids = list(dict.fromkeys(request.candidates))
+        if ctx.unified.task == "more_like_this":
+            ids = [i for i in ids if i != ctx.unified.source_entity_id]
+        return ids
 
-    async def _score_array(self, rc: RequestContext, cand: np.ndarray, hist: History | None, timings: Timings) -> np.ndarray:
-        t = time.perf_counter()
-        CANDIDATES.labels(task=rc.unified.task).observe(len(cand))
-        if len(cand) == 0:
+    def _retrieve(self, ctx: RequestContext, timings: Timings) -> np.ndarray:
+        started = time.perf_counter()
+        candidates = self.bundle.retriever.candidates(ctx)
+        timings.add("retrieval", started)
+        return candidates
+
+    async def _score_array(
+        self,
+        ctx: RequestContext,
+        candidates: np.ndarray,
+        history: History | None,
+        timings: Timings,
+        deadline: float = float("inf"),
+    ) -> np.ndarray:
+        started = time.perf_counter()
+        if started > deadline:
+            raise DeadlineExceeded()
+        if self.observe:
+            CANDIDATES.labels(task=ctx.unified.task).observe(len(candidates))
+        if len(candidates) == 0:
             return np.zeros(0, np.float32)
-        inputs = self.b.features.inputs(rc, cand, hist)
-        t = timings.add("features", t)
-        scores = await self.b.score(inputs)
-        timings.add("inference", t)
+        inputs = self.bundle.features.inputs(ctx, candidates, history)
+        started = timings.add("features", started)
+        try:
+            scores = await self.bundle.score(inputs)
+        except Exception as exc:  # a model that cannot score: the caller ranks without it
+            raise ModelFailure(f"{type(exc).__name__}: {exc}") from exc
+        timings.add("inference", started)
         return scores
 
-    async def _score(self, rc, cand, ids, k, hist, timings) -> bytes:
-        return top_k(await self._score_array(rc, cand, hist, timings), ids, k)
+    async def _score(
+        self,
+        ctx: RequestContext,
+        candidates: np.ndarray,
+        ids: list[str],
+        k: int,
+        history: History | None,
+        timings: Timings,
+        deadline: float = float("inf"),
+    ) -> bytes:
+        return top_k(await self._score_array(ctx, candidates, history, timings, deadline), ids, k)
 
-    async def _compute_and_store(self, rc: RequestContext, k: int, key: str, timings: Timings) -> bytes:
-        cand = self._retrieve(rc, timings)
-        ids = [self.b.tables.entity_ids[i] for i in cand.tolist()]
-        items = await self._score(rc, cand, ids, k, None, timings)
+    async def _compute_and_store(
+        self, ctx: RequestContext, k: int, key: str, timings: Timings, deadline: float = float("inf")
+    ) -> bytes:
+        candidates = self._retrieve(ctx, timings)
+        ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
+        items = await self._score(ctx, candidates, ids, k, None, timings, deadline)
         await self.cache.set(key, items)
         return items
 
-    async def _stage_one(self, rc: RequestContext, timings: Timings) -> tuple[np.ndarray, str]:
+    async def _stage_one(
+        self, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
+    ) -> tuple[np.ndarray, str]:
         """Cluster-level candidates for a `full` request: cached, or retrieved and scored at cluster level."""
-        key = rc.stage_one_key(self.b.cache_version)
-        t = time.perf_counter()
+        key = ctx.stage_one_key(self.bundle.cache_version)
+        started = time.perf_counter()
         packed = await self.cache.get(key)
-        timings.add("cache", t)
+        timings.add("cache", started)
         if packed is not None:
             return np.frombuffer(packed, np.int32).astype(np.int64), "hit"
 
         async def compute() -> bytes:
-            cand = self._retrieve(rc, timings)
-            cluster_rc = RequestContext(rc.unified, "cluster", 0, rc.cluster, rc.country, rc.source)
-            scores = await self._score_array(cluster_rc, cand, None, timings)
-            keep = cand[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
+            candidates = self._retrieve(ctx, timings)
+            scores = await self._score_array(ctx.at_level("cluster"), candidates, None, timings, deadline)
+            keep = candidates[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
             value = keep.astype(np.int32).tobytes()
             await self.cache.set(key, value)
             return value
@@ -155,14 +250,60 @@ class Ranker:
         value = await self.cache.single_flight(key, compute)
         return np.frombuffer(value, np.int32).astype(np.int64), "miss"
 
-    async def _history(self, rc: RequestContext, timings: Timings) -> History:
-        t = time.perf_counter()
+    def fallback(
+        self, request: RankRequest, reason: str, started: float | None = None, tail: bytes = b""
+    ) -> RankResult:
+        """The answer without the model (its deadline passed, or it failed): the cluster-level list this
+        worker has in memory for a `full` request, else the candidates by query match (search) and
+        popularity in the country. Scores are the fallback order's (1 down to 1/n), not probabilities."""
+        timings = Timings(started or time.perf_counter())
+        ctx = self.context(request)
+        tables = self.bundle.tables
+        if request.candidates is not None:
+            candidates = self.bundle.features.encoder.entity_indices(self._explicit_ids(request, ctx))
+        else:
+            cached = self.cache.local_get(ctx.stage_one_key(self.bundle.cache_version)) if ctx.level == "full" else None
+            candidates = (
+                np.frombuffer(cached, np.int32).astype(np.int64)
+                if cached is not None
+                else self.bundle.retriever.candidates(ctx)
+            )
+        ids = (
+            self._explicit_ids(request, ctx)
+            if request.candidates is not None
+            else [tables.entity_ids[i] for i in candidates.tolist()]
+        )
+        order = self._fallback_order(
+            ctx, candidates, ids, keep_given=request.candidates is None and ctx.level == "full"
+        )
+        chosen = order[: request.k]
+        n = max(len(chosen), 1)
+        items = orjson.dumps([{"entity_id": ids[i], "score": (n - r) / n} for r, i in enumerate(chosen)])
+        body = b'{"items":' + items + self._head + ctx.unified.task.encode() + b'","cache":"bypass"'
+        body += b',"degraded":true,"degraded_reason":' + orjson.dumps(reason)
+        if request.explain:
+            body += b',"context":' + orjson.dumps(ctx.explain())
+        timings.finish(self.observe)
+        return RankResult(body + tail + b"}", "bypass", timings, items, ctx.level)
+
+    def _fallback_order(
+        self, ctx: RequestContext, candidates: np.ndarray, ids: list[str], keep_given: bool
+    ) -> list[int]:
+        if keep_given:  # the cluster-level list is already in the order the model gave it
+            return list(range(len(ids)))
+        tables = self.bundle.tables
+        pop = tables.pop[candidates, ctx.country].tolist()
+        query = ctx.unified.query if ctx.unified.task == "search" else ""
+        match = [match_features(query, tables.norm_titles[c]) if c > 0 else (0.0, 0.0) for c in candidates.tolist()]
+        return sorted(range(len(ids)), key=lambda i: (-match[i][0], -match[i][1], -pop[i], ids[i]))
+
+    async def _history(self, ctx: RequestContext, timings: Timings) -> History:
+        """The user's live history (Redis) before the bundle's snapshot; the snapshot alone when Redis fails."""
+        started = time.perf_counter()
         live: list[bytes] = []
-        if rc.unified.user_id:
-            try:
-                live = await recent_history(self.redis, rc.unified.user_id)
-            except (RedisError, OSError) as exc:  # rank on the bundle's snapshot rather than fail
-                ERRORS.labels(type=f"redis_{type(exc).__name__}").inc()
-        history = self.b.features.history(live, rc.user)
-        timings.add("history", t)
+        if ctx.unified.user_id:
+            with store_failures_tolerated("redis"):
+                live = await recent_history(self.redis, ctx.unified.user_id)
+        history = self.bundle.features.history(live, ctx.user)
+        timings.add("history", started)
         return history

@@ -12,7 +12,7 @@ from collections import deque
 
 import numpy as np
 
-from model_export.tables import FeatureTables
+from unirank.core.tables import FeatureTables
 
 
 def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
@@ -26,12 +26,14 @@ FRESH = 50  # newest runtime-added entities considered for prequery
 
 class Retriever:
     def __init__(self, tables: FeatureTables, limit: int = 200):
-        self.t = tables
+        self.tables = tables
         self.limit = limit
         t = tables
         C = len(t.countries)
         self.country_top = [self._top(np.flatnonzero(t.avail[:, c]), t.pop[:, c], limit) for c in range(C)]
-        self.genre_top = [self._top(np.flatnonzero(t.genre_hot[:, g]), t.pop[:, 0], limit) for g in range(len(t.genres))]
+        self.genre_top = [
+            self._top(np.flatnonzero(t.genre_hot[:, g]), t.pop[:, 0], limit) for g in range(len(t.genres))
+        ]
         e1 = t.n_entities + 1
         src, tgt = np.divmod(t.co_keys, e1)
         order = np.lexsort((-t.co_clicks, src))
@@ -53,16 +55,25 @@ class Retriever:
         return candidates[np.argsort(-pop[candidates], kind="stable")[:n]]
 
     def _available(self, cand: np.ndarray, country: int) -> np.ndarray:
-        return cand[self.t.avail[cand, country]]
+        return cand[self.tables.avail[cand, country]]
+
+    def candidates(self, ctx) -> np.ndarray:
+        """The candidates of a request that brings none (a `service.context.RequestContext`)."""
+        task = ctx.unified.task
+        if task == "search":
+            return self.search(ctx.unified.query, ctx.country)
+        if task == "prequery":
+            return self.prequery(ctx.country, ctx.cluster)
+        return self.more_like_this(ctx.source, ctx.country)
 
     def search(self, query: str, country: int) -> np.ndarray:
-        found = self._available(self.t.title_index.lookup(query), country)
+        found = self._available(self.tables.title_index.lookup(query), country)
         if found.size > self.limit:
-            found = found[np.argsort(-self.t.pop[found, country], kind="stable")[: self.limit]]
+            found = found[np.argsort(-self.tables.pop[found, country], kind="stable")[: self.limit]]
         return found
 
     def prequery(self, country: int, cluster: int) -> np.ndarray:
-        favourites = self.t.cluster_favourites[cluster]
+        favourites = self.tables.cluster_favourites[cluster]
         parts = [self.country_top[country], favourites[favourites > 0]]
         cand = self._available(_unique_in_order(parts), country)[: self.limit + len(parts[1])]
         if not self.fresh:
@@ -73,8 +84,10 @@ class Retriever:
     def more_like_this(self, source: int, country: int) -> np.ndarray:
         if source == 0:  # unknown source: nothing to be similar to, so the popular titles
             return self.country_top[country]
-        t = self.t
-        co = self.co_neighbours[source] if source < len(self.co_neighbours) else np.zeros(0, np.int64)  # added at run time
+        t = self.tables
+        co = (
+            self.co_neighbours[source] if source < len(self.co_neighbours) else np.zeros(0, np.int64)
+        )  # added at run time
         parts = [co, t.title_index.lookup(t.norm_titles[source])[:50]]
         parts += [self.genre_top[g][:50] for g in np.flatnonzero(t.genre_hot[source])]
         cand = self._available(_unique_in_order(parts), country)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-
 log = logging.getLogger("unirank.scoring")
 
 
@@ -31,8 +30,14 @@ def choose_providers(setting: str) -> list[str]:
 class Scorer:
     """Scores candidates in ONE onnxruntime call per batch of contexts."""
 
-    def __init__(self, model_path: Path | str, provider_setting: str = "auto", intra_op_threads: int = 1,
-                 io_binding: bool = False, output: str = "score"):  # fmt: skip
+    def __init__(
+        self,
+        model_path: Path | str,
+        provider_setting: str = "auto",
+        intra_op_threads: int = 1,
+        io_binding: bool = False,
+        output: str = "score",
+    ):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
@@ -56,13 +61,20 @@ class Scorer:
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         outputs = [o.name for o in self.session.get_outputs()]
         if output not in outputs:
-            raise ValueError(f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?")
+            raise ValueError(
+                f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?"
+            )
         self.output = output
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.io_binding = io_binding and self.device == "cuda"
         self._buckets: dict[tuple[int, int], tuple] = {}
-        log.info("onnxruntime %s using %s (%s%s)", ort.__version__, self.provider, self.device,
-                 ", IO binding" if self.io_binding else "")  # fmt: skip
+        log.info(
+            "onnxruntime %s using %s (%s%s)",
+            ort.__version__,
+            self.provider,
+            self.device,
+            ", IO binding" if self.io_binding else "",
+        )
 
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self.io_binding:

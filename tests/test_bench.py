@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
-from loadtest.bench import SCENARIO_FIELDS, SCENARIOS, completeness_problems, flops_per_candidate
-from model_export.features import DENSE_FEATURES
-from model_export.model import ModelSpec, UnifiedRanker
+from loadtest.bench import SCENARIO_FIELDS, SCENARIOS, completeness_problems
+from model_export.model import UnifiedRanker
+from unirank.core.features import DENSE_FEATURES
+from unirank.core.spec import ModelOptions, ModelSpec, Vocabulary
 
 COMPLETE = {
     "machine": {"cpu": "x"},
     "scenarios": {n: dict.fromkeys(SCENARIO_FIELDS, 1) | {"errors": 0} for n in SCENARIOS},
-    "ratios": {"keystroke_hit_vs_ceiling": 0.7, "rank_200_vs_naive_200": 2.0},
+    "ratios": {
+        "keystroke_hit_vs_ceiling": 0.7,
+        "rank_200_vs_naive_200": 2.0,
+        "rollout_p99_vs_rank_200_p99": 1.1,
+        "keystroke_hit_p99_log_on_vs_off": 1.0,
+        "rank_200_p99_log_on_vs_off": 1.0,
+    },
     "scoring_efficiency": 0.5,
 }
 
@@ -24,21 +32,35 @@ def test_complete_result_passes_and_each_defect_is_named():
     broken["scenarios"]["events"]["errors"] = 3
     del broken["scenarios"]["naive_200"]
     broken["scenarios"]["rank_200"]["rps"] = 0
+    broken["scenarios"]["rollout"] |= {"switches": 4, "switch_failures": 1}
     del broken["ratios"]["rank_200_vs_naive_200"]
     problems = completeness_problems(broken)
-    assert sorted(problems) == ["events: 3 errors", "missing ratio rank_200_vs_naive_200", "missing scenario naive_200",
-                                "rank_200: no successful requests"]  # fmt: skip
+    assert sorted(problems) == [
+        "events: 3 errors",
+        "missing ratio rank_200_vs_naive_200",
+        "missing scenario naive_200",
+        "rank_200: no successful requests",
+        "rollout: 4 default switches, 1 refused",
+    ]
 
 
-@pytest.mark.parametrize("options", [{}, {"mmoe_experts": 3, "play_head": True, "history_encoder": True, "text_features": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"mmoe_experts": 3, "play_head": True, "history_encoder": True, "text_features": True}]
+)
 def test_flops_per_candidate_counts_the_per_candidate_matmuls_of_the_model(options):
-    spec = ModelSpec(n_countries=3, n_clusters=2, n_entities=10, n_users=5, n_genres=4,
-                     dense_mean=[0.0] * len(DENSE_FEATURES), dense_std=[1.0] * len(DENSE_FEATURES), **options)  # fmt: skip
+    n = len(DENSE_FEATURES)
+    spec = ModelSpec(Vocabulary(3, 2, 10, 5, 4), [0.0] * n, [1.0] * n, options=ModelOptions(**options))
     model = UnifiedRanker(spec)
     per_candidate = ("cross", "mlp", "head", "mmoe", "play", "history.target", "text")
-    weights = sum(p.numel() for n, p in model.named_parameters() if n.startswith(per_candidate) and n.endswith("weight") and p.dim() == 2)
-    attention = 2 * 2 * spec.history_length * spec.dim if spec.history_encoder else 0  # scores and the weighted sum
-    assert flops_per_candidate(spec.to_dict(), len(DENSE_FEATURES)) == 2 * weights + attention
+    weights = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(per_candidate) and n.endswith("weight") and p.dim() == 2
+    )
+    a = spec.architecture
+    attention = 2 * 2 * a.history_length * a.dim if spec.options.history_encoder else 0  # scores and the weighted sum
+    assert spec.flops_per_candidate() == 2 * weights + attention
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_scoring_bench_measures_every_provider_of_this_machine(bundle_dir, tmp_path):
@@ -49,7 +71,7 @@ def test_scoring_bench_measures_every_provider_of_this_machine(bundle_dir, tmp_p
     from loadtest.accel_bench import run_scoring
 
     result = run_scoring(bundle_dir, sizes=(1, 300), out_dir=tmp_path)
-    written = json.loads(open(result["files"]["json"]).read())
+    written = json.loads(Path(result["files"]["json"]).read_text())
     configs = {row["config"] for row in written["rows"]}
     assert {"cpu_1_thread"} <= configs and all(row["candidates_per_s"] > 0 for row in written["rows"])
     assert len(written["rows"]) == 2 * len(configs)
@@ -65,10 +87,13 @@ def test_options_bench_compares_two_bundles_in_one_interleaved_run(bundle_dir, t
     from loadtest.options_bench import run_options
 
     result = run_options(bundle_dir, bundle_dir, n=30, out_dir=tmp_path)
-    written = json.loads(open(result["files"]["json"]).read())
+    written = json.loads(Path(result["files"]["json"]).read_text())
     assert set(written["scenarios"]) == {"candidates_200", "keystroke_miss", "more_like_this_miss"}
     for row in written["scenarios"].values():
         assert row["bundle"]["n"] == row["baseline"]["n"] == 30
         assert row["ratio"]["p99_ms"] == row["bundle"]["p99_ms"] / row["baseline"]["p99_ms"]
     assert set(written["target_met"]) == set(written["scenarios"])
-    assert open(result["files"]["markdown"]).read().count("|") > 20 and (tmp_path / result["files"]["plot"].split("/")[-1]).stat().st_size > 0
+    assert (
+        Path(result["files"]["markdown"]).read_text().count("|") > 20
+        and (tmp_path / result["files"]["plot"].split("/")[-1]).stat().st_size > 0
+    )

@@ -6,8 +6,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from model_export.schema import SchemaError, read_entities, read_events
 from model_export.synth import SynthParams, generate
+from unirank.core.schema import SchemaError, read_entities, read_events
 
 
 def test_generator_is_deterministic(tmp_path):
@@ -33,7 +33,10 @@ def test_generated_data_follows_the_schema(data_dir):
     mlt = events.filter(pc.equal(events.column("task"), "more_like_this"))
     assert mlt.column("source_entity_id").null_count == 0
     # Every impression is of an entity available in the request's country.
-    avail = {e: set(c) for e, c in zip(entities.column("entity_id").to_pylist(), entities.column("countries").to_pylist())}
+    avail = {
+        e: set(c)
+        for e, c in zip(entities.column("entity_id").to_pylist(), entities.column("countries").to_pylist(), strict=True)
+    }
     rows = events.select(["country", "target_entity_id"]).to_pylist()
     assert all(r["country"] in avail[r["target_entity_id"]] for r in rows)
     assert 0 < pc.mean(events.column("clicked").cast(pa.float64())).as_py() < 0.5
@@ -43,8 +46,11 @@ def test_search_logs_hold_keystroke_prefixes(data_dir):
     events = read_events(data_dir / "events.parquet")
     search = events.filter(pc.equal(events.column("task"), "search")).sort_by("request_id")
     queries = search.group_by(["request_id", "user_id", "query"]).aggregate([]).sort_by("request_id").to_pylist()
-    growing = sum(1 for a, b in zip(queries, queries[1:])
-                  if a["user_id"] == b["user_id"] and b["query"].startswith(a["query"]) and len(b["query"]) == len(a["query"]) + 1)  # fmt: skip
+    growing = sum(
+        1
+        for a, b in zip(queries, queries[1:], strict=False)
+        if a["user_id"] == b["user_id"] and b["query"].startswith(a["query"]) and len(b["query"]) == len(a["query"]) + 1
+    )
     assert growing > len(queries) * 0.3
     assert any(len(q["query"]) == 1 for q in queries)
 
@@ -59,8 +65,11 @@ def test_missing_column_names_file_and_column(data_dir, tmp_path):
 
 def test_wrong_type_names_the_column(data_dir, tmp_path):
     table = pq.read_table(data_dir / "entities.parquet")
-    table = table.set_column(table.schema.get_field_index("release_year"), "release_year",
-                             pa.array([str(y) for y in table.column("release_year").to_pylist()]))  # fmt: skip
+    table = table.set_column(
+        table.schema.get_field_index("release_year"),
+        "release_year",
+        pa.array([str(y) for y in table.column("release_year").to_pylist()]),
+    )
     path = tmp_path / "entities.parquet"
     pq.write_table(table, path)
     with pytest.raises(SchemaError, match=r"entities\.parquet.*'release_year'.*string"):

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from model_export.tables import FeatureTables
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
+from unirank.core.tables import FeatureTables
 
 TOKEN = "test-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -53,7 +53,7 @@ def test_adding_needs_the_admin_token(admin, client):
     r = admin.client.post("/entities", json=entity, headers={"authorization": "Bearer wrong"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = client.post("/entities", json=entity, headers=AUTH)  # a server without a token configured
-    assert r.status_code == 403 and "UNIRANK_ADMIN_TOKEN" in r.json()["detail"]
+    assert r.status_code == 403 and "UNIRANK_ADMIN_TOKEN" in r.json()["detail"][0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -83,8 +83,18 @@ def test_entities_the_model_was_trained_with_are_a_409(admin, tables):
 def test_an_added_entity_ranks_immediately(admin, tables):
     eid, genre = new_id(), tables.genres[1]
     assert ranked_ids(admin, task="search", country="US", query="zorblat") == []  # cached as empty
-    reply = add(admin, [{"entity_id": eid, "title": "Zorblat Rising", "genres": [genre, "no-such-genre"],
-                         "release_year": 2024, "countries": ["US", "ZZ"]}])  # fmt: skip
+    reply = add(
+        admin,
+        [
+            {
+                "entity_id": eid,
+                "title": "Zorblat Rising",
+                "genres": [genre, "no-such-genre"],
+                "release_year": 2024,
+                "countries": ["US", "ZZ"],
+            }
+        ],
+    )
     assert reply["accepted"] == 1 and reply["visible"] is True
     assert reply["ignored"] == {eid: {"genres": ["no-such-genre"], "countries": ["ZZ"]}}
     # search finds it at once, typos included; the empty ranking cached before it was added is not served
@@ -98,14 +108,18 @@ def test_an_added_entity_ranks_immediately(admin, tables):
     assert similar and eid not in similar
     assert sum(genre in admin.client.get(f"/entities/{s}").json()["genres"] for s in similar) >= 5
     # scored with its own features, not as an unknown id
-    r = admin.client.post("/rank", json={"task": "search", "country": "US", "query": "zorblat", "candidates": [eid, "never-added"]})
+    r = admin.client.post(
+        "/rank", json={"task": "search", "country": "US", "query": "zorblat", "candidates": [eid, "never-added"]}
+    )
     scores = {i["entity_id"]: i["score"] for i in r.json()["items"]}
     assert scores[eid] > scores["never-added"]
     entity = admin.client.get(f"/entities/{eid}").json()
     assert entity["title"] == "Zorblat Rising" and entity["added_at_run_time"] is True
     runtime = admin.client.get("/model").json()["runtime_catalog"]
     assert runtime["entities"] >= 1 and runtime["generation"] == reply["catalog_generation"]
-    gauge = next(line for line in admin.client.get("/metrics").text.splitlines() if line.startswith("unirank_runtime_entities "))
+    gauge = next(
+        line for line in admin.client.get("/metrics").text.splitlines() if line.startswith("unirank_runtime_entities ")
+    )
     assert float(gauge.split()[1]) == runtime["entities"]
 
 
@@ -114,7 +128,9 @@ def test_events_on_an_added_entity_reach_the_next_ranking(admin, tables):
     add(admin, [{"entity_id": eid, "title": "Quintessa Voyage", "genres": [tables.genres[2]]}])
     events = [{"user_id": user, "task": "search", "entity_id": eid, "action": "click", "query": "quint"}]
     assert admin.client.post("/events", json=events).status_code == 202
-    r = admin.client.post("/rank", json={"task": "prequery", "country": "US", "user_id": user, "k": 10, "explain": True})
+    r = admin.client.post(
+        "/rank", json={"task": "prequery", "country": "US", "user_id": user, "k": 10, "explain": True}
+    )
     assert r.status_code == 200 and r.json()["context"]["personalization"] == "full"
 
 

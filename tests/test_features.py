@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 
-from model_export.context import build_context
 from model_export.data import Dataset
-from model_export.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
-from model_export.lexical import TitleIndex
 from model_export.splits import click_log, encode_split
-from model_export.tables import HISTORY_LENGTH, FeatureTables
-from model_export.text import normalize
 from service.context import build_request_context
 from service.features import History, ServingFeatures
 from service.schemas import RankRequest
+from tests.helpers import spec_for
+from unirank.core.context import build_context
+from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
+from unirank.core.history import HISTORY_LENGTH
+from unirank.core.lexical import TitleIndex
+from unirank.core.tables import FeatureTables
+from unirank.core.text import normalize
 
 TITLES = {"e1": "Stranger Things", "e2": "The Crown"}
 
@@ -62,14 +64,20 @@ def test_training_and_serving_build_identical_tensors(tables, data_dir):
     dataset = Dataset.load(data_dir)
     clicks = click_log(encoder, dataset)
     enc = encode_split(encoder, dataset, "test", clicks=clicks)
-    serving = ServingFeatures(tables, "full")
+    serving = ServingFeatures(tables, spec_for(tables, history_encoder=True, text_features=True))
     req = enc.requests
     rng = np.random.default_rng(0)
     checked = set()
     for r in rng.choice(len(req), 60, replace=False):
         rows = np.flatnonzero(enc.inputs["cand_ctx"] == r)
-        request = RankRequest(task=req.task[r], country=req.country[r], user_id=req.user_id[r], query=req.query[r],
-                              source_entity_id=req.source_entity_id[r], candidates=list(req.target_entity_id[rows]))  # fmt: skip
+        request = RankRequest(
+            task=req.task[r],
+            country=req.country[r],
+            user_id=req.user_id[r],
+            query=req.query[r],
+            source_entity_id=req.source_entity_id[r],
+            candidates=list(req.target_entity_id[rows]),
+        )
         rc = build_request_context(request, tables, "full")
         # The serving path's history: this user's clicks strictly before the request, newest first.
         user = tables.user_index.get(req.user_id[r], 0)
@@ -89,7 +97,7 @@ def test_training_and_serving_build_identical_tensors(tables, data_dir):
 
 
 def test_cold_start_candidates_get_zero_features(tables):
-    serving = ServingFeatures(tables, "full")
+    serving = ServingFeatures(tables, spec_for(tables))
     rc = build_request_context(RankRequest(task="search", country="US", query="the"), tables, "full")
     x = serving.inputs(rc, np.array([0, 1]), None)
     assert x["cand_ids"][0].tolist() == [0, 0] and x["cand_genres"][0].tolist() == [0, 0, 0]

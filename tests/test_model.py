@@ -2,34 +2,15 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from model_export.data import Dataset
-from model_export.evaluate import ranking_metrics
 from model_export.export import DYNAMIC_AXES, ParityError, check_parity, held_out_batch
-from model_export.features import FeatureEncoder
 from model_export.splits import encode_split
-from model_export.tables import FeatureTables
 from model_export.train import TrainConfig, fit
-
-
-def test_ranking_metrics_on_known_lists():
-    group = np.array([0, 0, 0, 1, 1, 1, 2, 2])
-    labels = np.array([1, 0, 0, 0, 0, 1, 0, 0])
-    scores = np.array([0.9, 0.5, 0.1, 0.9, 0.5, 0.1, 0.3, 0.2])
-    m = ranking_metrics(group, scores, labels, k=2)
-    assert len(m["mrr"]) == 2  # the request without a click is not counted
-    np.testing.assert_allclose(m["ndcg@10"], [1.0, 0.0])
-    np.testing.assert_allclose(m["hr@10"], [1.0, 0.0])
-    np.testing.assert_allclose(m["mrr"], [1.0, 1 / 3])
-    np.testing.assert_allclose(m["auc"], [1.0, 0.0])
-
-
-def test_ties_earn_nothing():
-    m = ranking_metrics(np.zeros(4, int), np.zeros(4), np.array([0, 0, 0, 1]))
-    assert m["mrr"][0] == pytest.approx(0.25)
+from unirank.core.features import FeatureEncoder
+from unirank.core.tables import FeatureTables
 
 
 def test_trained_bundle_beats_popularity_on_every_task(bundle_dir):
@@ -44,7 +25,14 @@ def test_trained_bundle_beats_popularity_on_every_task(bundle_dir):
 def test_manifest_is_the_contract(bundle_dir):
     m = json.loads((bundle_dir / "manifest.json").read_text())
     assert m["onnx"]["opset"] >= 17
-    assert [i["name"] for i in m["onnx"]["inputs"]] == ["ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx"]
+    assert [i["name"] for i in m["onnx"]["inputs"]] == [
+        "ctx_ids",
+        "ctx_query",
+        "cand_ids",
+        "cand_genres",
+        "cand_dense",
+        "cand_ctx",
+    ]
     assert m["version"].endswith(m["content_hash"][:12])
     assert m["personalization"] == "full" and m["parity_max_abs_diff"] <= 1e-4
     for path in m["tables"]:
@@ -60,8 +48,16 @@ def test_onnx_parity_check_passes_and_catches_a_mismatch(bundle_dir, data_dir, t
     model, _ = fit(tables, fit_enc, val_enc, TrainConfig(personalization="cluster", epochs=1), log=lambda *_: None)
     batch = held_out_batch(val_enc)
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, tuple(torch.from_numpy(batch[k]) for k in batch), str(path), input_names=list(batch),
-                      output_names=["score"], opset_version=17, dynamo=False, dynamic_axes=DYNAMIC_AXES)  # fmt: skip
+    torch.onnx.export(
+        model,
+        tuple(torch.from_numpy(batch[k]) for k in batch),
+        str(path),
+        input_names=list(batch),
+        output_names=["score"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes=DYNAMIC_AXES,
+    )
     assert check_parity(model, path, batch) <= 1e-4
     # A batch with a different number of candidates (dynamic axis) still agrees.
     small = held_out_batch(val_enc, n_requests=3)

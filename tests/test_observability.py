@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK_BODIES = {
     "search": {"task": "search", "country": "US", "query": "th", "personalization": "cluster"},
     "prequery": {"task": "prequery", "country": "US", "personalization": "cluster"},
-    "more_like_this": {"task": "more_like_this", "country": "US", "source_entity_id": "e000001", "personalization": "none"},
+    "more_like_this": {
+        "task": "more_like_this",
+        "country": "US",
+        "source_entity_id": "e000001",
+        "personalization": "none",
+    },
 }
 
 
@@ -41,10 +46,15 @@ def prometheus(prometheus_binaries, server, tmp_path_factory):
     (where / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     proc = subprocess.Popen(
-        [prometheus_binaries["prometheus"], f"--config.file={where / 'prometheus.yml'}", f"--storage.tsdb.path={where / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            prometheus_binaries["prometheus"],
+            f"--config.file={where / 'prometheus.yml'}",
+            f"--storage.tsdb.path={where / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     if not _answers_ok(client, "/-/ready"):
         proc.kill()
@@ -74,7 +84,8 @@ def _query(prom: httpx.Client, expr: str) -> list[dict]:
 
 
 def test_prometheus_scrapes_per_task_quantiles_under_load(prometheus, server):
-    p99 = 'histogram_quantile(0.99, sum by (le, task) (rate(unirank_request_duration_seconds_bucket{endpoint="/rank"}[30s])))'
+    buckets = 'rate(unirank_request_duration_seconds_bucket{endpoint="/rank"}[30s])'
+    p99 = f"histogram_quantile(0.99, sum by (le, task) ({buckets}))"
     deadline = time.time() + 45
     series: dict[str, float] = {}
     with httpx.Client(base_url=server.url, timeout=10) as c:
@@ -98,8 +109,8 @@ def test_prometheus_scrapes_per_task_quantiles_under_load(prometheus, server):
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             expr = target["expr"].replace("$__rate_interval", "30s")
-            if panel["title"].startswith("Events") or "cache_layer" in expr:
-                continue  # no /events in this load; the cache layer series appear with the first hit
+            if panel["title"].startswith(("Events", "Shadow")) or "cache_layer" in expr:
+                continue  # no /events or shadow in this load; the cache layer series appear with the first hit
             if not _query(prometheus, expr):
                 empty.append((panel["title"], expr))
     assert not empty, empty
@@ -111,19 +122,36 @@ def test_prometheus_scrapes_per_task_quantiles_under_load(prometheus, server):
 
 def _raw_request(port: int, body: bytes, split_at: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = (f"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock.sendall(head + body[:split_at])
     return sock
 
 
 def test_sigterm_lets_in_flight_requests_finish(bundle_dir, redis_url):
-    """`unirank serve` on SIGTERM: stops accepting, answers the request it is in the middle of, exits 0."""
+    """`unirank serve` on SIGTERM: drains (readyz 503, answers that close their connection), then stops
+    accepting, answers the request it is in the middle of, and exits."""
     port = free_port()
-    env = os.environ | {"REDIS_URL": redis_url, "UNIRANK_GRACEFUL_SHUTDOWN_S": "15"}
+    env = os.environ | {"REDIS_URL": redis_url, "UNIRANK_GRACEFUL_SHUTDOWN_S": "15", "UNIRANK_DRAIN_S": "1.5"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "unirank.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
-                             "--log-level", "warning"], cwd=ROOT, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "unirank.cli",
+            "serve",
+            "--bundle",
+            str(bundle_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
             if not _answers_ok(c, "/readyz"):
@@ -132,7 +160,13 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, redis_url):
         in_flight = _raw_request(port, body, split_at=len(body) // 2)  # headers and half the body sent
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(1.0)
+        time.sleep(0.3)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:  # draining: still answering
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["reason"].startswith("draining"), ready.text
+            ranked = c.post("/rank", content=body, headers={"content-type": "application/json"})
+            assert ranked.status_code == 200 and ranked.headers["connection"] == "close"
+        time.sleep(1.7)  # past the drain
         assert proc.poll() is None, "the server exited with a request in flight"
         with pytest.raises(OSError):  # no longer accepting new connections
             socket.create_connection(("127.0.0.1", port), timeout=2).close()

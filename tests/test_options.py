@@ -4,21 +4,23 @@ and is served by the same service code, ranking by P(click) or P(play)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from model_export.data import Dataset
 from model_export.export import export_bundle
-from model_export.features import FeatureEncoder
 from model_export.splits import encode_split
-from model_export.tables import FeatureTables
+from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit
 from service.bundle import LoadedBundle
 from service.settings import Settings
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
+from unirank.core.features import FeatureEncoder
+from unirank.core.spec import ModelOptions
+from unirank.core.tables import FeatureTables
 
 OPTIONS = {
     "task_gate": dict(task_gate=True),
@@ -32,7 +34,7 @@ OPTIONS = {
 @pytest.fixture(scope="module")
 def splits(data_dir):
     dataset = Dataset.load(data_dir)
-    tables = FeatureTables.build(dataset.entities, dataset.split("feature"), dataset.events, seed=0, text=True)
+    tables = build_tables(dataset.entities, dataset.split("feature"), dataset.events, seed=0, text=True)
     encoder = FeatureEncoder(tables, "full")
     return tables, encode_split(encoder, dataset, "fit"), encode_split(encoder, dataset, "validation")
 
@@ -42,7 +44,7 @@ def option_bundles(splits, tmp_path_factory):
     tables, fit_enc, val_enc = splits
     out = {}
     for name, flags in OPTIONS.items():
-        cfg = replace(TrainConfig(personalization="full", epochs=1), **flags)
+        cfg = TrainConfig(personalization="full", epochs=1, options=ModelOptions(**flags))
         model, training = fit(tables, fit_enc, val_enc, cfg, log=lambda *_: None)
         path = tmp_path_factory.mktemp(name)
         export_bundle(model, tables, val_enc, path, cfg, training, {})  # raises ParityError on a mismatch
@@ -55,7 +57,7 @@ def test_option_exports_with_parity_and_is_recorded(option_bundles, name):
     manifest = json.loads((option_bundles[name] / "manifest.json").read_text())
     assert manifest["parity_max_abs_diff"] <= 1e-4
     for flag, value in OPTIONS[name].items():
-        assert manifest["train_config"][flag] == value and manifest["model"][flag] == value
+        assert manifest["train_config"]["options"][flag] == value and manifest["model"]["options"][flag] == value
     inputs = [i["name"] for i in manifest["onnx"]["inputs"]]
     assert ("ctx_hist" in inputs and "ctx_hist_kind" in inputs) is bool(OPTIONS[name].get("history_encoder"))
     assert ("cand_text" in inputs) is bool(OPTIONS[name].get("text_features"))
@@ -111,7 +113,9 @@ def test_text_features_link_a_title_to_its_sequels(option_bundles):
     t = bundle.tables
     assert np.abs(t.text_vec[1:]).sum(1).min() > 0 and not t.text_vec[0].any()
     source = 1
-    rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
+    rc = build_request_context(
+        RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster"
+    )
     cand = np.arange(2, t.n_entities + 1)
     inputs = bundle.features.inputs(rc, cand)
     cosine = inputs["cand_text"][:, -2]
@@ -148,26 +152,38 @@ def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles
     assert np.abs(features - t.text_vec[rows]).max() < 1e-3
 
     source = next(i for i in range(1, t.n_entities + 1) if len(t.norm_titles[i].split()) >= 2)
-    records = [{"entity_id": "rt-sequel", "title": f"{t.titles[source]} Returns", "kind": "video", "genres": []},
-               {"entity_id": "rt-other", "title": "Glimmerfax Orbital Kitchen", "kind": "video", "genres": []}]  # fmt: skip
+    records = [
+        {"entity_id": "rt-sequel", "title": f"{t.titles[source]} Returns", "kind": "video", "genres": []},
+        {"entity_id": "rt-other", "title": "Glimmerfax Orbital Kitchen", "kind": "video", "genres": []},
+    ]
     added = catalog.apply(records, catalog.embed([r["title"] for r in records]))
     assert added == [t.n_model_entities + 1, t.n_model_entities + 2] and t.text_vec[added].any(1).all()
-    rc = build_request_context(RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster")
+    rc = build_request_context(
+        RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster"
+    )
     inputs = bundle.features.inputs(rc, np.array(added))
     assert (inputs["cand_ids"][:, 0] == 0).all()  # the model's id embedding: unknown
     cosine = inputs["cand_text"][:, -2]
     assert cosine[0] > cosine[1] + 0.2
-    assert not np.allclose(bundle.scorer.score(inputs), bundle.scorer.score(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"]))))
+    assert not np.allclose(
+        bundle.scorer.score(inputs), bundle.scorer.score(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"])))
+    )
 
 
 def test_a_text_bundle_embeds_entities_posted_at_run_time(option_bundles, redis_url):
-    live = LiveServer(option_bundles["all"], redis_url, {"UNIRANK_ADMIN_TOKEN": "t", "UNIRANK_CATALOG_STREAM": f"ur:entities:test:{uuid.uuid4().hex[:8]}"})
+    live = LiveServer(
+        option_bundles["all"],
+        redis_url,
+        {"UNIRANK_ADMIN_TOKEN": "t", "UNIRANK_CATALOG_STREAM": f"ur:entities:test:{uuid.uuid4().hex[:8]}"},
+    )
     try:
         live.wait_ready()
         body = [{"entity_id": "rt-text-1", "title": "Nebulon Harvest Saga", "genres": []}]
         r = live.client.post("/entities", json=body, headers={"authorization": "Bearer t"})
         assert r.status_code == 201 and r.json()["text_features"] is True, r.text
-        found = live.client.post("/rank", json={"task": "search", "country": "US", "query": "nebulon harv"}).json()["items"]
+        found = live.client.post("/rank", json={"task": "search", "country": "US", "query": "nebulon harv"}).json()[
+            "items"
+        ]
         assert [i["entity_id"] for i in found] == ["rt-text-1"]
         assert live.client.get("/model").json()["runtime_catalog"]["text_encoder"] is True
     finally:
@@ -184,8 +200,16 @@ def test_history_sent_through_events_changes_the_next_ranking(option_bundles, re
         candidates = tables.entity_ids[1:101]
         body = {"task": "prequery", "country": "US", "user_id": user, "candidates": candidates, "k": 100}
         before = {i["entity_id"]: i["score"] for i in live.client.post("/rank", json=body).json()["items"]}
-        events = [{"user_id": user, "task": "search" if n % 2 else "prequery", "entity_id": tables.entity_ids[150 + n],
-                   "action": "play" if n % 3 == 0 else "click", "ts": 2e9 + n} for n in range(6)]  # fmt: skip
+        events = [
+            {
+                "user_id": user,
+                "task": "search" if n % 2 else "prequery",
+                "entity_id": tables.entity_ids[150 + n],
+                "action": "play" if n % 3 == 0 else "click",
+                "ts": time.time() - 60 + n,
+            }
+            for n in range(6)
+        ]
         assert live.client.post("/events", json=events).status_code == 202
         after = {i["entity_id"]: i["score"] for i in live.client.post("/rank", json=body).json()["items"]}
         assert before.keys() == after.keys() and before != after
@@ -198,9 +222,11 @@ def test_service_serves_an_all_options_bundle_ranked_by_play(option_bundles, red
     try:
         live.wait_ready()
         assert live.client.get("/model").json()["rank_by"] == "play"
-        for body in ({"task": "search", "country": "US", "query": "th", "k": 5},
-                     {"task": "prequery", "country": "US", "k": 5},
-                     {"task": "more_like_this", "country": "US", "source_entity_id": "e000003", "k": 5}):  # fmt: skip
+        for body in (
+            {"task": "search", "country": "US", "query": "th", "k": 5},
+            {"task": "prequery", "country": "US", "k": 5},
+            {"task": "more_like_this", "country": "US", "source_entity_id": "e000003", "k": 5},
+        ):
             r = live.client.post("/rank", json=body)
             assert r.status_code == 200, r.text
             scores = [item["score"] for item in r.json()["items"]]

@@ -89,15 +89,14 @@ def validate(table: pa.Table, schema: pa.Schema, path: Path | str) -> pa.Table:
             raise SchemaError(f"{path}: missing column '{field.name}' (expected {field.type})")
         actual = table.schema.field(field.name).type
         if not _compatible(actual, field.type):
-            raise SchemaError(
-                f"{path}: column '{field.name}' has type {actual}, expected {field.type}"
-            )
+            raise SchemaError(f"{path}: column '{field.name}' has type {actual}, expected {field.type}")
         if field.name not in NULLABLE and table.column(field.name).null_count:
             raise SchemaError(f"{path}: column '{field.name}' has null values")
     return table.select(schema.names).cast(schema)
 
 
 def read_events(path: Path | str) -> pa.Table:
+    """One file, or a directory of files read as one dataset (hive partitions such as date=... allowed)."""
     table = validate(pq.read_table(path), EVENT_SCHEMA, path)
     bad = set(table.column("task").unique().to_pylist()) - set(TASKS)
     if bad:
@@ -110,7 +109,9 @@ def read_entities(path: Path | str) -> pa.Table:
 
 
 def events_path(data_dir: Path | str) -> Path:
-    return Path(data_dir) / "events.parquet"
+    """`events.parquet`, or an `events/` directory of Parquet files (partitions as `unirank logs` writes)."""
+    single, parts = Path(data_dir) / "events.parquet", Path(data_dir) / "events"
+    return parts if not single.exists() and parts.is_dir() else single
 
 
 def entities_path(data_dir: Path | str) -> Path:

@@ -13,15 +13,26 @@ from functools import lru_cache
 
 import numpy as np
 
-from model_export.context import TASK_INDEX, UnifiedContext, personalization_rank
-from model_export.lexical import match_features
-from model_export.tables import HISTORY_LENGTH, FeatureTables
-from model_export.text import MAX_QUERY_TOKENS, token_ids
+from unirank.core.context import TASK_INDEX, UnifiedContext, personalization_rank
+from unirank.core.history import HISTORY_LENGTH
+from unirank.core.lexical import match_features
+from unirank.core.tables import FeatureTables
+from unirank.core.text import MAX_QUERY_TOKENS, token_ids
 
 DENSE_FEATURES = (
-    "pop_global", "pop_country", "release_year", "qe_clicks", "qe_ctr", "title_prefix", "token_match",
-    "co_clicks", "genre_jaccard", "als_affinity", "history_affinity", "query_length",
-)  # fmt: skip
+    "pop_global",
+    "pop_country",
+    "release_year",
+    "qe_clicks",
+    "qe_ctr",
+    "title_prefix",
+    "token_match",
+    "co_clicks",
+    "genre_jaccard",
+    "als_affinity",
+    "history_affinity",
+    "query_length",
+)
 CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
@@ -42,6 +53,8 @@ def history_inputs(entities: np.ndarray, kinds: np.ndarray, length: int) -> tupl
     hist[0, :n] = entities[:n]
     kind[0, :n] = kinds[:n]
     return hist, kind
+
+
 CTR_SMOOTHING = 10.0
 
 
@@ -97,20 +110,25 @@ class FeatureEncoder:
     def __init__(self, tables: FeatureTables, level: str, text: bool = True):
         """level: the personalization level of the model these features feed; text: whether to build
         `cand_text` (training encodes it for every option; the service only for models that read it)."""
-        self.t = tables
+        self.tables = tables
         self.level = level
         self.text = text
         self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
-        get = self.t.entity_index.get
+        get = self.tables.entity_index.get
         return np.fromiter((get(e, 0) for e in entity_ids), np.int64)
 
-    def encode_contexts(self, contexts: list[UnifiedContext], hist_vec: np.ndarray | None = None,
-                        level: str | None = None, hist_text: np.ndarray | None = None) -> EncodedContexts:  # fmt: skip
+    def encode_contexts(
+        self,
+        contexts: list[UnifiedContext],
+        hist_vec: np.ndarray | None = None,
+        level: str | None = None,
+        hist_text: np.ndarray | None = None,
+    ) -> EncodedContexts:
         """hist_vec: (B, F) from `history_vector` (serving) or `history_vectors` (training); hist_text:
         (B, TEXT_DIM), the same over the text table."""
-        t, B = self.t, len(contexts)
+        t, B = self.tables, len(contexts)
         rank = personalization_rank(level or self.level)
         ids = np.zeros((B, len(CTX_IDS)), np.int64)
         query = np.zeros((B, MAX_QUERY_TOKENS), np.int64)
@@ -145,7 +163,7 @@ class FeatureEncoder:
 
         An entity added at run time has its content features (kind, genres, year, title, text) but no
         statistics and, for the model, the unknown entity's id."""
-        t, e1 = self.t, self._e1
+        t, e1 = self.tables, self._e1
         cand = np.asarray(cand, np.int64)
         cand_ctx = np.asarray(cand_ctx, np.int64)
         country = ctx.ctx_ids[cand_ctx, 1]
@@ -163,7 +181,7 @@ class FeatureEncoder:
         match = np.zeros((len(cand), 2), np.float32)
         with_query = np.flatnonzero(np.array([bool(q) for q in queries], bool)[cand_ctx])
         if with_query.size:  # prequery contexts have no query: nothing to match
-            pairs = zip(cand_ctx[with_query].tolist(), cand[with_query].tolist())
+            pairs = zip(cand_ctx[with_query].tolist(), cand[with_query].tolist(), strict=True)
             match[with_query] = np.array([_match(queries[c], titles[e]) for c, e in pairs], np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
         items = t.item_factors[cand]
@@ -210,8 +228,15 @@ def _click_windows(click_user, click_ts, req_user, req_ts) -> tuple[np.ndarray, 
     return order, first, end
 
 
-def history_matrices(click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray, click_kind: np.ndarray,
-                     req_user: np.ndarray, req_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def history_matrices(
+    click_user: np.ndarray,
+    click_ts: np.ndarray,
+    click_entity: np.ndarray,
+    click_kind: np.ndarray,
+    req_user: np.ndarray,
+    req_ts: np.ndarray,
+    length: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Training path of `history_inputs`, vectorised: each request's last `length` clicks strictly before
     its time, most recent first, as (R, length) entity indices and kinds."""
     order, first, end = _click_windows(click_user, click_ts, req_user, req_ts)
@@ -224,8 +249,15 @@ def history_matrices(click_user: np.ndarray, click_ts: np.ndarray, click_entity:
     return np.where(valid, ce[pos], 0).astype(np.int64), np.where(valid, ck[pos], 0).astype(np.int64)
 
 
-def history_vectors(tables: FeatureTables, click_user: np.ndarray, click_ts: np.ndarray, click_entity: np.ndarray,
-                    req_user: np.ndarray, req_ts: np.ndarray, table: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+def history_vectors(
+    tables: FeatureTables,
+    click_user: np.ndarray,
+    click_ts: np.ndarray,
+    click_entity: np.ndarray,
+    req_user: np.ndarray,
+    req_ts: np.ndarray,
+    table: np.ndarray | None = None,
+) -> np.ndarray:
     """Training path of `history_vector`, vectorised: for each request, the mean item factor (or row of
     `table`) of the user's last HISTORY_LENGTH clicks strictly before the request time."""
     table = tables.item_factors if table is None else table

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from model_export.text import tokens
+from unirank.core.text import tokens
 
 MAX_PREFIX = 16
 MIN_FUZZY = 3
@@ -32,9 +32,7 @@ class TitleIndex:
             for tok in set(tokens(title)):
                 for n in range(1, min(len(tok), MAX_PREFIX) + 1):
                     buckets[tok[:n]].append(idx)
-        self.prefixes: dict[str, np.ndarray] = {
-            k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in buckets.items()
-        }
+        self.prefixes: dict[str, np.ndarray] = {k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in buckets.items()}
         fuzzy: dict[str, set[str]] = defaultdict(set)
         for key in self.prefixes:
             if len(key) >= MIN_FUZZY:

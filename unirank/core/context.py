@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model_export.text import normalize
+from unirank.core.text import normalize
 
 TASK_INDEX = {"search": 1, "prequery": 2, "more_like_this": 3}  # 0: unknown
+N_TASKS = len(TASK_INDEX) + 1
 PERSONALIZATION_LEVELS = ("none", "cluster", "full")
 
 

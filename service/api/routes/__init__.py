@@ -1,0 +1,1 @@
+"""One module per resource: rank, events, entities, ops (health, readiness, model, metrics)."""

@@ -1,0 +1,48 @@
+"""POST /rank: the unified context's ranking by the model the routing picks (`service.serving`)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.api.deps import ready_state
+from service.api.payloads import JSON, json_body, parse
+from service.errors import InvalidInput, problem
+from service.metrics import REQUEST_LATENCY
+from service.schemas import RankRequest
+from service.serving import serve_rank
+
+router = APIRouter()
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def request_budget_s(request: Request, budget_ms: float) -> float:
+    """The service's budget, or less when the client asks for less (X-Request-Timeout-Ms)."""
+    asked = request.headers.get(TIMEOUT_HEADER)
+    if asked is None:
+        return budget_ms / 1000
+    try:
+        ms = float(asked)
+    except ValueError:
+        ms = -1.0
+    if not 0 < ms < float("inf"):
+        raise InvalidInput(
+            [problem(f"a positive number of milliseconds, not {asked!r}", "X-Request-Timeout-Ms", "header")]
+        )
+    return min(ms, budget_ms) / 1000
+
+
+@router.post("/rank", openapi_extra=json_body(RankRequest))
+async def rank(request: Request) -> Response:
+    """Rank candidates (given, or retrieved) for the unified context; see the README for the fields."""
+    started = time.perf_counter()
+    body = parse(await request.body(), RankRequest)
+    if problems := body.task_input_problems():
+        raise InvalidInput(problems)
+    state = ready_state(request)
+    budget = request_budget_s(request, state.settings.request_budget_ms)
+    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, started, budget)
+    REQUEST_LATENCY.labels(endpoint="/rank", task=body.task, model=model).observe(time.perf_counter() - started)
+    return Response(payload, media_type=JSON, headers={"Server-Timing": timings.header()})

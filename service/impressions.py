@@ -1,0 +1,113 @@
+"""The served-impression log: every /rank answer, recorded off the response path.
+
+Contract: `record()` costs a tuple append: it never waits and never fails a request; when the buffer
+holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
+(`unirank_impressions_total{result="dropped"}`). A background task encodes and appends the buffer to the
+impressions stream in batches (one entry per batch of up to 500 records, the stream capped at about
+`UNIRANK_IMPRESSION_STREAM_MAX` entries), and for requests in an experiment writes `ur:req:<rid>` (its
+experiment, variant and interleaving teams, kept `UNIRANK_REQUEST_TTL_S`) so that /events can credit
+feedback to a variant. Records the store refuses stay buffered and are retried. The format is
+`unirank.core.impression_log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+import redis.asyncio as aioredis
+
+from service.errors import STORE_ERRORS, count_error
+from service.metrics import EXPERIMENT_REQUESTS, IMPRESSIONS
+from service.routing import INTERLEAVED
+from unirank.core.impression_log import encode_impression, request_key
+
+log = logging.getLogger("unirank.impressions")
+
+
+class ImpressionLog:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        max_entries: int,
+        buffer: int,
+        flush_s: float,
+        request_ttl_s: int,
+        batch: int = 500,
+    ):
+        self.client = client
+        self.stream = stream
+        self.max_entries = max_entries
+        self.capacity = buffer
+        self.flush_s = flush_s
+        self.request_ttl_s = request_ttl_s
+        self.batch = batch
+        self._buffer: list[tuple] = []
+        self._dropped = IMPRESSIONS.labels(result="dropped")
+        self._written = IMPRESSIONS.labels(result="written")
+        self._task: asyncio.Task | None = None
+        self._experiment_counters: dict[tuple, object] = {}
+
+    def _experiment_counter(self, experiment: str, variant: str):
+        key = (experiment, variant)
+        if key not in self._experiment_counters:
+            self._experiment_counters[key] = EXPERIMENT_REQUESTS.labels(experiment=experiment, variant=variant)
+        return self._experiment_counters[key]
+
+    def record(self, *fields) -> None:
+        """(rid, model, version, experiment, variant, task, country, user, query, source, level, items_json)"""
+        if len(self._buffer) >= self.capacity:
+            self._dropped.inc()
+            return
+        self._buffer.append((fields[0], int(time.time() * 1000), *fields[1:]))
+        if fields[3] is not None:  # in an experiment
+            self._experiment_counter(fields[3], fields[4]).inc()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Flushes what is buffered (one try), then stops."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            while self._buffer:
+                await self._flush()
+        except STORE_ERRORS as exc:
+            count_error("impressions", exc)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                while self._buffer:
+                    await self._flush()
+            except STORE_ERRORS as exc:  # keep them; the buffer bounds what waits
+                count_error("impressions", exc)
+                await asyncio.sleep(1.0)
+
+    async def _flush(self) -> None:
+        """One stream entry per batch (a JSON array of records): per-command client overhead, not Redis,
+        is what a record per entry would cost the worker."""
+        batch = self._buffer[: self.batch]
+        pipe = self.client.pipeline(transaction=False)
+        records = [encode_impression(*record) for record in batch]
+        pipe.xadd(self.stream, {"b": b"[" + b",".join(records) + b"]"}, maxlen=self.max_entries, approximate=True)
+        for rid, _, _, _, experiment, variant, *_, items in batch:
+            if experiment is not None:
+                key = request_key(rid)
+                teams = teams_of(items) if variant == INTERLEAVED else {}
+                pipe.hset(key, mapping={"_x": experiment, "_v": variant, **teams})
+                pipe.expire(key, self.request_ttl_s)
+        await pipe.execute()
+        del self._buffer[: len(batch)]
+        self._written.inc(len(batch))
+
+
+def teams_of(items_json: bytes) -> dict[str, str]:
+    """entity -> variant of an interleaved answer's items."""
+    return {i["entity_id"]: i["variant"] for i in orjson.loads(items_json)}
