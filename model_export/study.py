@@ -6,10 +6,12 @@ same test requests for every row:
 - ablations: imputation off, feature crossing off (MLP only), task feature off;
 - the research's options: task-conditioned feature gate, MMoE heads, the play head, the mixed-history
   encoder, title text features with the aspect gate, and gate + MMoE + play head together;
+- training choices: a listwise loss next to BCE, and it with new-entity training (DropoutNet);
 - baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART.
 
 Every trained row is repeated over seeds; the report gives the mean and spread and, for the headline
 comparisons, a paired test on per-request NDCG@10 (t-test and a bootstrap interval of the difference).
+`rows` runs a subset (the headline tests whose two rows ran).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Variant:
     separate: bool = False
     architecture: Architecture = Architecture()
     options: ModelOptions = ModelOptions()
+    listwise_weight: float = 0.0
+    cold_entity_rate: float = 0.0
 
 
 VARIANTS = {
@@ -59,7 +63,10 @@ VARIANTS = {
     "+ history encoder": Variant(options=ModelOptions(history_encoder=True)),
     "+ text features": Variant(options=ModelOptions(text_features=True)),
     "+ task gate + mmoe + play head": Variant(options=ModelOptions(task_gate=True, mmoe_experts=3, play_head=True)),
+    "+ listwise loss": Variant(listwise_weight=0.3),
+    "+ listwise loss + new-entity training": Variant(listwise_weight=0.3, cold_entity_rate=0.2),
 }
+BASELINES = ("lightgbm lambdamart", "popularity", "bm25", "implicit als")
 # (comparison row, the row it is compared with, tasks)
 HEADLINES = [
     (REFERENCE, "separate per task (full)", TASKS),
@@ -69,6 +76,9 @@ HEADLINES = [
     (REFERENCE, "implicit als", ("prequery", "more_like_this")),
     ("+ history encoder", REFERENCE, TASKS),
     ("+ text features", REFERENCE, TASKS),
+    ("+ listwise loss", REFERENCE, TASKS),
+    ("+ listwise loss + new-entity training", REFERENCE, TASKS),
+    ("+ listwise loss + new-entity training", "lightgbm lambdamart", TASKS),
 ]
 
 
@@ -79,9 +89,19 @@ def task_subset(enc: Encoded, task: str) -> Encoded:
     return Encoded(inputs, enc.labels[rows], enc.played[rows], enc.row_task[rows], enc.requests)
 
 
+def check_rows(rows: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The rows to run (all when None); unknown names are refused with the list of known ones."""
+    known = (*VARIANTS, *BASELINES)
+    if rows is None:
+        return known
+    if unknown := [r for r in rows if r not in known]:
+        raise ValueError(f"unknown study rows {unknown}; known: {', '.join(known)}")
+    return tuple(dict.fromkeys(rows))
+
+
 class Study:
-    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int):
-        self.seeds, self.epochs = seeds, epochs
+    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int, rows: tuple[str, ...] | None = None):
+        self.seeds, self.epochs, self.rows = seeds, epochs, check_rows(rows)
         self.dataset = Dataset.load(data_dir)
         self.tables = build_tables(
             self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0, text=True
@@ -108,6 +128,8 @@ class Study:
             epochs=self.epochs,
             seed=seed,
             impute=v.impute,
+            listwise_weight=v.listwise_weight,
+            cold_entity_rate=v.cold_entity_rate,
             architecture=v.architecture,
             options=v.options,
         )
@@ -131,15 +153,19 @@ class Study:
 
         fit_enc, val_enc, test = self.encoded("full", True)
         per_seed: dict[str, list[dict]] = {}
-        jobs = [(name, v, s) for name, v in VARIANTS.items() for s in self.seeds]
+        jobs = [(name, v, s) for name, v in VARIANTS.items() if name in self.rows for s in self.seeds]
         for name, v, seed in tqdm(jobs, desc="study", unit="model"):
             per_seed.setdefault(name, []).append(per_task(test, self.scores(v, seed), TASKS))
-        per_seed["lightgbm lambdamart"] = [
-            per_task(test, lambdamart_scores(fit_enc, val_enc, test, s), TASKS) for s in self.seeds
-        ]
-        per_seed["popularity"] = [per_task(test, popularity_scores(self.tables, test), TASKS)]
-        per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
-        per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), ("prequery", "more_like_this"))]
+        if "lightgbm lambdamart" in self.rows:
+            per_seed["lightgbm lambdamart"] = [
+                per_task(test, lambdamart_scores(fit_enc, val_enc, test, s), TASKS) for s in self.seeds
+            ]
+        if "popularity" in self.rows:
+            per_seed["popularity"] = [per_task(test, popularity_scores(self.tables, test), TASKS)]
+        if "bm25" in self.rows:
+            per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
+        if "implicit als" in self.rows:
+            per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), ("prequery", "more_like_this"))]
         return per_seed
 
 
@@ -165,6 +191,8 @@ def paired_tests(per_seed: dict[str, list[dict]], n_boot: int = 2000) -> list[di
     rng = np.random.default_rng(0)
     out = []
     for a, b, tasks in HEADLINES:
+        if a not in per_seed or b not in per_seed:
+            continue
         for task in tasks:
             xa = np.mean([s[task]["ndcg@10"] for s in per_seed[a]], axis=0)
             xb = np.mean([s[task]["ndcg@10"] for s in per_seed[b]], axis=0)
@@ -188,12 +216,17 @@ def paired_tests(per_seed: dict[str, list[dict]], n_boot: int = 2000) -> list[di
 
 
 def run_study(
-    data_dir: Path | str, out_root: Path | str = "results", seeds=(0, 1, 2), epochs: int = 6, log=print
+    data_dir: Path | str,
+    out_root: Path | str = "results",
+    seeds=(0, 1, 2),
+    epochs: int = 6,
+    log=print,
+    rows: tuple[str, ...] | None = None,
 ) -> Path:
     from model_export.report import write_report
 
     started = time.perf_counter()
-    study = Study(Path(data_dir), tuple(seeds), epochs)
+    study = Study(Path(data_dir), tuple(seeds), epochs, rows)
     per_seed = study.run()
     synth = Path(data_dir) / "synth.json"
     result = {

@@ -1,5 +1,10 @@
 """Training: encode the splits with the shared feature code, fit with BCE + Adam, early-stop on validation.
 
+With `listwise_weight` > 0 the loss adds, per request, the softmax cross-entropy of its impressions
+(ListNet with the clicks as the target distribution), and batches hold whole requests. BCE stays in the
+loss so that the output keeps meaning P(click) (the service ranks by it, `rank_by` multiplies it with
+P(play), and the cache stores it); the listwise term only sharpens the order within a request.
+
 `train_bundle` is what `unirank train` runs: feature tables from the feature window, the model fitted
 on the fit window, the ONNX bundle exported (with the parity check) and evaluated on the test window.
 """
@@ -48,6 +53,8 @@ class TrainConfig:
     cold_user_rate: float = 0.1  # rows trained as if the user were unknown, so cold start is learned
     cold_entity_rate: float = 0.0  # rows trained as if the candidate were new (no id, no statistics; DropoutNet)
     threads: int = 2
+    listwise_weight: float = 0.0  # weight of the per-request softmax cross-entropy next to BCE
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (the embeddings memorise ids fast)
     architecture: Architecture = field(default_factory=Architecture)
     options: ModelOptions = field(default_factory=ModelOptions)
 
@@ -67,6 +74,10 @@ class TrainConfig:
         for name in ("cold_user_rate", "cold_entity_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 out.append(f"{name} must be in [0, 1)")
+        if not 0.0 <= self.weight_decay < 1.0:
+            out.append("weight_decay must be in [0, 1)")
+        if not 0.0 <= self.listwise_weight <= 100.0:
+            out.append("listwise_weight must be in [0, 100]")
         if self.epochs < 1 or self.batch_size < 1:
             out.append("epochs and batch_size must be at least 1")
         if self.personalization in PERSONALIZATION_LEVELS:
@@ -156,6 +167,31 @@ def _logloss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+def _epoch_order(enc: Encoded, rng: np.random.Generator, by_request: bool) -> np.ndarray:
+    """Row order of one epoch: shuffled rows, or shuffled requests with their rows kept together."""
+    order = rng.permutation(len(enc))
+    if not by_request:
+        return order
+    request = enc.inputs["cand_ctx"]
+    request_rank = rng.permutation(int(request.max()) + 1)
+    return order[np.argsort(request_rank[request[order]], kind="stable")]
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, request: torch.Tensor) -> torch.Tensor:
+    """Mean over the requests with a click of -sum(y_i * log softmax(s)_i) / sum(y): softmax taken over
+    each request's rows in the batch (a request cut by a batch border counts as two shorter lists)."""
+    group = torch.unique(request, return_inverse=True)[1]
+    n = int(group.max()) + 1
+    top = torch.full((n,), -torch.inf).scatter_reduce(0, group, logits.detach(), "amax")
+    lse = top + torch.log(torch.zeros(n).index_add(0, group, torch.exp(logits - top[group])))
+    positives = torch.zeros(n).index_add(0, group, labels)
+    loss = torch.zeros(n).index_add(0, group, labels * (lse[group] - logits))
+    has = positives > 0
+    if not has.any():
+        return logits.sum() * 0.0
+    return (loss[has] / positives[has]).mean()
+
+
 def fit(
     tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainConfig, log=print
 ) -> tuple[UnifiedRanker, dict]:
@@ -164,7 +200,7 @@ def fit(
     rng = np.random.default_rng(cfg.seed)
     spec = make_spec(tables, fit_enc, cfg)
     model = UnifiedRanker(spec)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     labels = torch.from_numpy(fit_enc.labels)
     played = torch.from_numpy(fit_enc.played.astype(np.float32))
@@ -172,13 +208,16 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = rng.permutation(len(fit_enc))
+        order = _epoch_order(fit_enc, rng, cfg.listwise_weight > 0)
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
         total = 0.0
         for s in bar:
             rows = order[s : s + cfg.batch_size]
             click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
             loss = loss_fn(click, labels[rows])
+            if cfg.listwise_weight > 0:
+                request = torch.from_numpy(fit_enc.inputs["cand_ctx"][rows])
+                loss = loss + cfg.listwise_weight * listwise_loss(click, labels[rows], request)
             if play is not None:  # P(play | click): learned on the clicked rows only
                 clicked = labels[rows] > 0
                 if clicked.any():

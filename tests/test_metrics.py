@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from model_export.metrics import ranking_metrics, summarize
+from model_export.tie_audit import row_order_metric
 
 
 def _by_row_order(scores: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
@@ -92,3 +93,14 @@ def test_every_metric_ignores_row_order_and_request_id_spelling():
     # and the expectation is what the shuffled log is worth, not what the stored order made it look like
     rowwise = np.mean([_by_row_order(scores[group == g], labels[group == g], 10)["ndcg@10"] for g in with_clicks])
     assert summarize(base)["ndcg@10"] < rowwise - 0.05
+
+
+def test_tie_audit_shows_the_row_order_bias_it_documents():
+    # a constant scorer over 10 rows with the click stored first: the earlier metric gave it 1.0, the
+    # tie-aware one the random-ranking expectation, whatever the order
+    group, labels, scores = np.zeros(10, int), np.r_[1, np.zeros(9, int)], np.zeros(10)
+    random_ndcg = np.mean(1 / np.log2(np.arange(10) + 2.0))
+    assert row_order_metric(group, scores, labels)[0] == 1.0
+    assert row_order_metric(group, scores, labels[::-1])[0] == pytest.approx(1 / np.log2(11))
+    for stored in (labels, labels[::-1]):
+        assert ranking_metrics(group, scores, stored)["ndcg@10"][0] == pytest.approx(random_ndcg)

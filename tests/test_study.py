@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from model_export.study import HEADLINES, VARIANTS, run_study
 
 
@@ -23,3 +25,14 @@ def test_study_writes_every_row_the_paired_tests_and_the_report(data_dir, tmp_pa
         assert 0.0 <= t["p_value"] <= 1.0 and t["ci95"][0] <= t["diff"] <= t["ci95"][1]
     report = (out / "report.md").read_text()
     assert "## Paired tests" in report and "## Targets" in report and (out / "ndcg.png").stat().st_size > 10_000
+
+
+def test_study_runs_only_the_rows_asked_for_and_refuses_unknown_ones(data_dir, tmp_path):
+    rows = ("unified (full)", "+ listwise loss", "popularity")
+    out = run_study(data_dir, tmp_path, seeds=(0,), epochs=1, log=lambda *_: None, rows=rows)
+    result = json.loads((out / "study.json").read_text())
+    assert set(result["rows"]) == set(rows)
+    # only the headline comparisons whose two rows ran
+    assert {(t["a"], t["b"]) for t in result["paired_tests"]} == {("+ listwise loss", "unified (full)")}
+    with pytest.raises(ValueError, match="unknown study rows"):
+        run_study(data_dir, tmp_path, seeds=(0,), epochs=1, log=lambda *_: None, rows=("unified (fulll)",))

@@ -49,6 +49,10 @@ def train(
     cold_entity_rate: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of training rows shown as a new entity (DropoutNet)")
     ] = 0.0,
+    listwise_weight: Annotated[
+        float,
+        typer.Option(min=0.0, max=100.0, help="Add per-request softmax cross-entropy (ListNet) to BCE, this much"),
+    ] = 0.0,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -71,6 +75,7 @@ def train(
         seed=seed,
         batch_size=batch_size,
         cold_entity_rate=cold_entity_rate,
+        listwise_weight=listwise_weight,
         options=options,
     )
     manifest = train_bundle(data, out, cfg, log=typer.echo)
@@ -114,6 +119,10 @@ def study(
     quick: Annotated[bool, typer.Option(help="Small data, one seed, two epochs: a smoke test")] = False,
     out: Annotated[Path, typer.Option(help="Where results/study-<timestamp>/ goes")] = Path("results"),
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per trained row")] = 3,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per trained row (default 6; --quick 2)")] = None,
+    row: Annotated[
+        list[str] | None, typer.Option(help="Only these rows (repeat; e.g. 'unified (full)', 'lightgbm lambdamart')")
+    ] = None,
 ) -> None:
     """Unified vs separate models, personalization lift, ablations and baselines, with paired tests."""
     from model_export.study import run_study
@@ -127,7 +136,14 @@ def study(
             else:
                 params = SynthParams(users=12_000, entities=4_000, events=500_000, seed=0)
             generate(params, data)
-    path = run_study(data, out, seeds=(0,) if quick else tuple(range(seeds)), epochs=2 if quick else 6, log=typer.echo)
+    path = run_study(
+        data,
+        out,
+        seeds=(0,) if quick else tuple(range(seeds)),
+        epochs=epochs or (2 if quick else 6),
+        log=typer.echo,
+        rows=tuple(row) if row else None,
+    )
     typer.echo((path / "report.md").read_text())
 
 
