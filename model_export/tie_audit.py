@@ -4,6 +4,7 @@
 candidates the same score (popularity, BM25, ALS) and reports NDCG@10 per task four ways: the earlier
 metric (ties broken by row order) with each request's clicked rows stored first, shuffled, and stored
 last, and the tie-aware metric (`model_export.metrics`, which the same three orders cannot move).
+`--model` adds the unified model (trained as the study's reference row, seed 0).
 Prints a markdown table and writes it with a JSON next to it under `--out`.
 """
 
@@ -41,12 +42,12 @@ def _reordered(group: np.ndarray, labels: np.ndarray, how: str, rng: np.random.G
     return np.lexsort((noise, key, group))
 
 
-def audit(data_dir: Path, seed: int = 0) -> dict:
+def audit(data_dir: Path, seed: int = 0, model: bool = False) -> dict:
     from model_export.baselines import als_scores, bm25_scores
     from model_export.evaluate import popularity_scores
-    from model_export.study import Study
+    from model_export.study import REFERENCE, VARIANTS, Study
 
-    study = Study(data_dir, (seed,), 1, rows=("popularity",))
+    study = Study(data_dir, (seed,), 6, rows=("popularity",))
     _, _, test = study.encoded("full", True)
     rng = np.random.default_rng(seed)
     scorers = {
@@ -54,6 +55,8 @@ def audit(data_dir: Path, seed: int = 0) -> dict:
         "bm25": (bm25_scores(study.tables, test), ("search",)),
         "implicit als": (als_scores(study.tables, test), ("prequery", "more_like_this")),
     }
+    if model:
+        scorers[REFERENCE] = (study.scores(VARIANTS[REFERENCE], seed), ("search", "prequery", "more_like_this"))
     out = {}
     for name, (scores, tasks) in scorers.items():
         for task in tasks:
@@ -89,8 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--model", action="store_true", help="also train and audit the unified model")
     args = parser.parse_args()
-    result = audit(args.data)
+    result = audit(args.data, model=args.model)
     table = markdown(result)
     stem = args.out / f"tie-audit-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out.mkdir(parents=True, exist_ok=True)
