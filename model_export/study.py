@@ -134,12 +134,17 @@ class Study:
             options=v.options,
         )
 
+    def fit_model(self, v: Variant, seed: int):
+        """One unified model of this row (not for `separate` rows)."""
+        fit_enc, val_enc, _ = self.encoded(v.level, v.impute)
+        model, _ = fit(self.tables, fit_enc, val_enc, self._config(v, seed), lambda *_: None)
+        return model
+
     def scores(self, v: Variant, seed: int) -> np.ndarray:
         fit_enc, val_enc, test_enc = self.encoded(v.level, v.impute)
         quiet = lambda *_: None  # noqa: E731
         if not v.separate:
-            model, _ = fit(self.tables, fit_enc, val_enc, self._config(v, seed), quiet)
-            return predict(model, test_enc)
+            return predict(self.fit_model(v, seed), test_enc)
         out = np.zeros(len(test_enc), np.float32)
         for task in TASKS:
             cfg = replace(self._config(v, seed), tasks=(task,))

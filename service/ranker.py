@@ -28,6 +28,7 @@ from service.features import History
 from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY
 from service.schemas import RankRequest
 from service.settings import Settings
+from unirank.core.context import blend_personalization
 from unirank.core.lexical import match_features
 
 
@@ -104,9 +105,14 @@ class Ranker:
 
     def context(self, request: RankRequest) -> RequestContext:
         try:
-            return build_request_context(request, self.bundle.tables, self.bundle.level, self.bundle.impute)
+            ctx = build_request_context(request, self.bundle.tables, self.bundle.level, self.bundle.impute)
         except PersonalizationError as exc:
             raise Unsupported("personalization", str(exc)) from exc
+        if request.personalization_weight is not None and ctx.level != "full":
+            raise Unsupported(
+                "personalization_weight", f"applies to personalization 'full' only (this request is '{ctx.level}')"
+            )
+        return ctx
 
     async def rank(
         self, request: RankRequest, started: float | None = None, tail: bytes = b"", deadline: float = float("inf")
@@ -141,9 +147,10 @@ class Ranker:
         """Every id of `pool` with this model's score for the request, best first (ties by id)."""
         ctx = self.context(request)
         candidates = self.bundle.features.encoder.entity_indices(pool)
+        weight = request.personalization_weight
         with self.bundle.request_scope():
             history = await self._history(ctx, timings) if ctx.level == "full" else None
-            scores = (await self._score_array(ctx, candidates, history, timings, deadline)).tolist()
+            scores = (await self._blended(ctx, candidates, history, timings, deadline, weight)).tolist()
         return sorted(zip(pool, scores, strict=True), key=lambda p: (-p[1], p[0]))
 
     async def _items(
@@ -154,7 +161,8 @@ class Ranker:
             ids = self._explicit_ids(request, ctx)
             candidates = self.bundle.features.encoder.entity_indices(ids)
             history = await self._history(ctx, timings) if ctx.level == "full" else None
-            return await self._score(ctx, candidates, ids, request.k, history, timings, deadline), "bypass"
+            weight = request.personalization_weight
+            return await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight), "bypass"
         if ctx.level != "full":
             key = ctx.cache_key(self.bundle.cache_version, request.k)
             started = time.perf_counter()
@@ -168,7 +176,8 @@ class Ranker:
         candidates, status = await self._stage_one(ctx, timings, deadline)
         history = await self._history(ctx, timings)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
-        return await self._score(ctx, candidates, ids, request.k, history, timings, deadline), status
+        weight = request.personalization_weight
+        return await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight), status
 
     @staticmethod
     def _explicit_ids(request: RankRequest, ctx: RequestContext) -> list[str]:
@@ -207,6 +216,23 @@ class Ranker:
         timings.add("inference", started)
         return scores
 
+    async def _blended(
+        self,
+        ctx: RequestContext,
+        candidates: np.ndarray,
+        history: History | None,
+        timings: Timings,
+        deadline: float,
+        weight: float | None,
+    ) -> np.ndarray:
+        """Scores at the request's level; with a personalization weight below 1 (level 'full'), blended
+        with the same candidates' cluster-level scores (a second model call)."""
+        scores = await self._score_array(ctx, candidates, history, timings, deadline)
+        if weight is None or weight >= 1.0 or len(candidates) == 0:
+            return scores
+        cluster = await self._score_array(ctx.at_level("cluster"), candidates, None, timings, deadline)
+        return blend_personalization(scores, cluster, weight)
+
     async def _score(
         self,
         ctx: RequestContext,
@@ -216,8 +242,9 @@ class Ranker:
         history: History | None,
         timings: Timings,
         deadline: float = float("inf"),
+        weight: float | None = None,
     ) -> bytes:
-        return top_k(await self._score_array(ctx, candidates, history, timings, deadline), ids, k)
+        return top_k(await self._blended(ctx, candidates, history, timings, deadline, weight), ids, k)
 
     async def _compute_and_store(
         self, ctx: RequestContext, k: int, key: str, timings: Timings, deadline: float = float("inf")

@@ -36,6 +36,11 @@ class RankRequest(BaseModel):
     candidates: Annotated[list[Id], Field(max_length=MAX_CANDIDATES)] | None = None
     k: Annotated[int, Field(ge=1, le=500)] = 20
     personalization: Personalization | None = None
+    personalization_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        None,
+        description="With personalization 'full': 0 ranks as the user's cluster would, 1 (the default) fully "
+        "personalized; between, the scores are blended (how much the user's own history may move a search)",
+    )
     explain: bool = False
     request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")] | None = Field(
         None, description="Yours (printable ASCII, no spaces), echoed in the response and the logs; else generated"

@@ -337,3 +337,25 @@ def test_redis_down_events_are_refused_and_ranking_survives(bundle_dir):
         assert out.status_code == 200 and out.json()["items"]
     finally:
         live.stop()
+
+
+def test_personalization_weight_moves_a_search_between_its_cluster_and_its_user(client, tables):
+    user = tables.user_ids[1]
+    candidates = list(tables.entity_ids[1:41])
+    body = {"task": "search", "country": "US", "user_id": user, "query": "the", "candidates": candidates, "k": 40}
+    full = {i["entity_id"]: i["score"] for i in rank(client, **body)["items"]}
+    cluster = rank(client, **body | {"personalization": "cluster"})["items"]
+    assert rank(client, **body | {"personalization_weight": 1.0})["items"] == rank(client, **body)["items"]
+    at_zero = rank(client, **body | {"personalization_weight": 0.0})["items"]
+    assert [i["entity_id"] for i in at_zero] == [i["entity_id"] for i in cluster]
+    assert [i["score"] for i in at_zero] == pytest.approx([i["score"] for i in cluster], abs=1e-5)
+    cluster = {i["entity_id"]: i["score"] for i in cluster}
+    assert full != cluster  # a known user: personalization changes the scores
+    half = {i["entity_id"]: i["score"] for i in rank(client, **body | {"personalization_weight": 0.5})["items"]}
+    for entity, score in half.items():
+        low, high = sorted((full[entity], cluster[entity]))
+        assert low - 1e-6 <= score <= high + 1e-6
+    r = client.post("/rank", json=body | {"personalization": "none", "personalization_weight": 0.5})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "personalization_weight"
+    r = client.post("/rank", json=body | {"personalization_weight": 1.5})
+    assert r.status_code == 422 and "personalization_weight" in r.text

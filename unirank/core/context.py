@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from unirank.core.text import normalize
 
 TASK_INDEX = {"search": 1, "prequery": 2, "more_like_this": 3}  # 0: unknown
@@ -52,3 +54,16 @@ def build_context(
 
 def personalization_rank(level: str) -> int:
     return PERSONALIZATION_LEVELS.index(level)
+
+
+def blend_personalization(full: np.ndarray, cluster: np.ndarray, weight: float) -> np.ndarray:
+    """Scores between the cluster-level (weight 0) and the fully personalized (weight 1) ones of the same
+    candidates: interpolated in log-odds, so the result is still a probability and the order at the ends
+    is exactly that of either score."""
+    if weight >= 1.0:
+        return full
+    eps = np.float32(1e-7)
+    f = np.clip(full, eps, 1 - eps).astype(np.float32)
+    c = np.clip(cluster, eps, 1 - eps).astype(np.float32)
+    logit = weight * np.log(f / (1 - f)) + (1 - weight) * np.log(c / (1 - c))
+    return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
