@@ -11,6 +11,7 @@ interleaving (Radlinski et al., 2008) with coin flips drawn from the request id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -98,10 +99,15 @@ def unit_hash(*parts: str) -> float:
     return struct.unpack(">Q", digest)[0] / 2**64
 
 
+@functools.lru_cache(maxsize=64)
+def _outside_experiments(model: str) -> Assignment:
+    return Assignment(model)
+
+
 def assign(routing: Routing, user_id: str | None, request_id: str) -> Assignment:
     e = routing.experiment
     if e is None:
-        return Assignment(routing.default)
+        return _outside_experiments(routing.default)
     if e.mode == "interleave":
         first, second = e.variants
         return Assignment(first.model, e.name, INTERLEAVED, second.model)

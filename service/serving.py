@@ -27,6 +27,8 @@ from service.routing import INTERLEAVED, assign, team_draft
 from service.schemas import RankRequest
 from service.shadow import ShadowScorer
 
+_NO_EXPERIMENT = b',"experiment":null,"variant":null'
+
 
 async def serve_rank(
     fleet: Fleet,
@@ -39,16 +41,19 @@ async def serve_rank(
     request_id = request.request_id or secrets.token_hex(8)
     routing = fleet.routing
     assignment = assign(routing, request.user_id, request_id)
-    tail = b"".join(
-        (
-            b',"request_id":',
-            orjson.dumps(request_id),
-            b',"experiment":',
-            orjson.dumps(assignment.experiment),
-            b',"variant":',
-            orjson.dumps(assignment.variant),
+    if assignment.experiment is None:
+        tail = b',"request_id":' + orjson.dumps(request_id) + _NO_EXPERIMENT
+    else:
+        tail = b"".join(
+            (
+                b',"request_id":',
+                orjson.dumps(request_id),
+                b',"experiment":',
+                orjson.dumps(assignment.experiment),
+                b',"variant":',
+                orjson.dumps(assignment.variant),
+            )
         )
-    )
     model = fleet.serving(assignment.model)
     if assignment.partner is not None:
         partner = fleet.serving(assignment.partner)

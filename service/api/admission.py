@@ -95,15 +95,25 @@ class Admission:
             return await self.app(scope, receive, send)
         if self.drain.active:
             send = self.drain.closing(send)
+        declared = None
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                return await _send(send, 413, self.too_large)
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+                if declared > self.max_body:
+                    return await _send(send, 413, self.too_large)
         path = scope["path"]
-        if path in self.paths:
+        guarded = path in self.paths
+        if guarded:
             self.lag.ensure_running()
             if self.in_flight >= self.limit or self.lag.standing:
                 self._rejected[path].inc()
                 return await _send(send, 503, OVERLOADED)
+        if declared is not None:  # the server stops the body at its declared length: nothing to count
+            self.in_flight += guarded
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= guarded
         received, started = 0, False
 
         async def counted_receive():
@@ -119,7 +129,6 @@ class Admission:
             started = True
             await send(message)
 
-        guarded = path in self.paths
         self.in_flight += guarded
         try:
             await self.app(scope, counted_receive, watched_send)

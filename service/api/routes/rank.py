@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from fastapi import APIRouter, Request
@@ -15,6 +16,13 @@ from service.schemas import RankRequest
 from service.serving import serve_rank
 
 router = APIRouter()
+
+
+@functools.cache
+def _latency(task: str, model: str):
+    return REQUEST_LATENCY.labels(endpoint="/rank", task=task, model=model)  # labels() costs microseconds
+
+
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
@@ -44,5 +52,5 @@ async def rank(request: Request) -> Response:
     state = ready_state(request)
     budget = request_budget_s(request, state.settings.request_budget_ms)
     payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, started, budget)
-    REQUEST_LATENCY.labels(endpoint="/rank", task=body.task, model=model).observe(time.perf_counter() - started)
+    _latency(body.task, model).observe(time.perf_counter() - started)
     return Response(payload, media_type=JSON, headers={"Server-Timing": timings.header()})
