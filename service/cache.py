@@ -54,7 +54,7 @@ class QuickBlockingPool(aioredis.BlockingConnectionPool):
     `max_connections` are busy is the wait (and its timeout) needed, and then the base class does it."""
 
     async def get_connection(self, command_name=None, *keys, **options):
-        if not self._available_connections or self._in_maintenance:
+        if not self._available_connections or getattr(self, "_in_maintenance", False):
             return await super().get_connection()
         connection = self._available_connections.pop()
         self._in_use_connections.add(connection)
