@@ -97,6 +97,56 @@ def numpy_matmul_flops(width: int, rows: int = 200, seconds: float = 1.0) -> flo
     return 2.0 * rows * width * width * n / took
 
 
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # set on some machines; they slow a current numpy
+
+
+def matmul_probe(width: int, cpus: set[int] | None) -> dict:
+    """`numpy_matmul_flops` in its own process on the server's core, with the OpenBLAS overrides unset
+    there (only there), and the BLAS kernels threadpoolctl reports."""
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_ENV}
+    code = (
+        "import json, sys; from threadpoolctl import threadpool_info; from loadtest.bench import numpy_matmul_flops; "
+        f"print(json.dumps({{'flops': numpy_matmul_flops({int(width)}), 'blas': threadpool_info()}}))"
+    )
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True, text=True, preexec_fn=preexec
+    )
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    probe["unset"] = [k for k in BLAS_ENV if k in os.environ]
+    return probe
+
+
+def _candidates_scored(url: str, task: str) -> tuple[float, float]:
+    """(sum, count) of the service's `unirank_candidates_count{task}` histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"unirank_candidates_{part}{{") and f'task="{task}"' in line:
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values.get("sum", 0.0), values.get("count", 0.0)
+
+
+def stage_profile(url: str, bodies: Path, n: int = 300) -> dict:
+    """Mean milliseconds per stage of sequential requests, from their Server-Timing headers; `other` is
+    what the header does not name (HTTP, parsing the body, routing, top-k and encoding the answer)."""
+    lines = [b for b in bodies.read_bytes().splitlines() if b.strip()]
+    totals: dict[str, float] = {}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(n):
+            r = client.post("/rank", content=lines[i % len(lines)], headers={"content-type": "application/json"})
+            for part in r.headers.get("server-timing", "").split(","):
+                name, _, dur = part.strip().partition(";dur=")
+                if dur:
+                    totals[name] = totals.get(name, 0.0) + float(dur)
+    mean = {k: v / n for k, v in totals.items()}
+    total = mean.pop("total", 0.0)
+    mean["other"] = max(total - sum(mean.values()), 0.0)
+    share = {k: v / total for k, v in mean.items()} if total else {}
+    return {"requests": n, "total_ms": total, "ms": mean, "share": share}
+
+
 def machine() -> dict:
     import onnxruntime
 
@@ -231,7 +281,13 @@ def run_bench(
         ]
         for name, url, path, bodies in plan:
             print(f"bench: {name} (concurrency 8, {duration:.0f}s)", flush=True)
+            before = _candidates_scored(service.url, "search") if name == "keystroke_miss" else None
             scenarios[name] = _drive(url, path, bodies, 8, duration, warmup, load_cpus)
+            if before is not None:
+                total, count = _candidates_scored(service.url, "search")
+                scenarios[name]["candidates_per_request"] = (total - before[0]) / max(count - before[1], 1.0)
+        print("bench: rank_200 stage profile (sequential, from Server-Timing)", flush=True)
+        stages = stage_profile(service.url, files["rank_200"])
         scenarios["events"]["events_per_s"] = scenarios["events"]["rps"] * 100
         rollout_s = max(duration, 5 * ROLLOUT_EVERY_S)  # a few switches even in a quick run
         print(
@@ -252,8 +308,18 @@ def run_bench(
         naive.stop()
         redis.stop()
     spec = ModelSpec.from_dict(manifest["model"])
-    achieved = scenarios["rank_200"]["rps"] * 200 * spec.flops_per_candidate()
-    numpy_flops = numpy_matmul_flops(spec.width)
+    flops = spec.flops_per_candidate()
+    achieved = scenarios["rank_200"]["rps"] * 200 * flops
+    probe = matmul_probe(spec.width, server_cpus)
+    numpy_flops = probe["flops"]
+    # what one core could answer if the request cost only the HTTP stack (the ceiling) and the model's
+    # FLOPs at the matmul rate: the limit the ratios below compare against
+    ceiling_s = 1.0 / scenarios["ceiling"]["rps"]
+    miss_candidates = scenarios["keystroke_miss"].get("candidates_per_request", 0.0)
+    limits = {
+        "rank_200_rps": 1.0 / (ceiling_s + 200 * flops / numpy_flops),
+        "keystroke_miss_rps": 1.0 / (ceiling_s + miss_candidates * flops / numpy_flops),
+    }
     result = {
         "machine": machine() | {"server_cpus": sorted(server_cpus or []), "loadgen_cpus": sorted(load_cpus or [])},
         "bundle": {"version": manifest["version"], "personalization": manifest["personalization"]},
@@ -264,13 +330,21 @@ def run_bench(
             "rank_200_vs_naive_200": scenarios["rank_200"]["rps"] / max(scenarios["naive_200"]["rps"], 1e-9),
             "rollout_p99_vs_rank_200_p99": scenarios["rollout"]["p99_ms"] / max(scenarios["rank_200"]["p99_ms"], 1e-9),
         }
-        | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED},
+        | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED}
+        | {
+            "rank_200_vs_limit": scenarios["rank_200"]["rps"] / limits["rank_200_rps"],
+            "keystroke_miss_vs_limit": scenarios["keystroke_miss"]["rps"] / limits["keystroke_miss_rps"],
+        },
+        "limits": limits,
+        "rank_200_stages": stages,
         "impression_log": logging,
         "scoring_efficiency": achieved / numpy_flops,
         "scoring": {
             "flops_per_candidate": spec.flops_per_candidate(),
             "achieved_flops": achieved,
             "numpy_matmul_flops": numpy_flops,
+            "blas": probe["blas"],
+            "blas_env_unset_for_the_probe": probe["unset"],
         },
         "rank_200_vs_concurrency": sweep,
     }
@@ -301,13 +375,16 @@ RATIOS = (
     "rollout_p99_vs_rank_200_p99",
     "keystroke_hit_p99_log_on_vs_off",
     "rank_200_p99_log_on_vs_off",
+    "rank_200_vs_limit",
+    "keystroke_miss_vs_limit",
 )
 SCENARIO_FIELDS = ("rps", "p50_ms", "p95_ms", "p99_ms", "errors", "concurrency")
 
 
 def completeness_problems(r: dict) -> list[str]:
     """What a CI smoke run checks: every scenario and ratio present, traffic flowed, zero errors."""
-    problems = [f"missing key {k}" for k in ("machine", "scenarios", "ratios", "scoring_efficiency") if k not in r]
+    keys = ("machine", "scenarios", "ratios", "scoring_efficiency", "limits", "rank_200_stages")
+    problems = [f"missing key {k}" for k in keys if k not in r]
     for name in SCENARIOS:
         s = r.get("scenarios", {}).get(name)
         if s is None:
@@ -370,6 +447,19 @@ def format_table(r: dict) -> str:
         "- scoring efficiency (model FLOP/s in /rank over numpy matmul FLOP/s, one core): "
         f"{r['scoring_efficiency']:.3f}",
     ]
+    if "limits" in r:
+        lines += [
+            f"- limits (ceiling + the model's FLOPs at the matmul rate): rank_200 {r['limits']['rank_200_rps']:.0f}/s "
+            f"(reached {r['ratios']['rank_200_vs_limit']:.1%}), keystroke_miss "
+            f"{r['limits']['keystroke_miss_rps']:.0f}/s (reached {r['ratios']['keystroke_miss_vs_limit']:.1%})",
+            "",
+            "| rank_200 stage (sequential, Server-Timing) | ms | share |",
+            "|---|---|---|",
+            *(
+                f"| {k} | {v:.3f} | {r['rank_200_stages']['share'].get(k, 0):.0%} |"
+                for k, v in r["rank_200_stages"]["ms"].items()
+            ),
+        ]
     if r["rank_200_vs_concurrency"]:
         lines += ["", "| rank_200 concurrency | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
         lines += [

@@ -21,8 +21,12 @@ COMPLETE = {
         "rollout_p99_vs_rank_200_p99": 1.1,
         "keystroke_hit_p99_log_on_vs_off": 1.0,
         "rank_200_p99_log_on_vs_off": 1.0,
+        "rank_200_vs_limit": 0.3,
+        "keystroke_miss_vs_limit": 0.4,
     },
     "scoring_efficiency": 0.5,
+    "limits": {"rank_200_rps": 2000.0, "keystroke_miss_rps": 2500.0},
+    "rank_200_stages": {"requests": 1, "total_ms": 2.0, "ms": {"inference": 1.0, "other": 1.0}, "share": {}},
 }
 
 
