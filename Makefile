@@ -26,11 +26,12 @@ $(BUNDLE)/manifest.json: | venv
 demo: $(BUNDLE)/manifest.json
 
 serve: venv $(BUNDLE)/manifest.json
-	@echo "unirank on http://$(HOST):$(PORT)  (try, in another shell:)"
+	@echo "unirank on http://$(HOST):$(PORT)  (the demo page: http://$(HOST):$(PORT)/demo; the API: /docs)"
+	@echo "try, in another shell:"
 	@echo "  curl -s -X POST http://$(HOST):$(PORT)/rank -H 'content-type: application/json' \\"
 	@echo "       -d '{\"task\": \"search\", \"country\": \"US\", \"query\": \"str\", \"k\": 5}'"
 	@echo "  (admin endpoints take 'Authorization: Bearer $(ADMIN_TOKEN)'; Ctrl-C stops)"
-	@UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) || \
+	@UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) UNIRANK_DEMO_PAGE=$${UNIRANK_DEMO_PAGE:-1} $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) || \
 		[ $$? -eq 130 ]
 
 test: venv

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from service.batching import MicroBatcher
 from service.bundle_store import BundleInvalid, read_manifest
 from service.catalog import RuntimeCatalog
 from service.context import RequestContext, build_request_context
+from service.display import Entities
 from service.features import ServingFeatures
 from service.retrieval import Retriever
 from service.schemas import RankRequest
@@ -47,6 +48,10 @@ class LoadedBundle:
     catalog: RuntimeCatalog
     spec: ModelSpec
     batcher: MicroBatcher | None = None
+    entities: Entities = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.entities = Entities(self.tables, self.catalog)
 
     async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Scores through the micro-batcher when it is on, else in one call right here."""

@@ -41,6 +41,17 @@ class RequestContext:
         u = self.unified
         return f"ur:cand:{version}:{u.task}:{self.country}:{self.cluster}:{u.source_entity_id or ''}:{u.query}"
 
+    @property
+    def unknown(self) -> bool:
+        """Whether the model lacks something the request names (a user, source or country): a warning."""
+        u = self.unified
+        return (
+            (u.task == "search" and not u.query)
+            or (bool(u.source_entity_id) and not self.source)
+            or (bool(u.user_id) and not self.user)
+            or not self.country
+        )
+
     def explain(self) -> dict:
         u = self.unified
         return {

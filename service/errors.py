@@ -22,11 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.metrics import ERRORS
 
 log = logging.getLogger("unirank.errors")
 
+PARAM_PLACES = ("body", "query", "path", "header", "cookie")
 STORE_ERRORS = (RedisError, OSError)  # what a Redis call raises when Redis is down, slow or refusing
 
 
@@ -165,6 +167,16 @@ def render(status: int, problems: list[dict], headers: dict | None = None, extra
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the request's path takes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
@@ -174,12 +186,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def request_validation(request: Request, exc: RequestValidationError) -> Response:
         count_error("validation")
-        return render(422, pydantic_problems(list(exc.errors())))
+        # a parameter is named as the client wrote it ("k"), not with FastAPI's location ("query.k")
+        located = [
+            e | {"loc": tuple(e["loc"])[1:]} if e.get("loc") and e["loc"][0] in PARAM_PLACES else e
+            for e in exc.errors()
+        ]
+        return render(422, pydantic_problems(located))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         """Starlette's own (404 for an unknown path, 405 for a wrong method) in the same body shape."""
-        return render(exc.status_code, [problem(str(exc.detail), type_="http")], getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names the first route of the path; a path may have several
+            headers = dict(headers or {}) | {"Allow": ", ".join(allowed_methods(request))}
+        return render(exc.status_code, [problem(str(exc.detail), type_="http")], headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:

@@ -27,6 +27,7 @@ class History:
     kinds: np.ndarray
     vector: np.ndarray
     text: np.ndarray | None = None  # mean title text vector (bundles with text features)
+    live: int = 0  # how many of the first entities are live (Redis) events, not the bundle's snapshot
 
 
 def parse_live(entry: bytes) -> tuple[str, int]:
@@ -44,8 +45,9 @@ class ServingFeatures:
         self.history_encoder = spec.options.history_encoder
         self.text_features = spec.options.text_features
 
-    def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray]:
-        """Entity indices and kinds of the user's history, most recent first: live events, then the snapshot."""
+    def recent_events(self, live: list[bytes], user: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Entity indices and kinds of the user's history, most recent first: live events, then the
+        snapshot; and how many of them are live."""
         get = self.tables.entity_index.get
         fresh = [(get(e, 0), k) for e, k in map(parse_live, live)]
         fresh = [(e, k) for e, k in fresh if e]
@@ -55,12 +57,12 @@ class ServingFeatures:
             snap_e = snap_k = np.zeros(0, np.int64)
         entities = np.concatenate([np.asarray([e for e, _ in fresh], np.int64), snap_e])[:HISTORY_LENGTH]
         kinds = np.concatenate([np.asarray([k for _, k in fresh], np.int64), snap_k])[:HISTORY_LENGTH]
-        return entities, kinds
+        return entities, kinds, min(len(fresh), HISTORY_LENGTH)
 
     def history(self, live: list[bytes], user: int) -> History:
-        entities, kinds = self.recent_events(live, user)
+        entities, kinds, n_live = self.recent_events(live, user)
         text = history_vector(self.tables, entities, self.tables.text_vec) if self.text_features else None
-        return History(entities, kinds, history_vector(self.tables, entities), text)
+        return History(entities, kinds, history_vector(self.tables, entities), text, n_live)
 
     def inputs(
         self, ctx: RequestContext, candidates: np.ndarray, history: History | None = None

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from service.bundle import LoadedBundle
 from service.cache import RankCache
 from service.context import PersonalizationError, RequestContext, build_request_context
-from service.errors import DeadlineExceeded, ModelFailure, Unsupported, store_failures_tolerated
+from service.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
 from service.events import recent_history
 from service.features import History
 from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY
@@ -67,6 +67,17 @@ class RankResult:
     timings: Timings
     items: bytes = b"[]"  # the items as encoded in the body
     level: str = ""  # the personalization applied
+
+
+def with_available(items: bytes, available: int) -> bytes:
+    """A cached ranking: the encoded items, then how many candidates they were chosen from."""
+    return items + b"|" + str(available).encode()
+
+
+def split_available(value: bytes) -> tuple[bytes, int | None]:
+    """`with_available` undone (the count is None for a value cached without it)."""
+    items, _, available = value.rpartition(b"|")  # the count has no "|"; entity ids may
+    return (items, int(available)) if items and available.isdigit() else (value, None)
 
 
 def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
@@ -124,14 +135,60 @@ class Ranker:
         ctx = self.context(request)
         timings.add("context", timings.started)
         with self.bundle.request_scope():
-            items, status = await self._items(request, ctx, timings, deadline)
+            items, status, available = await self._items(request, ctx, timings, deadline)
         if self.observe:
             self._cache_results[status].inc()
-        body = b'{"items":' + items + self._head + ctx.unified.task.encode() + b'","cache":"' + status.encode() + b'"'
+        shown = self.bundle.entities.decorate(items) if request.display else items
+        body = b"".join(
+            (
+                b'{"items":',
+                shown,
+                self._head,
+                ctx.unified.task.encode(),
+                b'","cache":"',
+                status.encode(),
+                b'"',
+                self._counts(request.k, available),
+                b',"warnings":',
+                orjson.dumps(self.warnings(request, ctx)) if ctx.unknown or request.candidates else b"[]",
+            )
+        )
         if request.explain:
             body += b',"context":' + orjson.dumps(ctx.explain())
         timings.finish(self.observe)
         return RankResult(body + tail + b"}", status, timings, items, ctx.level)
+
+    @staticmethod
+    def _counts(k: int, available: int | None) -> bytes:
+        """`returned` (at most k) and `available`: how many candidates the items were chosen from."""
+        if available is None:
+            return b""
+        return b',"returned":' + str(min(k, available)).encode() + b',"available":' + str(available).encode()
+
+    def warnings(self, request: RankRequest, ctx: RequestContext) -> list[dict]:
+        """What the model did not know about the request (it answered anyway), each naming its field."""
+        out = []
+        u = ctx.unified
+        if u.task == "search" and not u.query:
+            message = "no letter or digit to search by: nothing matches"
+            out.append(problem(message, "query", "empty"))
+        if u.source_entity_id and not ctx.source:
+            instead = "; the popular titles in the country instead" if u.task == "more_like_this" else ""
+            out.append(problem(f"unknown entity '{u.source_entity_id}'{instead}", "source_entity_id", "unknown"))
+        if u.user_id and not ctx.user and ctx.level != "none":
+            message = f"user '{u.user_id}' is not among the model's users: ranked as a new user"
+            out.append(
+                problem(message + (" with their live history" if ctx.level == "full" else ""), "user_id", "unknown")
+            )
+        if not ctx.country:
+            message = f"country '{u.country}' is not among the model's countries: ranked as an unknown country"
+            out.append(problem(message, "country", "unknown"))
+        if request.candidates is not None:
+            missing = [c for c in request.candidates if c not in self.bundle.tables.entity_index]
+            if missing:
+                message = f"{len(missing)} candidate(s) unknown to the model, scored as unknown entities"
+                out.append(problem(message, "candidates", "unknown") | {"entity_ids": missing[:20]})
+        return out
 
     async def candidate_ids(self, request: RankRequest) -> list[str]:
         """The candidates this model would rank for the request: the given ones, or its retrieval."""
@@ -155,29 +212,46 @@ class Ranker:
 
     async def _items(
         self, request: RankRequest, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
-    ) -> tuple[bytes, str]:
-        """The ranked items as JSON, and how the cache was used."""
+    ) -> tuple[bytes, str, int | None]:
+        """The ranked items as JSON, how the cache was used, and how many candidates they came from."""
         if request.candidates is not None:
             ids = self._explicit_ids(request, ctx)
             candidates = self.bundle.features.encoder.entity_indices(ids)
             history = await self._history(ctx, timings) if ctx.level == "full" else None
             weight = request.personalization_weight
-            return await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight), "bypass"
+            items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
+            return items, "bypass", len(ids)
+        if ctx.unified.task == "search" and not ctx.unified.query:  # nothing to match titles with
+            return b"[]", "bypass", 0
         if ctx.level != "full":
             key = ctx.cache_key(self.bundle.cache_version, request.k)
             started = time.perf_counter()
-            items = await self.cache.get(key)
+            value = await self.cache.get(key)
             timings.add("cache", started)
-            if items is not None:
-                return items, "hit"
-            return await self.cache.single_flight(
-                key, lambda: self._compute_and_store(ctx, request.k, key, timings, deadline)
-            ), "miss"
+            status = "hit"
+            if value is None:
+                value = await self.cache.single_flight(
+                    key, lambda: self._compute_and_store(ctx, request.k, key, timings, deadline)
+                )
+                status = "miss"
+            items, available = split_available(value)
+            return items, status, available
         candidates, status = await self._stage_one(ctx, timings, deadline)
         history = await self._history(ctx, timings)
+        candidates = self.with_session(ctx, candidates, history)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
         weight = request.personalization_weight
-        return await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight), status
+        items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
+        return items, status, len(ids)
+
+    def with_session(self, ctx: RequestContext, candidates: np.ndarray, history: History) -> np.ndarray:
+        """The cluster's candidates plus titles related to the user's live (this session's) engagements,
+        so that what they just did can move the ranking, not only re-order the cluster's list."""
+        n = self.settings.session_candidates
+        if n <= 0 or history.live == 0:
+            return candidates
+        related = self.bundle.retriever.related(history.entities[: history.live], ctx.country, exclude=candidates)
+        return np.concatenate([candidates, related[:n]]) if related.size else candidates
 
     @staticmethod
     def _explicit_ids(request: RankRequest, ctx: RequestContext) -> list[str]:
@@ -251,9 +325,9 @@ class Ranker:
     ) -> bytes:
         candidates = self._retrieve(ctx, timings)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
-        items = await self._score(ctx, candidates, ids, k, None, timings, deadline)
-        await self.cache.set(key, items)
-        return items
+        value = with_available(await self._score(ctx, candidates, ids, k, None, timings, deadline), len(ids))
+        await self.cache.set(key, value)
+        return value
 
     async def _stage_one(
         self, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
@@ -267,15 +341,20 @@ class Ranker:
             return np.frombuffer(packed, np.int32).astype(np.int64), "hit"
 
         async def compute() -> bytes:
-            candidates = self._retrieve(ctx, timings)
-            scores = await self._score_array(ctx.at_level("cluster"), candidates, None, timings, deadline)
-            keep = candidates[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
-            value = keep.astype(np.int32).tobytes()
+            value = (await self.cluster_candidates(ctx, timings, deadline)).astype(np.int32).tobytes()
             await self.cache.set(key, value)
             return value
 
         value = await self.cache.single_flight(key, compute)
         return np.frombuffer(value, np.int32).astype(np.int64), "miss"
+
+    async def cluster_candidates(
+        self, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
+    ) -> np.ndarray:
+        """Stage one of a `full` request (uncached): retrieval, scored at cluster level, the best kept."""
+        candidates = self._retrieve(ctx, timings)
+        scores = await self._score_array(ctx.at_level("cluster"), candidates, None, timings, deadline)
+        return candidates[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
 
     def fallback(
         self, request: RankRequest, reason: str, started: float | None = None, tail: bytes = b""
@@ -306,7 +385,9 @@ class Ranker:
         chosen = order[: request.k]
         n = max(len(chosen), 1)
         items = orjson.dumps([{"entity_id": ids[i], "score": (n - r) / n} for r, i in enumerate(chosen)])
-        body = b'{"items":' + items + self._head + ctx.unified.task.encode() + b'","cache":"bypass"'
+        shown = self.bundle.entities.decorate(items) if request.display else items
+        body = b'{"items":' + shown + self._head + ctx.unified.task.encode() + b'","cache":"bypass"'
+        body += self._counts(request.k, len(ids)) + b',"warnings":' + orjson.dumps(self.warnings(request, ctx))
         body += b',"degraded":true,"degraded_reason":' + orjson.dumps(reason)
         if request.explain:
             body += b',"context":' + orjson.dumps(ctx.explain())

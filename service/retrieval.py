@@ -3,7 +3,8 @@
 - search: the title index (token prefixes, one-edit typos), most popular first when there are many;
 - prequery: popular in the country, plus favourites of the user's cluster, plus the newest entities
   added at run time (no engagement yet, so the model, not popularity, decides whether they show);
-- more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles.
+- more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles;
+- with personalization `full`, `related` adds what relates to the user's live engagements (the session).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
 
 
 FRESH = 50  # newest runtime-added entities considered for prequery
+SESSION_PER_SOURCE = 10  # related titles taken per recent engagement (co-engaged, then same franchise)
 
 
 class Retriever:
@@ -80,6 +82,26 @@ class Retriever:
             return cand
         fresh = np.fromiter(reversed(self.fresh), np.int64, len(self.fresh))
         return _unique_in_order([cand, self._available(fresh, country)])
+
+    def related(self, engaged: np.ndarray, country: int, exclude: np.ndarray, sources: int = 5) -> np.ndarray:
+        """Titles related to a user's latest engagements (most recent first): co-engaged neighbours and
+        titles sharing words (same franchise) of up to `sources` distinct ones, interleaved so that the
+        most recent engagements come first; available in the country, none of `exclude` or `engaged`."""
+        t = self.tables
+        recent = _unique_in_order([engaged])[:sources]
+        per_source = []
+        for e in recent.tolist():
+            co = self.co_neighbours[e][:SESSION_PER_SOURCE] if e < len(self.co_neighbours) else np.zeros(0, np.int64)
+            per_source.append(_unique_in_order([co, t.title_index.lookup(t.norm_titles[e])[:SESSION_PER_SOURCE]]))
+        if not per_source:
+            return np.zeros(0, np.int64)
+        width = max(len(p) for p in per_source)  # round robin: the first of each source, then the second...
+        grid = np.zeros((len(per_source), width), np.int64)
+        for row, p in zip(grid, per_source, strict=True):
+            row[: len(p)] = p
+        cand = _unique_in_order([grid.T.ravel()])
+        cand = cand[(cand > 0) & ~np.isin(cand, exclude) & ~np.isin(cand, engaged)]
+        return self._available(cand, country)
 
     def more_like_this(self, source: int, country: int) -> np.ndarray:
         if source == 0:  # unknown source: nothing to be similar to, so the popular titles

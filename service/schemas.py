@@ -13,8 +13,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, field_validator
 
-from unirank.core.text import normalize
-
 Task = Literal["search", "prequery", "more_like_this"]
 # an id: 1-128 characters, none of them a control character (NUL and friends end up in Redis keys and logs)
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -22,19 +20,55 @@ Personalization = Literal["none", "cluster", "full"]
 MAX_CANDIDATES = 1000
 MAX_EVENTS = 1000
 EARLIEST_TS = 946_684_800.0  # 2000-01-01
-FUTURE_SLACK_S = 86_400.0
+LATEST_TS = 4_102_444_800.0  # 2100-01-01
+
+
+def _whole(value):
+    """A JSON number with an integral value (5.0) as the integer it is (JSON Schema's `integer` allows it);
+    anything else, a boolean included, is left to the strict integer check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Whole = BeforeValidator(_whole)
+
+
+# What each task needs, in JSON Schema (the OpenAPI document) as `task_input_problems` checks it.
+TASK_INPUTS = {
+    "allOf": [
+        {
+            "if": {"properties": {"task": {"const": "search"}}},
+            "then": {"required": ["query"], "properties": {"query": {"type": "string"}}},
+        },
+        {
+            "if": {"properties": {"task": {"const": "more_like_this"}}},
+            "then": {"required": ["source_entity_id"], "properties": {"source_entity_id": {"type": "string"}}},
+        },
+        {
+            "if": {"properties": {"personalization": {"enum": ["none", "cluster"]}}, "required": ["personalization"]},
+            "then": {"properties": {"personalization_weight": {"type": "null"}}},
+        },
+    ]
+}
 
 
 class RankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field must not silently change behaviour
+    # strict: a JSON type other than the documented one (false for a number, "5" for k) is refused;
+    # extra="forbid": a misspelt field must not silently change behaviour
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=TASK_INPUTS)
 
     task: Task
     country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166 alpha-2")]
     user_id: Id | None = None
-    query: Annotated[str, Field(max_length=200)] | None = None
+    query: Annotated[str, Field(max_length=200)] | None = Field(
+        None,
+        description="search: what is in the box (one without a letter or digit matches nothing: no items, a "
+        "warning); other tasks: optional context",
+    )
     source_entity_id: Id | None = None
     candidates: Annotated[list[Id], Field(max_length=MAX_CANDIDATES)] | None = None
-    k: Annotated[int, Field(ge=1, le=500)] = 20
+    k: Annotated[int, Field(ge=1, le=500), Whole] = 20
     personalization: Personalization | None = None
     personalization_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
         None,
@@ -42,20 +76,15 @@ class RankRequest(BaseModel):
         "personalized; between, the scores are blended (how much the user's own history may move a search)",
     )
     explain: bool = False
+    display: bool = Field(False, description="Add each item's title, kind, genres and year (for rendering)")
     request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")] | None = Field(
         None, description="Yours (printable ASCII, no spaces), echoed in the response and the logs; else generated"
     )
 
     def task_input_problems(self) -> list[dict]:
         """Inputs the task needs, as problems naming the field (checked after parsing)."""
-        if self.task == "search" and not normalize(self.query):
-            return [
-                {
-                    "field": "query",
-                    "message": "search needs a query with at least one letter or digit",
-                    "type": "missing",
-                }
-            ]
+        if self.task == "search" and self.query is None:
+            return [{"field": "query", "message": "search needs a query", "type": "missing"}]
         if self.task == "more_like_this" and self.source_entity_id is None:
             return [{"field": "source_entity_id", "message": "more_like_this needs a source entity", "type": "missing"}]
         return []
@@ -73,7 +102,7 @@ def _seconds(value):
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field must not silently change behaviour
+    model_config = ConfigDict(extra="forbid", strict=True)  # as RankRequest
 
     user_id: Id
     task: Task
@@ -82,24 +111,23 @@ class Event(BaseModel):
     query: Annotated[str, Field(max_length=200)] | None = None
     source_entity_id: Id | None = None
     country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
-    ts: Annotated[float, BeforeValidator(_seconds)] | None = Field(
+    ts: Annotated[float, Field(ge=EARLIEST_TS, le=LATEST_TS), BeforeValidator(_seconds)] | None = Field(
         None,
-        description="When it happened: Unix time in seconds, or ISO 8601 (2026-11-23T10:15:00Z; no zone: UTC); "
-        "the server's clock when missing. From 2000-01-01 to a day ahead of the server's clock.",
+        description="When it happened: Unix time in seconds, or an ISO 8601 string (2026-11-23T10:15:00Z; no "
+        "zone: UTC); the server's clock when missing. From 2000-01-01 to 2100; a time ahead of the server's "
+        "clock (a client's fast clock) is taken as the server's.",
     )
     request_id: Id | None = Field(
         None, description="The /rank answer this click or play is on (its request_id), to credit it exactly"
     )
-    position: Annotated[int, Field(ge=0, le=999)] | None = Field(
+    position: Annotated[int, Field(ge=0, le=999), Whole] | None = Field(
         None, description="The item's 0-based position in that answer"
     )
 
     @field_validator("ts")
     @classmethod
-    def sane_time(cls, ts: float | None) -> float | None:
-        if ts is not None and not EARLIEST_TS <= ts <= time.time() + FUTURE_SLACK_S:
-            raise ValueError("must be between 2000-01-01 and a day ahead of now (Unix seconds or ISO 8601)")
-        return ts
+    def not_ahead(cls, ts: float | None) -> float | None:
+        return None if ts is None else min(ts, time.time())
 
 
 class EventBatch(RootModel[Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS)]]):
@@ -107,30 +135,28 @@ class EventBatch(RootModel[Annotated[list[Event], Field(min_length=1, max_length
 
 
 MAX_NEW_ENTITIES = 1000
+# a letter or digit search can match: ASCII and the Latin-1/Extended letters that normalize to them. The
+# rule is this pattern itself (not the normalizer), so the OpenAPI document states exactly what is refused.
+TITLE_WORDS = r"[0-9A-Za-z\u00C0-\u024F]"
 
 
 class NewEntity(BaseModel):
     """An entity added at run time (POST /entities); the fields of the catalog's entities table."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt field must not silently change behaviour
+    model_config = ConfigDict(extra="forbid", strict=True)  # as RankRequest
 
     entity_id: Id
-    title: Annotated[str, Field(min_length=1, max_length=300)]
+    title: Annotated[str, Field(min_length=1, max_length=300, pattern=TITLE_WORDS)] = Field(
+        description="With at least one Latin letter or digit (what search matches on)"
+    )
     kind: Literal["video", "game"] = "video"
     genres: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=20)] = []
-    release_year: Annotated[int, Field(ge=1870, le=2100)] | None = Field(
+    release_year: Annotated[int, Field(ge=1870, le=2100), Whole] | None = Field(
         None, description="unset: the catalog's median year"
     )
     countries: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")]], Field(max_length=300)] | None = Field(
         None, description="ISO 3166 alpha-2 codes where it is available; unset: everywhere"
     )
-
-    @field_validator("title")
-    @classmethod
-    def title_has_words(cls, title: str) -> str:
-        if not normalize(title):
-            raise ValueError("the title needs at least one letter or digit")
-        return title
 
 
 class NewEntityBatch(RootModel[Annotated[list[NewEntity], Field(min_length=1, max_length=MAX_NEW_ENTITIES)]]):

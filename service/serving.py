@@ -120,14 +120,18 @@ async def _interleave(
     merged = team_draft([e for e, _ in rankings[0]], [e for e, _ in rankings[1]], request.k, seed)
     items = [{"entity_id": e, "score": scores[team][e], "variant": names[team]} for e, team in merged]
     ctx = first.ranker.context(request)
+    encoded = orjson.dumps(items)
     body = {
-        "items": items,
+        "items": orjson.loads(first.bundle.entities.decorate(encoded)) if request.display else items,
         "model": None,
         "model_version": f"{first.version}+{second.version}",
         "task": request.task,
         "cache": "bypass",
+        "returned": len(items),
+        "available": len(pool),
+        "warnings": first.ranker.warnings(request, ctx),
     }
     if request.explain:
         body["context"] = ctx.explain()
     timings.finish()
-    return orjson.dumps(body)[:-1] + tail + b"}", orjson.dumps(items), ctx.level, timings
+    return orjson.dumps(body)[:-1] + tail + b"}", encoded, ctx.level, timings

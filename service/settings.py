@@ -5,14 +5,15 @@ Contract: every field is a documented environment variable (README, "Settings").
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -76,6 +77,17 @@ class Settings(BaseSettings):
     events_timeout_s: float = Field(1.0, description="Socket timeout of the Redis write behind POST /events")
     redis_max_connections: int = 64
     cache_ttl_s: int = Field(300, description="TTL of cached keystroke rankings in Redis")
+    cache_max_age_s: int = Field(
+        60,
+        ge=0,
+        description="Cache-Control max-age of the cacheable GET rankings (/search, /prequery, /more_like_this)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Origins whose browser apps may call the API (CORS), JSON list or comma-separated; "
+        '["*"]: any; empty: CORS off',
+    )
+    demo_page: bool = Field(False, description="Serve the demo page at GET /demo (`make serve` turns it on)")
     local_cache_size: int = Field(20_000, description="Rankings each worker also keeps in memory (0: off)")
     local_cache_ttl_s: float = Field(30.0, description="TTL of a ranking in a worker's memory")
     history_ttl_s: int = Field(30 * 86400, description="TTL of a user's recent history and counters")
@@ -94,6 +106,12 @@ class Settings(BaseSettings):
     )
     retrieval_limit: int = Field(200, description="Candidates retrieved per request when none are given")
     stage_one_size: int = Field(100, description="Cluster-level candidates kept for re-scoring with 'full'")
+    session_candidates: int = Field(
+        50,
+        ge=0,
+        description="With 'full', titles related to the user's live engagements (co-engaged, same franchise) "
+        "added to the cluster's candidates before re-scoring (0: off)",
+    )
     bundle_poll_s: float = Field(1.0, description="How often to look for a missing bundle")
     bench_endpoints: bool = Field(False, description="Expose POST /bench/noop (the benchmark's ceiling)")
     admin_token: str | None = Field(
@@ -130,6 +148,14 @@ class Settings(BaseSettings):
     request_ttl_s: int = Field(
         86_400, ge=1, description="How long a request in an experiment is remembered to credit its feedback"
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value):
+        """A JSON list, or origins separated by commas."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        return [o.strip() for o in value if o.strip()]
 
 
 @lru_cache

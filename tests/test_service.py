@@ -222,7 +222,6 @@ def test_ties_break_deterministically(client):
 
 BAD_RANK = [
     ({"task": "search", "country": "US"}, "query"),
-    ({"task": "search", "country": "US", "query": "  !! "}, "query"),
     ({"task": "more_like_this", "country": "US"}, "source_entity_id"),
     ({"task": "browse", "country": "US"}, "task"),
     ({"task": "prequery", "country": "US", "k": 0}, "k"),

@@ -11,9 +11,11 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.admission import Admission
-from service.api.routes import admin, entities, events, ops, rank
+from service.api.docs import install_docs
+from service.api.routes import admin, demo, entities, events, keystroke, ops, rank
 from service.errors import install_error_handlers
 from service.settings import Settings, get_settings
 from service.state import AppState
@@ -42,13 +44,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="unirank",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.unirank = state
     install_error_handlers(app)
-    routers = [rank.router, events.router, entities.router, ops.router, admin.router]
+    routers = [rank.router, keystroke.router, events.router, entities.router, ops.router, admin.router]
     if state.settings.bench_endpoints:  # second, as /rank is first: the ceiling pays what /rank pays to be found
         routers.insert(1, ops.bench_router)
+    if state.settings.demo_page:
+        routers.append(demo.router)
     for router in routers:
         # the routes themselves, not `include_router`: an included router is one more dispatch layer per
         # request (~15 us in FastAPI 0.165), a fifth of a keystroke cache hit; prefixes and dependencies
@@ -62,4 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body=s.max_body_bytes,
         max_queue_delay_s=s.max_queue_delay_ms / 1000,
     )
+    if s.cors_origins:  # outermost: a preflight is answered before admission control
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["content-type", "authorization", "x-request-timeout-ms", "if-none-match"],
+            expose_headers=["server-timing", "etag", "retry-after"],
+            max_age=600,
+        )
+    install_docs(app)
     return app

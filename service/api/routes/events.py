@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from service.api.deps import check_bearer, state_of
 from service.api.payloads import json_body, json_response, parse
+from service.api.responses import BEARER_IF_SET, EventsAccepted, errors, ok
 from service.errors import STORE_ERRORS, StoreUnavailable
 from service.metrics import EVENTS, EXPERIMENT_EVENTS, FEEDBACK, REQUEST_LATENCY
 from service.schemas import EventBatch
@@ -18,7 +19,12 @@ from service.schemas import EventBatch
 router = APIRouter()
 
 
-@router.post("/events", status_code=202, openapi_extra=json_body(EventBatch))
+@router.post(
+    "/events",
+    status_code=202,
+    openapi_extra=json_body(EventBatch) | BEARER_IF_SET,
+    responses=ok(EventsAccepted, 202, "Stored") | errors(401, 413, 422, 503),
+)
 async def events(request: Request) -> Response:
     """Store engagement events; 202 once Redis acknowledged them, 503 (retry) when it could not."""
     started = time.perf_counter()

@@ -4,10 +4,11 @@ benchmark's no-op endpoint when enabled."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from service.api.deps import BundleDep, State
 from service.api.payloads import JSON, json_response
+from service.api.responses import Open, errors, ok
 from service.breaker import BreakerOpen
 from service.errors import STORE_ERRORS
 from service.metrics import render
@@ -16,12 +17,12 @@ router = APIRouter()
 bench_router = APIRouter(include_in_schema=False)
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=ok(Open))
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=ok(Open) | {503: {"model": Open, "description": "Not ready (reason)"}})
 async def readyz(state: State) -> Response:
     try:
         await state.redis.ping()
@@ -42,12 +43,18 @@ async def readyz(state: State) -> Response:
     )
 
 
-@router.get("/model")
+@router.get("/model", responses=ok(Open) | errors(503))
 async def model(bundle: BundleDep) -> Response:
     return json_response(bundle.describe())
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics() -> Response:
     payload, content_type = render()
     return Response(payload, media_type=content_type)

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from service.api.deps import ready_state
 from service.api.payloads import JSON, json_body, parse
+from service.api.responses import RankResponse, errors, ok
 from service.errors import InvalidInput, problem
 from service.metrics import REQUEST_LATENCY
 from service.schemas import RankRequest
@@ -42,7 +43,7 @@ def request_budget_s(request: Request, budget_ms: float) -> float:
     return min(ms, budget_ms) / 1000
 
 
-@router.post("/rank", openapi_extra=json_body(RankRequest))
+@router.post("/rank", openapi_extra=json_body(RankRequest), responses=ok(RankResponse) | errors(413, 422, 503))
 async def rank(request: Request) -> Response:
     """Rank candidates (given, or retrieved) for the unified context; see the README for the fields."""
     started = time.perf_counter()
