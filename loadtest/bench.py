@@ -26,6 +26,7 @@ import numpy as np
 
 from loadtest.processes import ROOT, AppServer, RedisServer
 from loadtest.scenarios import Scenarios
+from loadtest.typing import browser_cache_share, search_url, visits
 from unirank.core.spec import ModelSpec
 
 ROLLOUT_EVERY_S = 2.0
@@ -45,6 +46,13 @@ def _cpus() -> tuple[set[int] | None, set[int] | None]:
         return None, None
     cores = sorted(os.sched_getaffinity(0))
     return ({cores[0]}, {cores[1]}) if len(cores) >= 2 else (None, None)
+
+
+def _max_age(url: str) -> float:
+    """The max-age the service puts on GET /search."""
+    control = httpx.get(f"{url}{search_url('a')}", timeout=10).headers.get("cache-control", "")
+    ages = [int(p.split("=")[1]) for p in control.replace(" ", "").split(",") if p.startswith("max-age=")]
+    return float(ages[0]) if ages else 0.0
 
 
 def _write(path: Path, bodies: list[bytes]) -> Path:
@@ -244,6 +252,7 @@ def run_bench(
     work = Path(tempfile.mkdtemp(prefix="unirank-bench-"))
     files = {
         "hit": _write(work / "hit.jsonl", [sc.keystroke_hit() for _ in range(200)]),
+        "get": _write(work / "get.txt", [sc.keystroke_get() for _ in range(200)]),
         "miss": _write(work / "miss.jsonl", [sc.keystroke_miss(i) for i in range(60_000 if quick else 150_000)]),
         "rank_200": _write(work / "rank200.jsonl", [sc.rank_200() for _ in range(500)]),
         "events": _write(work / "events.jsonl", [sc.events_100() for _ in range(200)]),
@@ -274,6 +283,7 @@ def run_bench(
         plan = [
             ("ceiling", service.url, "/bench/noop", files["hit"]),
             ("keystroke_hit", service.url, "/rank", files["hit"]),
+            ("keystroke_get", service.url, "GET", files["get"]),
             ("keystroke_miss", service.url, "/rank", files["miss"]),
             ("rank_200", service.url, "/rank", files["rank_200"]),
             ("naive_200", naive.url, "/rank", files["rank_200"]),
@@ -286,6 +296,9 @@ def run_bench(
             if before is not None:
                 total, count = _candidates_scored(service.url, "search")
                 scenarios[name]["candidates_per_request"] = (total - before[0]) / max(count - before[1], 1.0)
+        scenarios["keystroke_get"]["browser_cache"] = browser_cache_share(
+            visits(sc.tables, 2000, seed=0), _max_age(service.url)
+        )
         print("bench: rank_200 stage profile (sequential, from Server-Timing)", flush=True)
         stages = stage_profile(service.url, files["rank_200"])
         scenarios["events"]["events_per_s"] = scenarios["events"]["rps"] * 100
@@ -327,6 +340,7 @@ def run_bench(
         "scenarios": scenarios,
         "ratios": {
             "keystroke_hit_vs_ceiling": scenarios["keystroke_hit"]["rps"] / scenarios["ceiling"]["rps"],
+            "keystroke_get_vs_keystroke_hit": scenarios["keystroke_get"]["rps"] / scenarios["keystroke_hit"]["rps"],
             "rank_200_vs_naive_200": scenarios["rank_200"]["rps"] / max(scenarios["naive_200"]["rps"], 1e-9),
             "rollout_p99_vs_rank_200_p99": scenarios["rollout"]["p99_ms"] / max(scenarios["rank_200"]["p99_ms"], 1e-9),
         }
@@ -368,9 +382,19 @@ def save_results(result: dict, out_dir: Path, name: str, table: str, plot_to) ->
     return result
 
 
-SCENARIOS = ("ceiling", "keystroke_hit", "keystroke_miss", "rank_200", "naive_200", "events", "rollout")
+SCENARIOS = (
+    "ceiling",
+    "keystroke_hit",
+    "keystroke_get",
+    "keystroke_miss",
+    "rank_200",
+    "naive_200",
+    "events",
+    "rollout",
+)
 RATIOS = (
     "keystroke_hit_vs_ceiling",
+    "keystroke_get_vs_keystroke_hit",
     "rank_200_vs_naive_200",
     "rollout_p99_vs_rank_200_p99",
     "keystroke_hit_p99_log_on_vs_off",
@@ -432,6 +456,15 @@ def format_table(r: dict) -> str:
     lines += [
         "",
         f"- keystroke_hit / ceiling: {r['ratios']['keystroke_hit_vs_ceiling']:.2f}",
+        *(
+            "- keystroke_get (GET /search, warm cache) / keystroke_hit: "
+            f"{r['ratios']['keystroke_get_vs_keystroke_hit']:.2f}; "
+            f"a browser cache (max-age {bc['max_age_s']:.0f} s) would have answered {bc['share']:.1%} of "
+            f"{bc['requests']} keystroke requests in {bc['visits']} simulated visits, a shared cache (CDN) "
+            f"{bc['shared_cache_share']:.1%} at {bc['shared_cache_visits_per_s']:.0f} visits/s"
+            for bc in [r["scenarios"].get("keystroke_get", {}).get("browser_cache")]
+            if bc
+        ),
         f"- rank_200 / naive_200: {r['ratios']['rank_200_vs_naive_200']:.1f}x",
         f"- rollout (default model switched every {ROLLOUT_EVERY_S:.0f} s, "
         f"{r['scenarios']['rollout']['switches']} switches): "

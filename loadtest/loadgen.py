@@ -20,6 +20,9 @@ import numpy as np
 
 
 def _requests(host: str, path: str, bodies: list[bytes]) -> list[bytes]:
+    """POSTs of the bodies to path; with path "GET", each line is a target to GET (`/search?q=...`)."""
+    if path == "GET":
+        return [b"GET " + target + f" HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() for target in bodies]
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: "
     return [head.encode() + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
 
@@ -82,8 +85,8 @@ async def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
-    parser.add_argument("path")
-    parser.add_argument("bodies", help="JSON-lines file, one request body a line")
+    parser.add_argument("path", help='the path to POST to, or "GET": each line of BODIES is a target to GET')
+    parser.add_argument("bodies", help="JSON-lines file, one request body a line (or one target, with GET)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from loadtest.typing import search_url
 from unirank.core.tables import FeatureTables
 
 
@@ -33,6 +34,10 @@ class Scenarios:
                 "personalization": "cluster",
             }
         )
+
+    def keystroke_get(self) -> bytes:
+        """keystroke_hit's requests as the cacheable GET /search (the same prefixes: a warm cache)."""
+        return search_url(self.prefixes[int(self.rng.integers(20))]).encode()
 
     def keystroke_miss(self, i: int) -> bytes:
         """Every request a key no earlier request used (prefix and k vary together)."""

@@ -1,0 +1,167 @@
+"""Does the pre-query row adapt to what the user just did? Pre-query NDCG@10 on the requests that follow a
+click, with and without the session candidates of `full` (UNIRANK_SESSION_CANDIDATES), through the
+service's own ranker.
+
+Contract: `measure(bundle, data_dir, session_candidates)` replays the test window of the dataset the
+bundle was trained on. For each pre-query request whose user's previous request had a click, the user's
+live history is what /events would hold by then (their clicks and plays since the bundle's snapshot
+ended, most recent first); the service's `full` path ranks (stage one at cluster level, then the related
+titles of that live history when on, re-scored with the history) and the top 10 is scored against the
+request's clicks (a click outside the list counts as missed: tie-aware `model_export.metrics`). The
+same requests and the same history go through both settings; the difference comes with a paired
+bootstrap 95 % interval. Writes JSON, a markdown table and a PNG.
+
+    python -m loadtest.session_adaptation --bundle artifacts/demo --data artifacts/demo-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from model_export.data import SPLIT_BOUNDS, Dataset, Requests
+from model_export.metrics import ranking_metrics
+from service.bundle import LoadedBundle
+from service.context import build_request_context
+from service.ranker import Ranker, Timings
+from service.schemas import RankRequest
+from service.settings import Settings
+from unirank.core.history import HISTORY_LENGTH, event_kind
+
+K = 10
+
+
+def _requests_after_a_click(
+    requests: Requests, first_live_ms: int, search_only: bool = False
+) -> list[tuple[int, list[bytes]]]:
+    """(request position, live history entries) of each pre-query request in the test window whose
+    user's previous request had a click (a search's, with `search_only`); history: the user's clicks
+    since `first_live_ms`."""
+    clicked_rows = requests.clicked.astype(bool)
+    clicked = np.bincount(requests.row_request[clicked_rows], minlength=len(requests.request_id)) > 0
+    played_rows = requests.played.astype(bool)
+    order = np.lexsort((requests.request_id, requests.timestamp))
+    live: dict[str, list[bytes]] = {}
+    previous_clicked: dict[str, bool] = {}
+    rows_of = np.split(np.argsort(requests.row_request, kind="stable"), np.cumsum(np.bincount(requests.row_request)))
+    out = []
+    test_from = np.quantile(requests.timestamp, SPLIT_BOUNDS["test"][0])
+    for r in order.tolist():
+        user = requests.user_id[r]
+        if requests.task[r] == "prequery" and requests.timestamp[r] >= test_from and previous_clicked.get(user):
+            out.append((r, list(live.get(user, []))))
+        previous_clicked[user] = bool(clicked[r]) and (requests.task[r] == "search" or not search_only)
+        if requests.timestamp[r] >= first_live_ms:
+            for row in rows_of[r].tolist():
+                if clicked_rows[row]:
+                    entry = f"{requests.target_entity_id[row]}|{event_kind(requests.task[r], played_rows[row])}"
+                    live.setdefault(user, []).insert(0, entry.encode())
+            live[user] = live.get(user, [])[:HISTORY_LENGTH]
+    return out
+
+
+async def _rank(ranker: Ranker, request: RankRequest, live: list[bytes]) -> list[int]:
+    bundle = ranker.bundle
+    ctx = build_request_context(request, bundle.tables, bundle.level, bundle.impute)
+    timings = Timings()
+    candidates = await ranker.cluster_candidates(ctx, timings)
+    history = bundle.features.history(live, ctx.user)
+    candidates = ranker.with_session(ctx, candidates, history)
+    scores = await ranker._blended(ctx, candidates, history, timings, float("inf"), None)
+    return candidates[np.argsort(-scores, kind="stable")].tolist()
+
+
+def measure(
+    bundle_dir: Path, data_dir: Path, session_candidates: list[int], limit: int = 3000, search_only: bool = False
+) -> dict:
+    settings = Settings(bundle=str(bundle_dir))
+    bundle = LoadedBundle.load(bundle_dir, settings)
+    dataset = Dataset.load(data_dir)
+    requests = Requests.from_events(dataset.events)
+    snapshot_end = int(np.quantile(requests.timestamp, SPLIT_BOUNDS["feature"][1]))  # the bundle's snapshot ends
+    chosen = _requests_after_a_click(requests, snapshot_end, search_only)[:limit]
+    positives = [set() for _ in range(len(requests.request_id))]
+    for row in np.flatnonzero(requests.clicked.astype(bool)).tolist():
+        positives[requests.row_request[row]].add(requests.target_entity_id[row])
+    per_setting = {}
+    for n in session_candidates:
+        ranker = Ranker(bundle, None, None, settings.model_copy(update={"session_candidates": n}))
+        groups, scores, labels = [], [], []
+        for i, (r, live) in enumerate(tqdm(chosen, desc=f"session_candidates={n}", unit="request")):
+            request = RankRequest(
+                task="prequery", country=requests.country[r], user_id=requests.user_id[r], personalization="full"
+            )
+            ranked = asyncio.run(_rank(ranker, request, live))[:K]
+            ids = [bundle.tables.entity_ids[c] for c in ranked]
+            missed = [e for e in positives[r] if e not in ids]
+            groups += [i] * (len(ids) + len(missed))
+            scores += [float(len(ids) - j) for j in range(len(ids))] + [-1.0] * len(missed)
+            labels += [int(e in positives[r]) for e in ids] + [1] * len(missed)
+        per_setting[n] = ranking_metrics(np.array(groups), np.array(scores), np.array(labels), K)[f"ndcg@{K}"]
+    return _report(per_setting, len(chosen)) | {"after": "a search click" if search_only else "a click"}
+
+
+def _report(per_setting: dict[int, np.ndarray], n_requests: int) -> dict:
+    base_n = min(per_setting)
+    base = per_setting[base_n]
+    rng = np.random.default_rng(0)
+    rows = {}
+    for n, ndcg in per_setting.items():
+        diff = ndcg - base
+        boot = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+        rows[str(n)] = {
+            "ndcg_at_10": float(ndcg.mean()),
+            "vs_off": float(diff.mean()),
+            "vs_off_ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        }
+    return {"requests": n_requests, "k": K, "baseline_session_candidates": base_n, "settings": rows}
+
+
+def write(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "session_adaptation.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"Pre-query NDCG@10 on {result['requests']} requests that follow {result['after']} (personalization full)",
+        "",
+        "| session candidates | NDCG@10 | vs off | 95 % CI |",
+        "|---|---|---|---|",
+    ]
+    for n, row in result["settings"].items():
+        lo, hi = row["vs_off_ci95"]
+        lines.append(f"| {n} | {row['ndcg_at_10']:.4f} | {row['vs_off']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
+    (out / "session_adaptation.md").write_text("\n".join(lines) + "\n")
+    names = list(result["settings"])
+    values = [result["settings"][n]["ndcg_at_10"] for n in names]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar([f"{n} related" if n != "0" else "off" for n in names], values, color=["#adb5bd", "#3b5bdb"][: len(names)])
+    ax.set_ylabel("pre-query NDCG@10")
+    ax.set_title(f"after a click ({result['requests']} requests)")
+    fig.tight_layout()
+    fig.savefig(out / "session_adaptation.png", dpi=120)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--data", type=Path, default=Path("artifacts/demo-data"))
+    parser.add_argument("--out", type=Path, default=Path("results/session"))
+    parser.add_argument("--session-candidates", type=int, nargs="+", default=[0, 50])
+    parser.add_argument("--limit", type=int, default=3000, help="requests at most (the first in time)")
+    parser.add_argument("--after-search", action="store_true", help="only requests whose previous was a search click")
+    args = parser.parse_args()
+    write(measure(args.bundle, args.data, args.session_candidates, args.limit, args.after_search), args.out)
+
+
+if __name__ == "__main__":
+    main()
