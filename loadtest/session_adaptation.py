@@ -122,6 +122,42 @@ def _report(per_setting: dict[int, np.ndarray], n_requests: int) -> dict:
     return {"requests": n_requests, "k": K, "baseline_session_candidates": base_n, "settings": rows}
 
 
+def genre_probe(
+    bundle_dir: Path, session_candidates: list[int], users: int = 40, events: int = 11, k: int = 20, seed: int = 0
+) -> dict:
+    """The issue's probe, per genre: a user clicks and plays `events` titles of one genre (the most popular
+    ones available in the US); how many of the pre-query top k are of that genre before, and after with
+    each setting. Averaged over `users` users of the bundle (drawn by seed) and every genre."""
+    settings = Settings(bundle=str(bundle_dir))
+    bundle = LoadedBundle.load(bundle_dir, settings)
+    t = bundle.tables
+    rng = np.random.default_rng(seed)
+    us = t.country_index.get("US", 0)
+    chosen = rng.choice(np.arange(1, len(t.user_ids)), min(users, len(t.user_ids) - 1), replace=False)
+    rankers = {
+        n: Ranker(bundle, None, None, settings.model_copy(update={"session_candidates": n})) for n in session_candidates
+    }
+    out: dict[str, dict] = {}
+    for g in tqdm(range(1, len(t.genres)), desc="genres", unit="genre"):
+        of_genre = np.flatnonzero(t.genre_hot[:, g] & t.avail[:, us])
+        of_genre = of_genre[of_genre > 0]
+        if len(of_genre) < events:
+            continue
+        engaged = of_genre[np.argsort(-t.pop[of_genre, us], kind="stable")[:events]]
+        live = [f"{t.entity_ids[e]}|{event_kind('prequery', True)}".encode() for e in engaged[::-1]]
+        counts = {"before": [], **{f"after_{n}": [] for n in session_candidates}}
+        for u in chosen.tolist():
+            request = RankRequest(task="prequery", country="US", user_id=t.user_ids[u], personalization="full")
+            top = asyncio.run(_rank(rankers[min(session_candidates)], request, []))[:k]
+            counts["before"].append(int(t.genre_hot[top, g].sum()))
+            for n, ranker in rankers.items():
+                top = asyncio.run(_rank(ranker, request, live))[:k]
+                counts[f"after_{n}"].append(int(t.genre_hot[top, g].sum()))
+        out[t.genres[g]] = {name: float(np.mean(v)) for name, v in counts.items()}
+    mean = {name: float(np.mean([row[name] for row in out.values()])) for name in next(iter(out.values()))}
+    return {"users": len(chosen), "events": events, "k": k, "per_genre": out, "mean": mean}
+
+
 def write(result: dict, out: Path) -> None:
     import matplotlib
 
@@ -159,7 +195,21 @@ def main() -> None:
     parser.add_argument("--session-candidates", type=int, nargs="+", default=[0, 50])
     parser.add_argument("--limit", type=int, default=3000, help="requests at most (the first in time)")
     parser.add_argument("--after-search", action="store_true", help="only requests whose previous was a search click")
+    parser.add_argument("--genre-probe", action="store_true", help="the clicks-on-one-genre probe instead")
     args = parser.parse_args()
+    if args.genre_probe:
+        result = genre_probe(args.bundle, args.session_candidates)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "genre_probe.json").write_text(json.dumps(result, indent=2))
+        lines = [
+            f"| genre | before | {' | '.join(f'after, {n} session candidates' for n in args.session_candidates)} |"
+        ]
+        lines.append("|---" * (2 + len(args.session_candidates)) + "|")
+        for genre, row in {**result["per_genre"], "mean": result["mean"]}.items():
+            lines.append(f"| {genre} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
+        (args.out / "genre_probe.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     write(measure(args.bundle, args.data, args.session_candidates, args.limit, args.after_search), args.out)
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -34,19 +33,28 @@ router = APIRouter()
 
 SERVICE_VERSION = "0.1.0"
 PARAM_OF = {"query": "q"}  # a RankRequest field -> its query parameter, for error messages
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # as service.schemas.Id
-Country = Annotated[str, Query(pattern=r"^[A-Za-z]{2}$", description="ISO 3166 alpha-2", examples=["US"])]
-K = Annotated[int, Query(ge=1, le=500, description="Items wanted")]
-UserId = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=128,
-        pattern=ID_PATTERN,
-        description="Ranks for the user's cluster (the answer is shared by the cluster: cacheable)",
-    ),
+FIELD_OF = {"q": "query"}
+ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[^\x00-\x1f\x7f]+$"}  # schemas.Id
+
+
+def _param(name: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+COMMON = [
+    _param("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"}, "ISO 3166 alpha-2", required=True),
+    _param("k", {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}, "Items wanted"),
+    _param("user_id", ID, "Ranks for the user's cluster (the answer is shared by the cluster: cacheable)"),
+    _param("display", {"type": "boolean", "default": False}, "Add each item's title, kind, genres and year"),
 ]
-Display = Annotated[bool, Query(description="Add each item's title, kind, genres and year")]
+PARAMETERS = {
+    "search": [
+        _param("q", {"type": "string", "minLength": 1, "maxLength": 200}, "What is in the search box", True),
+        *COMMON,
+    ],
+    "prequery": COMMON,
+    "more_like_this": [_param("source_entity_id", ID, "The title whose page shows the row", True), *COMMON],
+}
 RESPONSES = (
     ok(RankResponse, 200, "The ranking (the body of POST /rank)")
     | {304: {"description": "Not modified: the ETag given in If-None-Match is still current"}}
@@ -64,6 +72,11 @@ def _level(state: AppState) -> str:
     return "cluster" if personalization_rank(bundle.level) >= personalization_rank("cluster") else "none"
 
 
+@functools.cache
+def _tag(model: str, cache_version: str) -> str:
+    return f'"{SERVICE_VERSION}:{model}:{cache_version}"'
+
+
 def _etag(state: AppState) -> str | None:
     """The validator of every cacheable answer of this replica right now; None when answers are not
     cacheable (an experiment routes requests to arms)."""
@@ -71,7 +84,7 @@ def _etag(state: AppState) -> str | None:
     if routing.experiment is not None:
         return None
     model = state.fleet.serving(routing.default)
-    return f'"{SERVICE_VERSION}:{model.name}:{model.bundle.cache_version}"'
+    return _tag(model.name, model.bundle.cache_version)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -81,78 +94,52 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-async def _answer(request: Request, endpoint: str, fields: dict) -> Response:
-    started = time.perf_counter()
-    state = ready_state(request)
+def _parse(request: Request, task: str, level: str) -> RankRequest:
+    """The query parameters as a RankRequest (parsed here, not by FastAPI's parameter machinery, which
+    costs more than the rest of a cached answer); unknown parameters (a cache buster) are ignored."""
+    params = request.query_params
+    fields = {FIELD_OF.get(p["name"], p["name"]): params[p["name"]] for p in PARAMETERS[task] if p["name"] in params}
     try:
-        body = RankRequest.model_validate(
-            {k: v for k, v in fields.items() if v is not None} | {"personalization": _level(state)}
-        )
+        return RankRequest.model_validate_strings(fields | {"task": task, "personalization": level}, strict=False)
     except ValidationError as exc:
         problems = pydantic_problems(exc.errors(include_url=False))
         raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems]) from None
+
+
+async def _answer(request: Request, task: str) -> Response:
+    started = time.perf_counter()
+    state = ready_state(request)
+    body = _parse(request, task, _level(state))
     if problems := body.task_input_problems():
         raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems])
     etag = _etag(state)
-    cacheable = {"ETag": etag} if etag else {}
-    scope = "private" if body.user_id else "public"
-    cache_control = f"{scope}, max-age={state.settings.cache_max_age_s}"
+    cache_control = f"{'private' if body.user_id else 'public'}, max-age={state.settings.cache_max_age_s}"
     if etag and _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     budget = request_budget_s(request, state.settings.request_budget_ms)
     payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, started, budget)
-    _latency(endpoint, body.task, model).observe(time.perf_counter() - started)
+    _latency(f"/{task}", body.task, model).observe(time.perf_counter() - started)
     # the ranker writes this member exactly so; inside an encoded id the quotes would be escaped
     degraded = b',"degraded":true' in payload
     headers = {"Server-Timing": timings.header()}
     if etag and not degraded:
-        headers |= cacheable | {"Cache-Control": cache_control}
+        headers |= {"ETag": etag, "Cache-Control": cache_control}
     else:
         headers["Cache-Control"] = "no-store"
     return Response(payload, media_type=JSON, headers=headers)
 
 
-@router.get("/search", responses=RESPONSES)
-async def search(
-    request: Request,
-    q: Annotated[str, Query(min_length=1, max_length=200, description="What is in the search box")],
-    country: Country,
-    k: K = 20,
-    user_id: UserId = None,
-    display: Display = False,
-) -> Response:
-    """Keystroke search, cacheable: POST /rank's `search` at cluster level."""
-    fields = {"task": "search", "query": q, "country": country, "k": k, "user_id": user_id, "display": display}
-    return await _answer(request, "/search", fields)
+def _route(task: str, summary: str):
+    async def route(request: Request) -> Response:
+        return await _answer(request, task)
+
+    route.__doc__ = summary
+    route.__name__ = f"get_{task}"
+    return router.get(f"/{task}", responses=RESPONSES, openapi_extra={"parameters": PARAMETERS[task]})(route)
 
 
-@router.get("/prequery", responses=RESPONSES)
-async def prequery(
-    request: Request, country: Country, k: K = 20, user_id: UserId = None, display: Display = False
-) -> Response:
-    """The pre-query (home page) row, cacheable: POST /rank's `prequery` at cluster level."""
-    fields = {"task": "prequery", "country": country, "k": k, "user_id": user_id, "display": display}
-    return await _answer(request, "/prequery", fields)
-
-
-@router.get("/more_like_this", responses=RESPONSES)
-async def more_like_this(
-    request: Request,
-    source_entity_id: Annotated[
-        str, Query(min_length=1, max_length=128, pattern=ID_PATTERN, description="The title whose page shows the row")
-    ],
-    country: Country,
-    k: K = 20,
-    user_id: UserId = None,
-    display: Display = False,
-) -> Response:
-    """The more-like-this row of a title, cacheable: POST /rank's `more_like_this` at cluster level."""
-    fields = {
-        "task": "more_like_this",
-        "source_entity_id": source_entity_id,
-        "country": country,
-        "k": k,
-        "user_id": user_id,
-        "display": display,
-    }
-    return await _answer(request, "/more_like_this", fields)
+search = _route("search", "Keystroke search, cacheable: POST /rank's `search` at cluster level.")
+prequery = _route("prequery", "The pre-query (home page) row, cacheable: POST /rank's `prequery` at cluster level.")
+more_like_this = _route(
+    "more_like_this", "The more-like-this row of a title, cacheable: POST /rank's `more_like_this` at cluster level."
+)
