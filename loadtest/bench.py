@@ -420,6 +420,8 @@ def completeness_problems(r: dict) -> list[str]:
         if not s.get("rps", 0) > 0:
             problems.append(f"{name}: no successful requests")
     problems += [f"missing ratio {k}" for k in RATIOS if k not in r.get("ratios", {})]
+    if "browser_cache" not in r.get("scenarios", {}).get("keystroke_get", {"browser_cache": None}):
+        problems.append("keystroke_get: missing browser_cache")
     rollout = r.get("scenarios", {}).get("rollout", {})
     if rollout.get("switch_failures", 0) or not rollout.get("switches", 1):
         problems.append(

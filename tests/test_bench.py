@@ -14,9 +14,11 @@ from unirank.core.spec import ModelOptions, ModelSpec, Vocabulary
 
 COMPLETE = {
     "machine": {"cpu": "x"},
-    "scenarios": {n: dict.fromkeys(SCENARIO_FIELDS, 1) | {"errors": 0} for n in SCENARIOS},
+    "scenarios": {n: dict.fromkeys(SCENARIO_FIELDS, 1) | {"errors": 0} for n in SCENARIOS}
+    | {"keystroke_get": dict.fromkeys(SCENARIO_FIELDS, 1) | {"errors": 0, "browser_cache": {"share": 0.03}}},
     "ratios": {
         "keystroke_hit_vs_ceiling": 0.7,
+        "keystroke_get_vs_keystroke_hit": 0.9,
         "rank_200_vs_naive_200": 2.0,
         "rollout_p99_vs_rank_200_p99": 1.1,
         "keystroke_hit_p99_log_on_vs_off": 1.0,

@@ -22,7 +22,7 @@ from service.api.deps import ready_state
 from service.api.payloads import JSON
 from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
-from service.errors import InvalidInput, pydantic_problems
+from service.errors import InvalidInput, problem, pydantic_problems
 from service.metrics import REQUEST_LATENCY
 from service.schemas import RankRequest
 from service.serving import serve_rank
@@ -99,11 +99,20 @@ def _parse(request: Request, task: str, level: str) -> RankRequest:
     costs more than the rest of a cached answer); unknown parameters (a cache buster) are ignored."""
     params = request.query_params
     fields = {FIELD_OF.get(p["name"], p["name"]): params[p["name"]] for p in PARAMETERS[task] if p["name"] in params}
+    problems = {  # by field: a parameter missing, then what validation says of each
+        p["name"]: problem("Field required", p["name"], "missing")
+        for p in PARAMETERS[task]
+        if p["required"] and p["name"] not in params
+    }
     try:
-        return RankRequest.model_validate_strings(fields | {"task": task, "personalization": level}, strict=False)
+        body = RankRequest.model_validate_strings(fields | {"task": task, "personalization": level}, strict=False)
     except ValidationError as exc:
-        problems = pydantic_problems(exc.errors(include_url=False))
-        raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems]) from None
+        for p in pydantic_problems(exc.errors()):
+            name = PARAM_OF.get(p["field"], p["field"])
+            problems[name] = p | {"field": name}
+    if problems:
+        raise InvalidInput([problems[name] for name in sorted(problems)])
+    return body
 
 
 async def _answer(request: Request, task: str) -> Response:
