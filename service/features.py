@@ -71,7 +71,7 @@ class ServingFeatures:
         hist_vec = None if history is None else history.vector[None, :]
         hist_text = None if history is None or history.text is None else history.text[None, :]
         contexts = self.encoder.encode_contexts([ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text)
-        inputs = self.encoder.encode_candidates(contexts, candidates, np.zeros(len(candidates), np.int64))
+        inputs = self.encoder.encode_one(contexts, candidates)
         if not self.history_encoder:
             return inputs
         if history is not None and ctx.level == "full":

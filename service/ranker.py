@@ -60,6 +60,11 @@ def _stage_histogram(stage: str):
     return STAGE_LATENCY.labels(stage=stage)  # a labelled child costs a dict look-up; labels() costs microseconds
 
 
+@cache
+def _candidates_histogram(task: str):
+    return CANDIDATES.labels(task=task)
+
+
 @dataclass
 class RankResult:
     body: bytes
@@ -135,7 +140,7 @@ class Ranker:
         ctx = self.context(request)
         timings.add("context", timings.started)
         with self.bundle.request_scope():
-            items, status, available = await self._items(request, ctx, timings, deadline)
+            items, status, available, unknown = await self._items(request, ctx, timings, deadline)
         if self.observe:
             self._cache_results[status].inc()
         shown = self.bundle.entities.decorate(items) if request.display else items
@@ -150,7 +155,7 @@ class Ranker:
                 b'"',
                 self._counts(request.k, available),
                 b',"warnings":',
-                orjson.dumps(self.warnings(request, ctx)) if ctx.unknown or request.candidates else b"[]",
+                orjson.dumps(self.warnings(request, ctx, unknown)) if ctx.unknown or unknown else b"[]",
             )
         )
         if request.explain:
@@ -165,8 +170,9 @@ class Ranker:
             return b""
         return b',"returned":' + str(min(k, available)).encode() + b',"available":' + str(available).encode()
 
-    def warnings(self, request: RankRequest, ctx: RequestContext) -> list[dict]:
-        """What the model did not know about the request (it answered anyway), each naming its field."""
+    def warnings(self, request: RankRequest, ctx: RequestContext, unknown: list[str] | None = None) -> list[dict]:
+        """What the model did not know about the request (it answered anyway), each naming its field;
+        `unknown`: the request's candidates the model does not know, when the caller found them already."""
         out = []
         u = ctx.unified
         if u.task == "search" and not u.query:
@@ -184,7 +190,8 @@ class Ranker:
             message = f"country '{u.country}' is not among the model's countries: ranked as an unknown country"
             out.append(problem(message, "country", "unknown"))
         if request.candidates is not None:
-            missing = [c for c in request.candidates if c not in self.bundle.tables.entity_index]
+            index = self.bundle.tables.entity_index
+            missing = unknown if unknown is not None else [c for c in request.candidates if c not in index]
             if missing:
                 message = f"{len(missing)} candidate(s) unknown to the model, scored as unknown entities"
                 out.append(problem(message, "candidates", "unknown") | {"entity_ids": missing[:20]})
@@ -212,17 +219,18 @@ class Ranker:
 
     async def _items(
         self, request: RankRequest, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
-    ) -> tuple[bytes, str, int | None]:
-        """The ranked items as JSON, how the cache was used, and how many candidates they came from."""
+    ) -> tuple[bytes, str, int | None, list[str]]:
+        """The ranked items as JSON, how the cache was used, how many candidates they came from, and the
+        given candidates the model does not know."""
         if request.candidates is not None:
             ids = self._explicit_ids(request, ctx)
             candidates = self.bundle.features.encoder.entity_indices(ids)
             history = await self._history(ctx, timings) if ctx.level == "full" else None
             weight = request.personalization_weight
             items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
-            return items, "bypass", len(ids)
+            return items, "bypass", len(ids), [ids[i] for i in np.flatnonzero(candidates == 0).tolist()]
         if ctx.unified.task == "search" and not ctx.unified.query:  # nothing to match titles with
-            return b"[]", "bypass", 0
+            return b"[]", "bypass", 0, []
         if ctx.level != "full":
             key = ctx.cache_key(self.bundle.cache_version, request.k)
             started = time.perf_counter()
@@ -235,14 +243,14 @@ class Ranker:
                 )
                 status = "miss"
             items, available = split_available(value)
-            return items, status, available
+            return items, status, available, []
         candidates, status = await self._stage_one(ctx, timings, deadline)
         history = await self._history(ctx, timings)
         candidates = self.with_session(ctx, candidates, history)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
         weight = request.personalization_weight
         items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
-        return items, status, len(ids)
+        return items, status, len(ids), []
 
     def with_session(self, ctx: RequestContext, candidates: np.ndarray, history: History) -> np.ndarray:
         """The cluster's candidates plus titles related to the user's live (this session's) engagements,
@@ -278,7 +286,7 @@ class Ranker:
         if started > deadline:
             raise DeadlineExceeded()
         if self.observe:
-            CANDIDATES.labels(task=ctx.unified.task).observe(len(candidates))
+            _candidates_histogram(ctx.unified.task).observe(len(candidates))
         if len(candidates) == 0:
             return np.zeros(0, np.float32)
         inputs = self.bundle.features.inputs(ctx, candidates, history)

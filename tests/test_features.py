@@ -13,7 +13,7 @@ from unirank.core.context import build_context
 from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.lexical import TitleIndex
-from unirank.core.tables import FeatureTables
+from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text import normalize
 
 TITLES = {"e1": "Stranger Things", "e2": "The Crown"}
@@ -102,3 +102,42 @@ def test_cold_start_candidates_get_zero_features(tables):
     x = serving.inputs(rc, np.array([0, 1]), None)
     assert x["cand_ids"][0].tolist() == [0, 0] and x["cand_genres"][0].tolist() == [0, 0, 0]
     assert np.all(x["cand_dense"][0, :5] == 0)
+
+
+def test_the_service_encoder_equals_the_batch_encoder(bundle_dir):
+    """`encode_one` (the service's single-request path) gives encode_candidates' values exactly, for every
+    task, with and without a query, a known, unknown or run-time-added source, and candidates that are
+    trained, unknown (0) or added at run time."""
+    tables = FeatureTables.load(bundle_dir / "tables")  # its own copy: entities are added to it below
+    added = tables.upsert_runtime_entities(
+        [RuntimeEntity("rt-a", "Zorblat Rising", genres=(tables.genres[1],)), RuntimeEntity("rt-b", "Other Thing")]
+    )
+    rng = np.random.default_rng(1)
+    us = tables.country_index["US"]
+    popular_query = next(q for q in tables.queries[1:] if q)
+    checked, looked_up = 0, np.zeros(2, bool)  # query statistics and co-engagement found at least once
+    for text in (False, True):
+        encoder = FeatureEncoder(tables, "full", text=text)
+        for task, query, source in [
+            ("prequery", None, None),
+            ("search", popular_query, None),
+            ("search", "zzzz unknown words", None),
+            ("more_like_this", None, tables.entity_ids[int(np.argmax(tables.pop[:, us]))]),
+            ("more_like_this", None, "rt-a"),
+            ("more_like_this", None, "nobody-knows"),
+        ]:
+            for user in (tables.user_ids[1], None):
+                unified = build_context(task, "US", user, query, source, tables.title_of)
+                hist = rng.normal(size=(1, tables.item_factors.shape[1])).astype(np.float32)
+                hist_text = rng.normal(size=(1, tables.text_vec.shape[1])).astype(np.float32)
+                ctx = encoder.encode_contexts([unified], hist, hist_text=hist_text)
+                cand = np.concatenate([rng.integers(1, tables.n_model_entities + 1, 150), [0, 0], added])
+                batch = encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+                one = encoder.encode_one(ctx, cand)
+                assert one.keys() == batch.keys()
+                for name, value in batch.items():
+                    np.testing.assert_array_equal(one[name], value, err_msg=f"{task} {query} {source}: {name}")
+                    assert one[name].dtype == value.dtype, name
+                looked_up |= (batch["cand_dense"][:, [3, 7]] > 0).any(0)
+                checked += 1
+    assert checked == 24 and looked_up.all()

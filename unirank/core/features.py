@@ -82,6 +82,12 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
 
 
+def _key_range(keys: np.ndarray, values: np.ndarray, prefix: int, e1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of `keys` (sorted `prefix * e1 + entity`) with this prefix, as (entities, values)."""
+    lo, hi = np.searchsorted(keys, (prefix * e1, (prefix + 1) * e1))
+    return keys[lo:hi] - prefix * e1, values[lo:hi]
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.where(norms > 0, (a * b).sum(1) / np.maximum(norms, 1e-9), 0.0).astype(np.float32)
@@ -212,6 +218,62 @@ class FeatureEncoder:
         }
         if self.text:
             inputs["cand_text"] = text_features(t.text_vec, source, cand, ctx.hist_text[cand_ctx])
+        return inputs
+
+    def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
+        """`encode_candidates(ctx, cand, zeros)` for one context, value for value (the parity tests hold
+        it to that): the service's path. The context's fields are scalars here, and each statistic is
+        looked up in its context's slice of the sorted key table instead of the whole table."""
+        t, e1 = self.tables, self._e1
+        cand = np.asarray(cand, np.int64)
+        n = len(cand)
+        cand_ctx = np.zeros(n, np.int64)
+        country, source, qid = int(ctx.ctx_ids[0, 1]), int(ctx.source[0]), int(ctx.query_ids[0])
+        trained = cand < e1
+        model_cand = np.where(trained, cand, 0)
+        keys, clicks_of = _key_range(t.qe_keys, t.qe_clicks, qid, e1)
+        clicks = np.where(trained, _lookup(keys, clicks_of, model_cand), 0.0)
+        keys, impressions_of = _key_range(t.qe_keys, t.qe_impressions, qid, e1)
+        impressions = np.where(trained, _lookup(keys, impressions_of, model_cand), 0.0)
+        if source < e1:
+            keys, co_of = _key_range(t.co_keys, t.co_clicks, source, e1)
+            co = np.where(trained, _lookup(keys, co_of, model_cand), 0.0)
+        else:
+            co = np.zeros(n, np.float32)
+        g_cand = t.genre_hot[cand]
+        g_src = t.genre_hot[source]
+        inter = (g_src & g_cand).sum(1)
+        union = (g_src | g_cand).sum(1)
+        query = ctx.queries[0]
+        dense = np.empty((n, len(DENSE_FEATURES)), np.float32)
+        dense[:, 0] = t.pop[cand, 0]
+        dense[:, 1] = t.pop[cand, country]
+        dense[:, 2] = np.where(cand > 0, (t.year[cand] - 2000.0) / 30.0, 0.0)
+        dense[:, 3] = np.log1p(clicks)
+        dense[:, 4] = np.where(
+            impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0
+        )
+        if query:
+            titles = t.norm_titles
+            dense[:, 5:7] = np.array([_match(query, titles[e]) for e in cand.tolist()], np.float32).reshape(-1, 2)
+        else:  # prequery contexts have no query: nothing to match
+            dense[:, 5:7] = 0.0
+        dense[:, 7] = np.log1p(co)
+        dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        items = t.item_factors[cand]
+        dense[:, 9] = np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items)
+        dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
+        dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
+        inputs = {
+            "ctx_ids": ctx.ctx_ids,
+            "ctx_query": ctx.ctx_query,
+            "cand_ids": np.stack([model_cand, t.kind[cand]], axis=1),
+            "cand_genres": t.genre_ids[cand],
+            "cand_dense": dense,
+            "cand_ctx": cand_ctx,
+        }
+        if self.text:
+            inputs["cand_text"] = text_features(t.text_vec, ctx.source[cand_ctx], cand, ctx.hist_text[cand_ctx])
         return inputs
 
 
