@@ -1,0 +1,105 @@
+"""Where one rank_200 request's CPU time goes, measured in process, part by part (no HTTP, no Redis).
+
+Contract: loads the bundle as the service does and times, on the bench's own rank_200 bodies, each part
+of the /rank path (median of `--repeats` runs of `--n` calls): body parsing, the unified context, id ->
+index, the history, the model inputs (the service's single-context encoder next to the batch encoder it
+equals), the onnxruntime call (alone, and per request when 1-8 requests are scored in one call, which
+is what micro-batching would buy on this CPU), and top-k with the JSON. Prints a table; `--out` also
+writes JSON. The HTTP stack's share is the bench's `ceiling`.
+
+    python -m loadtest.rank_profile --bundle artifacts/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loadtest.scenarios import Scenarios
+from service.batching import concatenate
+from service.bundle import LoadedBundle
+from service.context import build_request_context
+from service.ranker import top_k
+from service.schemas import RankRequest
+from service.settings import Settings
+
+
+def _time(fn, n: int, repeats: int) -> float:
+    """Median microseconds per call."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        runs.append((time.perf_counter() - started) / n * 1e6)
+    return float(np.median(runs))
+
+
+def profile(bundle_dir: Path, n: int = 300, repeats: int = 5) -> dict:
+    bundle = LoadedBundle.load(bundle_dir, Settings(bundle=str(bundle_dir)))
+    scenarios = Scenarios(bundle_dir)
+    body = scenarios.rank_200()
+    request = RankRequest.model_validate_json(body)
+    ctx = build_request_context(request, bundle.tables, bundle.level, bundle.impute)
+    features = bundle.features
+    ids = list(dict.fromkeys(request.candidates))
+    cand = features.encoder.entity_indices(ids)
+    live = [f"{e}|1".encode() for e in ids[:5]]
+    history = features.history(live, ctx.user)
+    encoded = features.encoder.encode_contexts([ctx.unified], history.vector[None, :], level=ctx.level)
+    inputs = features.inputs(ctx, cand, history)
+    scores = bundle.scorer.score(inputs)
+    parts = {
+        "parse (200 ids)": lambda: RankRequest.model_validate_json(body),
+        "context": lambda: build_request_context(request, bundle.tables, bundle.level, bundle.impute),
+        "id -> index": lambda: features.encoder.entity_indices(ids),
+        "history (5 live events)": lambda: features.history(live, ctx.user),
+        "inputs (service path)": lambda: features.inputs(ctx, cand, history),
+        "  encode_one": lambda: features.encoder.encode_one(encoded, cand),
+        "  encode_candidates (batch path)": lambda: features.encoder.encode_candidates(
+            encoded, cand, np.zeros(len(cand), np.int64)
+        ),
+        "onnxruntime": lambda: bundle.scorer.score(inputs),
+        "top-k + JSON": lambda: top_k(scores, ids, 20),
+    }
+    result = {"us": {name: _time(fn, n, repeats) for name, fn in parts.items()}}
+    others = []
+    for _ in range(7):
+        r = RankRequest.model_validate_json(scenarios.rank_200())
+        c = build_request_context(r, bundle.tables, bundle.level, bundle.impute)
+        others.append(features.inputs(c, features.encoder.entity_indices(r.candidates), features.history([], c.user)))
+    batched = {}
+    for k in (1, 2, 4, 8):
+        merged, _ = concatenate(([inputs] + others)[:k])
+        batched[k] = _time(lambda m=merged: bundle.scorer.score(m), max(n // (4 * k), 10), repeats) / k
+    result["onnxruntime_us_per_request_when_batched"] = batched
+    result["candidates"] = len(cand)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = profile(args.bundle, args.n, args.repeats)
+    print("| part of one rank_200 request | µs (median) |\n|---|---|")
+    for name, us in result["us"].items():
+        print(f"| {name} | {us:.1f} |")
+    print("\n| requests per onnxruntime call | µs per request |\n|---|---|")
+    for k, us in result["onnxruntime_us_per_request_when_batched"].items():
+        print(f"| {k} | {us:.1f} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
