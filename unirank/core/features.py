@@ -208,17 +208,7 @@ class FeatureEncoder:
             ],
             axis=1,
         ).astype(np.float32)
-        inputs = {
-            "ctx_ids": ctx.ctx_ids,
-            "ctx_query": ctx.ctx_query,
-            "cand_ids": np.stack([model_cand, t.kind[cand]], axis=1),
-            "cand_genres": t.genre_ids[cand],
-            "cand_dense": dense,
-            "cand_ctx": cand_ctx,
-        }
-        if self.text:
-            inputs["cand_text"] = text_features(t.text_vec, source, cand, ctx.hist_text[cand_ctx])
-        return inputs
+        return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
         """`encode_candidates(ctx, cand, zeros)` for one context, value for value (the parity tests hold
@@ -264,6 +254,11 @@ class FeatureEncoder:
         dense[:, 9] = np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items)
         dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
         dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
+        return self._inputs(ctx, cand, cand_ctx, model_cand, dense, ctx.source[cand_ctx])
+
+    def _inputs(self, ctx, cand, cand_ctx, model_cand, dense, source) -> dict[str, np.ndarray]:
+        """The model's input tensors from the encoded parts (`source`: each candidate's source entity)."""
+        t = self.tables
         inputs = {
             "ctx_ids": ctx.ctx_ids,
             "ctx_query": ctx.ctx_query,
@@ -273,7 +268,7 @@ class FeatureEncoder:
             "cand_ctx": cand_ctx,
         }
         if self.text:
-            inputs["cand_text"] = text_features(t.text_vec, ctx.source[cand_ctx], cand, ctx.hist_text[cand_ctx])
+            inputs["cand_text"] = text_features(t.text_vec, source, cand, ctx.hist_text[cand_ctx])
         return inputs
 
 
