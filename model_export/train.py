@@ -192,14 +192,48 @@ def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, request: torch.Ten
     return (loss[has] / positives[has]).mean()
 
 
+def config_from_dict(d: dict) -> TrainConfig:
+    """A TrainConfig back from `asdict` (the manifest's `train_config`, a distributed run's argument)."""
+    nested = {"architecture": Architecture(**d["architecture"]), "options": ModelOptions(**d["options"])}
+    return TrainConfig(**(d | nested | {"tasks": tuple(d["tasks"])}))
+
+
+class _Heads(torch.nn.Module):
+    """The training forward (both heads' logits) as a module's forward, which DDP needs to sync gradients."""
+
+    def __init__(self, model: UnifiedRanker):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model.heads(*inputs)
+
+
 def fit(
-    tables: FeatureTables, fit_enc: Encoded, val_enc: Encoded, cfg: TrainConfig, log=print
+    tables: FeatureTables,
+    fit_enc: Encoded,
+    val_enc: Encoded,
+    cfg: TrainConfig,
+    log=print,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[UnifiedRanker, dict]:
+    """With `world` > 1 (inside torch.distributed): every process walks the same permutation of the fit
+    rows and takes its slice of each batch of `cfg.batch_size` rows (so a step sees what one process's
+    step would), DDP averages the gradients, and rank 0's validation loss decides early stopping."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
+    order_rng = rng if world == 1 else np.random.default_rng(cfg.seed)  # the same order on every rank
+    if world > 1:
+        rng = np.random.default_rng([cfg.seed, rank])  # cold-start draws: each rank its own
     spec = make_spec(tables, fit_enc, cfg)
     model = UnifiedRanker(spec)
+    heads = _Heads(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        heads = DistributedDataParallel(heads)  # broadcasts rank 0's initial parameters
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     labels = torch.from_numpy(fit_enc.labels)
@@ -208,12 +242,18 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = _epoch_order(fit_enc, rng, cfg.listwise_weight > 0)
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
-        total = 0.0
+        order = _epoch_order(fit_enc, order_rng, cfg.listwise_weight > 0)
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0
+        )
+        total, seen = 0.0, 0
         for s in bar:
             rows = order[s : s + cfg.batch_size]
-            click, play = model.heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
+            if world > 1:
+                if len(rows) < world:  # a last batch too small to share: skipped by every rank alike
+                    continue
+                rows = np.array_split(rows, world)[rank]
+            click, play = heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
             loss = loss_fn(click, labels[rows])
             if cfg.listwise_weight > 0:
                 request = torch.from_numpy(fit_enc.inputs["cand_ctx"][rows])
@@ -222,16 +262,30 @@ def fit(
                 clicked = labels[rows] > 0
                 if clicked.any():
                     loss = loss + loss_fn(play[clicked], played[rows][clicked])
+                elif world > 1:  # DDP needs a gradient for every parameter on every rank
+                    loss = loss + 0.0 * play.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(rows)
+            seen += len(rows)
         seconds = time.perf_counter() - started
-        val = _logloss(predict(model, val_enc), val_enc.labels)
-        history.append({"epoch": epoch, "train_logloss": total / len(order), "val_logloss": val, "seconds": seconds})
+        val = _logloss(predict(model, val_enc), val_enc.labels) if rank == 0 else 0.0
+        if world > 1:
+            val = _broadcast(val)
+        rows_s = seen * world / seconds
+        history.append(
+            {
+                "epoch": epoch,
+                "train_logloss": total / seen,
+                "val_logloss": val,
+                "seconds": seconds,
+                "rows_per_s": rows_s,
+            }
+        )
         log(
-            f"epoch {epoch}: train logloss {total / len(order):.4f}  val logloss {val:.4f}  "
-            f"({seconds:.1f}s, {len(order)} rows)"
+            f"epoch {epoch}: train logloss {total / seen:.4f}  val logloss {val:.4f}  "
+            f"({seconds:.1f}s, {len(order)} rows, {rows_s:.0f} rows/s{f', {world} processes' if world > 1 else ''})"
         )
         if val < best - 1e-4:
             best, bad = val, 0
@@ -244,6 +298,14 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return model, {"epochs": history, "best_val_logloss": best}
+
+
+def _broadcast(value: float) -> float:
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, 0)
+    return float(tensor.item())
 
 
 def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print) -> dict:

@@ -53,6 +53,9 @@ def train(
         float,
         typer.Option(min=0.0, max=100.0, help="Add per-request softmax cross-entropy (ListNet) to BCE, this much"),
     ] = 0.0,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun, DDP: gloo, or NCCL on GPUs)")
+    ] = 1,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -78,7 +81,16 @@ def train(
         listwise_weight=listwise_weight,
         options=options,
     )
-    manifest = train_bundle(data, out, cfg, log=typer.echo)
+    if nproc > 1:
+        import json
+
+        from model_export.distributed import launch
+
+        if code := launch(data, out, cfg, nproc):
+            raise typer.Exit(code)
+        manifest = json.loads((out / "manifest.json").read_text())
+    else:
+        manifest = train_bundle(data, out, cfg, log=typer.echo)
     typer.echo(format_table(manifest["metrics"]))
 
 
