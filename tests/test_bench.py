@@ -103,3 +103,28 @@ def test_options_bench_compares_two_bundles_in_one_interleaved_run(bundle_dir, t
         Path(result["files"]["markdown"]).read_text().count("|") > 20
         and (tmp_path / result["files"]["plot"].split("/")[-1]).stat().st_size > 0
     )
+
+
+def test_bench_train_targets_and_table_name_what_failed():
+    from loadtest.train_bench import table, targets
+
+    def size(events, seconds, rss, exit_code=0):
+        row = {"events": events, "synth": {"seconds": 1.0, "exit": 0}}
+        row["train"] = {"seconds": seconds, "peak_rss_mb": rss, "exit": exit_code}
+        if exit_code == 0:
+            row |= {"fit_rows_per_s": 1000.0, "ndcg@10": {"search": 0.8, "prequery": 0.6, "more_like_this": 0.6}}
+        return row
+
+    ddp = [
+        {"processes": 1, "events": 1, "seconds": 1.0, "exit": 0},
+        {"processes": 2, "events": 1, "seconds": 2.0, "exit": 1},
+    ]
+    flat = {"sizes": [size(1_000_000, 60, 1000), size(5_000_000, 290, 1500)], "ddp": ddp}
+    assert all(targets(flat).values())
+    linear_memory = {"sizes": [size(1_000_000, 60, 1000), size(5_000_000, 600, 5000)], "ddp": ddp}
+    got = targets(linear_memory)
+    assert not got["peak RSS at the largest <= 2x the smallest"] and not got["time about linear (<= 1.5x proportional)"]
+    oom = {"sizes": [size(1_000_000, 60, 1000), size(20_000_000, 10, 20000, exit_code=-9)], "ddp": ddp}
+    assert targets(oom) == {"every size trained": False}
+    rendered = table(oom | {"targets": targets(oom)})
+    assert "failed (exit -9)" in rendered and "failed (exit 1)" in rendered and "MISSED" in rendered

@@ -1,4 +1,4 @@
-"""Benchmarks: bench (the one-run benchmark), bench-scoring, bench-batching, bench-options."""
+"""Benchmarks: bench (the one-run benchmark), bench-scoring, bench-batching, bench-options, bench-train."""
 
 from __future__ import annotations
 
@@ -117,3 +117,22 @@ def chaos(
     _written(result)
     if not result["held"]:
         raise typer.Exit(1)
+
+
+@app.command("bench-train")
+def bench_train(
+    sizes: Annotated[
+        str, typer.Option(help="Synthetic event counts, comma-separated", callback=parse_ints)
+    ] = "1000000,5000000,20000000",
+    quick: Annotated[bool, typer.Option(help="200k and 1M events (a few minutes)")] = False,
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    out: Out = Path("results"),
+) -> None:
+    """Training time and peak memory as the data grows, and 1 vs 2 data-parallel processes: JSON + table + PNG."""
+    from loadtest.train_bench import bench_train as run_bench_train
+    from loadtest.train_bench import table
+
+    chosen = [200_000, 1_000_000] if quick else list(parse_ints(sizes))
+    result = run_bench_train(chosen, epochs, out)
+    typer.echo(table(result))
+    _written(result)
