@@ -4,7 +4,8 @@
 Contract: `Entities(tables, catalog).record(entity_id)` is the entity's catalog record with
 `added_at_run_time`, or None when unknown (trained entities first; an id the model was trained with
 cannot be replaced at run time). `decorate(items)` takes the items array as /rank encodes it and returns
-it with each known item's display fields; the records of trained entities are built once per bundle.
+it with each known item's display fields (`decorate_items`: the same on decoded items); the records of
+trained entities are built once per bundle.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ class Entities:
             return None if added is None else added | {"added_at_run_time": True}
         return self._trained_records()[entity_id] | {"added_at_run_time": False}
 
-    def decorate(self, items: bytes) -> bytes:
-        """The encoded items with title, kind, genres and year on each (an unknown id gets none)."""
-        decoded = orjson.loads(items)
-        for item in decoded:
+    def decorate_items(self, items: list[dict]) -> list[dict]:
+        """The items, each with title, kind, genres and year added in place (an unknown id gets none)."""
+        for item in items:
             record = self.record(item["entity_id"])
             if record is not None:
                 item.update(display_fields(record))
-        return orjson.dumps(decoded)
+        return items
+
+    def decorate(self, items: bytes) -> bytes:
+        """`decorate_items` on items encoded as /rank encodes them."""
+        return orjson.dumps(self.decorate_items(orjson.loads(items)))

@@ -87,12 +87,8 @@ class Retriever:
         """Titles related to a user's latest engagements (most recent first): co-engaged neighbours and
         titles sharing words (same franchise) of up to `sources` distinct ones, interleaved so that the
         most recent engagements come first; available in the country, none of `exclude` or `engaged`."""
-        t = self.tables
         recent = _unique_in_order([engaged])[:sources]
-        per_source = []
-        for e in recent.tolist():
-            co = self.co_neighbours[e][:SESSION_PER_SOURCE] if e < len(self.co_neighbours) else np.zeros(0, np.int64)
-            per_source.append(_unique_in_order([co, t.title_index.lookup(t.norm_titles[e])[:SESSION_PER_SOURCE]]))
+        per_source = [_unique_in_order(self._neighbours(e, SESSION_PER_SOURCE)) for e in recent.tolist()]
         if not per_source:
             return np.zeros(0, np.int64)
         width = max(len(p) for p in per_source)  # round robin: the first of each source, then the second...
@@ -103,14 +99,18 @@ class Retriever:
         cand = cand[(cand > 0) & ~np.isin(cand, exclude) & ~np.isin(cand, engaged)]
         return self._available(cand, country)
 
+    def _neighbours(self, source: int, n_titles: int, n_co: int | None = None) -> list[np.ndarray]:
+        """Co-engaged neighbours of `source` (none for an entity added at run time), then the titles
+        sharing its title's words (a franchise)."""
+        t = self.tables
+        co = self.co_neighbours[source][:n_co] if source < len(self.co_neighbours) else np.zeros(0, np.int64)
+        return [co, t.title_index.lookup(t.norm_titles[source])[:n_titles]]
+
     def more_like_this(self, source: int, country: int) -> np.ndarray:
         if source == 0:  # unknown source: nothing to be similar to, so the popular titles
             return self.country_top[country]
         t = self.tables
-        co = (
-            self.co_neighbours[source] if source < len(self.co_neighbours) else np.zeros(0, np.int64)
-        )  # added at run time
-        parts = [co, t.title_index.lookup(t.norm_titles[source])[:50]]
+        parts = self._neighbours(source, 50)
         parts += [self.genre_top[g][:50] for g in np.flatnonzero(t.genre_hot[source])]
         cand = self._available(_unique_in_order(parts), country)
         cand = cand[cand != source]

@@ -120,9 +120,9 @@ async def _interleave(
     merged = team_draft([e for e, _ in rankings[0]], [e for e, _ in rankings[1]], request.k, seed)
     items = [{"entity_id": e, "score": scores[team][e], "variant": names[team]} for e, team in merged]
     ctx = first.ranker.context(request)
-    encoded = orjson.dumps(items)
+    encoded = orjson.dumps(items)  # what the impression log records: without display fields
     body = {
-        "items": orjson.loads(first.bundle.entities.decorate(encoded)) if request.display else items,
+        "items": first.bundle.entities.decorate_items(items) if request.display else items,
         "model": None,
         "model_version": f"{first.version}+{second.version}",
         "task": request.task,
