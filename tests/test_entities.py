@@ -176,3 +176,14 @@ def test_an_id_twice_in_a_batch_is_the_last_one(admin):
     reply = add(admin, [{"entity_id": eid, "title": "First Title"}, {"entity_id": eid, "title": "Second Title"}])
     assert reply["accepted"] == 1
     assert admin.client.get(f"/entities/{eid}").json()["title"] == "Second Title"
+
+
+def test_an_id_with_a_slash_is_found_by_its_path(admin):
+    from urllib.parse import quote
+
+    eid = f"shows/{new_id()}"  # ids may hold any printable character; "/" reaches the path as %2F
+    add(admin, [{"entity_id": eid, "title": "Slashed Title"}])
+    r = admin.client.get(f"/entities/{quote(eid, safe='')}")
+    assert r.status_code == 200, r.text
+    assert r.json()["entity_id"] == eid and r.json()["title"] == "Slashed Title"
+    assert admin.client.get(f"/entities/{quote('shows/nope', safe='')}").status_code == 404

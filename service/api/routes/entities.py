@@ -53,7 +53,7 @@ async def add_entities(request: Request, state: State, bundle: BundleDep) -> Res
     return json_response(reply, 201)
 
 
-@router.get("/entities/{entity_id}", responses=ok(Entity) | errors(404, 503))
+@router.get("/entities/{entity_id:path}", responses=ok(Entity) | errors(404, 503))
 async def entity(entity_id: str, bundle: BundleDep) -> Response:
     """Title, kind, genres, year and availability of one entity (trained or added at run time)."""
     record = bundle.entities.record(entity_id)
