@@ -34,8 +34,13 @@ serve: venv $(BUNDLE)/manifest.json
 	@UNIRANK_ADMIN_TOKEN=$(ADMIN_TOKEN) UNIRANK_DEMO_PAGE=$${UNIRANK_DEMO_PAGE:-1} $(BIN)/unirank serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT) || \
 		[ $$? -eq 130 ]
 
+# The service's tests that touch Redis, run a second time against a three-master Redis Cluster
+REDIS_CLUSTER_TESTS := tests/test_service.py tests/test_entities.py tests/test_loop.py tests/test_rollout.py \
+	tests/test_routing.py tests/test_api_contract.py tests/test_frontend_api.py tests/test_redis_pool.py
+
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	UNIRANK_TEST_REDIS=cluster $(BIN)/python -m pytest -q -p no:cacheprovider $(REDIS_CLUSTER_TESTS)
 
 lint: venv
 	$(BIN)/ruff check .

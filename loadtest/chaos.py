@@ -41,6 +41,7 @@ from loadtest.processes import AppServer, RedisServer
 from loadtest.scenarios import Scenarios
 from service.redis_server import free_port, redis_server_binary
 from service.settings import Settings
+from unirank.core.history import history_key
 
 TOKEN = "chaos-admin-token"
 JSON_TYPE = {"content-type": "application/json"}
@@ -374,7 +375,7 @@ def redis_kill_case(bundle: Path, redis_url: str, quick: bool, work: Path) -> di
     try:
         rank_outcomes = asyncio.run(run())
         client = redis.Redis.from_url(durable.url)
-        missing = sum(f"{e}|1".encode() not in client.lrange(f"ur:hist:{u}", 0, -1) for u, e in acknowledged)
+        missing = sum(f"{e}|1".encode() not in client.lrange(history_key(u), 0, -1) for u, e in acknowledged)
         failed_rank = sum(1 for outcome, status, _ in rank_outcomes if outcome != "ok" or status != 200)
         recover = first_ack_after[0] if first_ack_after else float("nan")
         return {

@@ -1,10 +1,11 @@
-"""Starting the real processes a benchmark or a test needs: a redis-server and uvicorn apps.
+"""Starting the real processes a benchmark or a test needs: a redis-server, a Redis Cluster, uvicorn apps.
 
 `free_port` is re-exported for the tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,52 @@ class RedisServer(EmbeddedRedis):
 
     def stop(self) -> None:
         self.close()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `masters` redis-servers in cluster mode on loopback ports (no replicas),
+    joined by `redis-cli --cluster create`; `url` is the `redis+cluster://` URL of its first node."""
+
+    def __init__(self, masters: int = 3):
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli missing: install Debian's redis-server package (it ships redis-cli)")
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters):
+                # the config file goes in the node's own temporary --dir; the bus port is chosen, not the
+                # default port + 10000 (above 65535 for half of the ephemeral range)
+                bus = ("--cluster-port", str(free_port()))
+                self.nodes.append(
+                    RedisServer(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *bus))
+                )
+            addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+            done = subprocess.run(create, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+            self._wait_ok(cli)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def _wait_ok(self, cli: str, timeout_s: float = 30.0) -> None:
+        """Every node sees every slot served (cluster_state:ok) before anyone uses it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run([cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True).stdout
+                for n in self.nodes
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class AppServer:

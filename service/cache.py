@@ -1,4 +1,4 @@
-"""Redis: the connection, the keystroke cache and single flight.
+"""The keystroke cache in Redis and single flight (the connection: `service.redis_client`).
 
 The cached value is the ranked items already encoded as JSON, so a hit costs no encoding. Two layers:
 a small per-worker in-memory TTL cache in front of Redis (a hit there skips the network round trip,
@@ -16,69 +16,10 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from cachetools import TTLCache
 
-from service.breaker import CircuitBreaker
 from service.errors import store_failures_tolerated
 from service.metrics import CACHE_LAYER
 
 log = logging.getLogger("unirank.cache")
-
-
-class GuardedRedis(aioredis.Redis):
-    """Every command and pipeline goes through the worker's circuit breaker (`service.breaker`)."""
-
-    def __init__(self, *args, breaker: CircuitBreaker | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.breaker = breaker or CircuitBreaker(failures=1 << 30)
-
-    async def execute_command(self, *args, **options):
-        async with self.breaker:
-            return await super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> aioredis.client.Pipeline:
-        return GuardedPipeline(self.breaker, self.connection_pool, self.response_callbacks, transaction, shard_hint)
-
-
-class GuardedPipeline(aioredis.client.Pipeline):
-    def __init__(self, breaker: CircuitBreaker, *args):
-        super().__init__(*args)
-        self.breaker = breaker
-
-    async def execute(self, raise_on_error: bool = True):
-        async with self.breaker:
-            return await super().execute(raise_on_error)
-
-
-class QuickBlockingPool(aioredis.BlockingConnectionPool):
-    """A BlockingConnectionPool that hands out an idle connection at once. The base class takes a lock
-    and arms a timeout on every call (~30 us, more than the command on a keystroke); only when all
-    `max_connections` are busy is the wait (and its timeout) needed, and then the base class does it."""
-
-    async def get_connection(self, command_name=None, *keys, **options):
-        if not self._available_connections or getattr(self, "_in_maintenance", False):
-            return await super().get_connection()
-        connection = self._available_connections.pop()
-        self._in_use_connections.add(connection)
-        try:
-            await self.ensure_connection(connection)
-        except BaseException:
-            await self.release(connection)
-            raise
-        return connection
-
-
-def connect(url: str, timeout_s: float, max_connections: int, breaker: CircuitBreaker | None = None) -> GuardedRedis:
-    """A client whose pool makes a request wait (up to `timeout_s`) for a free connection when all
-    `max_connections` are busy, instead of failing at once: a burst of concurrent requests queues on the
-    pool rather than turning into errors. With a breaker, no call is attempted while it is open."""
-    pool = QuickBlockingPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=max(timeout_s, 0.5),
-        retry_on_timeout=False,
-    )
-    return GuardedRedis(connection_pool=pool, breaker=breaker)
 
 
 class RankCache:

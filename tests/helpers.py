@@ -1,11 +1,15 @@
 """Helpers the tests share (fixtures stay in conftest): a live service process, request shortcuts,
-metric scraping, and a model spec for the feature code."""
+metric scraping, a model spec for the feature code, and Debian packages installed when missing."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,6 +18,20 @@ from loadtest.processes import AppServer
 from unirank.core.features import DENSE_FEATURES
 from unirank.core.spec import ModelOptions, ModelSpec, Vocabulary
 from unirank.core.tables import FeatureTables
+
+
+def debian_binaries(found: Callable[[], dict[str, str | None]], packages: list[str]) -> dict[str, str | None]:
+    """`found()` (binary name -> path or None) after installing `packages` with apt-get when a binary is
+    missing and this runs as root with apt-get (CI machines start without them); whatever could not be
+    installed stays None, for the caller to fail or skip saying which package it needs."""
+    if all(found().values()) or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found()
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(install, env=env, capture_output=True)
+    return found()
 
 
 class LiveServer(AppServer):

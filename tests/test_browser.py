@@ -13,37 +13,31 @@ import http.server
 import os
 import shutil
 import socketserver
-import subprocess
 import threading
 
 import pytest
-import redis
 
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, debian_binaries
+from unirank.core.history import history_key
 from unirank.core.tables import FeatureTables
+from unirank.loop.redis_client import redis_client
 
 WAIT_S = 20
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
+def _chromium() -> dict[str, str | None]:
+    return {
+        "browser": shutil.which("chromium") or shutil.which("chromium-browser"),
+        "driver": shutil.which("chromedriver"),
+    }
 
 
 @pytest.fixture(scope="module")
 def chromium() -> tuple[str, str]:
-    found = _chromium()
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True)
-        found = _chromium()
-    if found is None:
+    found = debian_binaries(_chromium, ["chromium", "chromium-driver"])
+    if not all(found.values()):
         pytest.skip("no Chromium: install Debian's chromium and chromium-driver (apt-get) to run the browser test")
-    return found
+    return found["browser"], found["driver"]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -167,8 +161,8 @@ def test_the_demo_page_in_a_browser(demo, browser, bundle_dir, redis_url, other_
             browser,
             lambda d, e=clicked_ids[-1]: d.find_element(By.ID, "similar-section").get_attribute("data-source") == e,
         )
-    client = redis.Redis.from_url(redis_url)
-    history = [h.decode().split("|")[0] for h in client.lrange(f"ur:hist:{user}", 0, -1)]
+    client = redis_client(redis_url)
+    history = [h.decode().split("|")[0] for h in client.lrange(history_key(user), 0, -1)]
     assert set(clicked_ids) <= set(history), (clicked_ids, history)
     _wait(browser, lambda d: _ids(d, "prequery") and _ids(d, "prequery") != prequery_before)
 

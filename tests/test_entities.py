@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import LiveServer
 from unirank.core.tables import FeatureTables
+from unirank.loop.redis_client import redis_client
 
 TOKEN = "test-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -162,9 +163,7 @@ def test_replicas_follow_the_runtime_catalog(admin, bundle_dir, redis_url, strea
 
 def test_a_malformed_log_entry_is_skipped_not_fatal(admin, redis_url, stream):
     """An entry the follower cannot read (written by hand, say) is counted and skipped; later ones still apply."""
-    import redis
-
-    redis.Redis.from_url(redis_url).xadd(stream, {"entities": b"not json"})
+    redis_client(redis_url).xadd(stream, {"entities": b"not json"})
     eid = new_id()
     add(admin, [{"entity_id": eid, "title": "Wuxtrel After"}])
     assert ranked_ids(admin, task="search", country="US", query="wuxtrel") == [eid]

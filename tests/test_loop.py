@@ -10,13 +10,13 @@ import uuid
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import redis
 
 from tests.helpers import LiveServer, metric
 from unirank.core.impression_log import Feedback, Impression, decode_batch
 from unirank.core.schema import events_path, read_entities, read_events
 from unirank.loop.experiment import experiment_requests, p_value, power, report
 from unirank.loop.logs import Log, export_log, request_number, sink
+from unirank.loop.redis_client import redis_client
 
 TOKEN = "loop-token"
 
@@ -45,7 +45,7 @@ def logged(bundle_dir, redis_url):
     }
     live = LiveServer(bundle_dir, redis_url, env)
     live.wait_ready()
-    yield live, env, redis.Redis.from_url(redis_url)
+    yield live, env, redis_client(redis_url)
     live.stop()
 
 
@@ -57,7 +57,7 @@ def wait_for(predicate, timeout_s: float = 10.0):
     return value
 
 
-def logged_records(client: redis.Redis, stream: str) -> dict[str, Impression]:
+def logged_records(client, stream: str) -> dict[str, Impression]:
     return {imp.rid: imp for _, f in client.xrange(stream) for imp in decode_batch(f[b"b"])}
 
 
@@ -138,7 +138,7 @@ def test_a_click_is_credited_to_the_exact_impression(logged, bundle_dir, tmp_pat
 
 def test_the_log_is_capped_and_a_full_buffer_drops_instead_of_waiting(bundle_dir, redis_url):
     env = streams(f"ur:test:{uuid.uuid4().hex[:8]}") | {"UNIRANK_IMPRESSION_STREAM_MAX": "100"}
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     live = LiveServer(bundle_dir, redis_url, env | {"UNIRANK_IMPRESSION_FLUSH_MS": "10"})
     try:
         live.wait_ready()

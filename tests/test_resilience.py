@@ -20,6 +20,7 @@ from loadtest.processes import RedisServer
 from service.api import create_app
 from service.settings import Settings
 from tests.helpers import LiveServer, fields_of, metric
+from unirank.core.history import history_key
 
 CANDIDATES = [f"e{i:06d}" for i in range(1, 201)]
 
@@ -159,7 +160,8 @@ def test_a_full_cache_redis_evicts_while_events_and_the_catalogue_are_stored(bun
         assert live.client.post("/events", json=events).status_code == 202
         entity = [{"entity_id": f"rt-{uuid.uuid4().hex[:6]}", "title": "Eviction Survivor"}]
         assert live.client.post("/entities", json=entity, headers={"authorization": "Bearer t"}).status_code == 201
-        assert state_client.lrange("ur:hist:kept", 0, -1) == [b"e000001|1"] and state_client.xlen("ur:entities") >= 1
+        assert state_client.lrange(history_key("kept"), 0, -1) == [b"e000001|1"]
+        assert state_client.xlen("ur:entities") >= 1
         assert not any(k.startswith(b"ur:rank:") for k in state_client.scan_iter(count=1000))  # the cache lives apart
     finally:
         live.stop()

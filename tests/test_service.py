@@ -9,8 +9,10 @@ import pytest
 
 from loadtest.processes import free_port
 from tests.helpers import LiveServer
+from unirank.core.history import counters_key, history_key
 from unirank.core.tables import FeatureTables
 from unirank.core.text import normalize
+from unirank.loop.redis_client import redis_client
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +173,6 @@ def test_events_change_the_next_ranking_for_that_user(client, tables):
 
 
 def test_events_land_in_redis_newest_first_and_capped(client, redis_url):
-    import redis
-
     user = f"u-store-{uuid.uuid4().hex[:8]}"
     clicks = [
         {"user_id": user, "task": "search", "entity_id": f"e{n:06d}", "action": "click", "ts": 1e9 + n}
@@ -180,14 +180,14 @@ def test_events_land_in_redis_newest_first_and_capped(client, redis_url):
     ]
     batch = clicks[::-1] + [{"user_id": user, "task": "prequery", "entity_id": "e000001", "action": "impression"}]
     assert client.post("/events", json=batch).json() == {"accepted": 61}
-    r = redis.Redis.from_url(redis_url)
-    history = [x.decode() for x in r.lrange(f"ur:hist:{user}", 0, -1)]
+    r = redis_client(redis_url)
+    history = [x.decode() for x in r.lrange(history_key(user), 0, -1)]
     assert history == [
         f"e{n:06d}|1" for n in range(59, 9, -1)
     ]  # the 50 most recent clicks (kind 1: search click), newest first
-    counters = {k.decode(): int(v) for k, v in r.hgetall(f"ur:cnt:{user}").items()}
+    counters = {k.decode(): int(v) for k, v in r.hgetall(counters_key(user)).items()}
     assert counters == {"click": 60, "search:click": 60, "impression": 1, "prequery:impression": 1}
-    assert r.ttl(f"ur:hist:{user}") > 0 and r.ttl(f"ur:cnt:{user}") > 0
+    assert r.ttl(history_key(user)) > 0 and r.ttl(counters_key(user)) > 0
 
 
 def test_events_accept_impressions_and_plays(client):

@@ -17,7 +17,14 @@ experiment_app = typer.Typer(help="Online experiments: the report of which varia
 app.add_typer(logs_app, name="logs")
 app.add_typer(experiment_app, name="experiment")
 
-RedisUrl = Annotated[str, typer.Option("--redis", envvar="REDIS_URL", help="The service's Redis [env REDIS_URL]")]
+RedisUrl = Annotated[
+    str,
+    typer.Option(
+        "--redis",
+        envvar="REDIS_URL",
+        help="The service's Redis (redis+cluster://host:port: a Redis Cluster) [env REDIS_URL]",
+    ),
+]
 Streams = {"impressions_stream": "ur:impressions", "feedback_stream": "ur:feedback", "catalog_stream": "ur:entities"}
 
 
@@ -36,9 +43,9 @@ def _when(value: str | None) -> int | None:
 
 
 def _client(url: str):
-    import redis
+    from unirank.loop.redis_client import redis_client
 
-    return redis.Redis.from_url(url)
+    return redis_client(url)
 
 
 @logs_app.command("export")
