@@ -34,7 +34,7 @@ class RedisClusterServer:
     """A Redis Cluster of `masters` redis-servers in cluster mode on loopback ports (no replicas),
     joined by `redis-cli --cluster create`; `url` is the `redis+cluster://` URL of its first node."""
 
-    def __init__(self, masters: int = 3):
+    def __init__(self, masters: int = 3, cpus: set[int] | None = None):
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli missing: install Debian's redis-server package (it ships redis-cli)")
