@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from unirank.core.schema import entities_path, events_path, read_entities, read_events
 
+SORT_KEYS = ("timestamp", "request_id", "target_entity_id", "clicked", "played")
 SPLIT_BOUNDS = {"feature": (0.0, 0.5), "fit": (0.5, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 
 
@@ -28,7 +29,8 @@ class Dataset:
     @classmethod
     def load(cls, data_dir: Path | str) -> Dataset:
         events = read_events(events_path(data_dir))
-        events = events.sort_by([("timestamp", "ascending"), ("request_id", "ascending")])
+        # a total order: the same events in any row order or file layout load to the same table
+        events = events.sort_by([(c, "ascending") for c in SORT_KEYS])
         return cls(events, read_entities(entities_path(data_dir)))
 
     def split(self, name: str) -> pa.Table:

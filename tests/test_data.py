@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -84,3 +85,35 @@ def test_unknown_task_is_rejected(data_dir, tmp_path):
     pq.write_table(table, tmp_path / "events.parquet")
     with pytest.raises(SchemaError, match="'task'.*browse"):
         read_events(tmp_path / "events.parquet")
+
+
+def test_a_partitioned_shuffled_dataset_reads_as_the_single_file(data_dir, tmp_path):
+    """A directory of Parquet partitions (as `unirank logs sink` writes, hive `date=` folders here), its
+    rows shuffled across files, loads to exactly the single file's events and splits: row order and file
+    layout carry no information."""
+    from model_export.data import Dataset, Requests
+    from unirank.core.schema import events_path
+
+    single = pq.read_table(data_dir / "events.parquet")
+    shuffled = single.take(np.random.default_rng(0).permutation(single.num_rows))
+    day = pc.strftime(shuffled.column("timestamp"), format="%Y-%m-%d")
+    parts = tmp_path / "parts"
+    (parts / "events").mkdir(parents=True)
+    ds.write_dataset(
+        shuffled.append_column("date", day),
+        parts / "events",
+        format="parquet",
+        partitioning=["date"],
+        partitioning_flavor="hive",
+        max_rows_per_file=5_000,
+        max_rows_per_group=5_000,
+    )
+    pq.write_table(pq.read_table(data_dir / "entities.parquet"), parts / "entities.parquet")
+    assert events_path(parts).is_dir() and len(list((parts / "events").rglob("*.parquet"))) > 5
+    a, b = Dataset.load(data_dir), Dataset.load(parts)
+    assert a.events.select(single.column_names).equals(b.events.select(single.column_names))
+    for split in ("feature", "fit", "validation", "test"):
+        ra, rb = Requests.from_events(a.split(split)), Requests.from_events(b.split(split))
+        assert np.array_equal(ra.request_id, rb.request_id)
+        assert np.array_equal(ra.target_entity_id, rb.target_entity_id)
+        assert np.array_equal(ra.row_request, rb.row_request)
