@@ -20,11 +20,13 @@ Everything is vectorised per task; Python loops run over sessions and unique pre
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -459,31 +461,35 @@ def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
     return users, country, None, source, ents, logit, None
 
 
-def generate(p: SynthParams, out_dir: Path | str) -> dict:
-    """Write events.parquet, entities.parquet and synth.json to out_dir; return a summary."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(p.seed)
-    steps = tqdm(total=5, desc="synth", unit="step")
-    cat = _Catalog(p, rng)
-    steps.update()
-    eids = np.array([""] + [f"e{i:06d}" for i in range(1, p.entities + 1)], dtype=object)
+def _events_part(
+    cat: _Catalog,
+    p: SynthParams,
+    eids: np.ndarray,
+    n_events: int,
+    window: tuple[float, float],
+    first_request: int,
+    rng: np.random.Generator,
+    continuation_seed: list[int],
+    steps,
+) -> tuple[pa.Table, int]:
+    """The events of one time window (seconds from the log's start), request ids from `first_request` in
+    time order, rows sorted by request then entity; and how many requests it drew."""
     uids = np.array([f"u{i:07d}" for i in range(p.users)], dtype=object)
     countries = np.array(COUNTRIES, dtype=object)
     columns: dict[str, list] = {k: [] for k in EVENT_SCHEMA.names}
     next_request = 0
     last_search = None
     for task, fn in (("search", _search), ("prequery", _prequery), ("more_like_this", _more_like_this)):
-        users, country, query, source, ents, logit, session = fn(cat, int(p.events * TASK_EVENT_SHARE[task]), rng)
+        users, country, query, source, ents, logit, session = fn(cat, int(n_events * TASK_EVENT_SHARE[task]), rng)
         R, K = ents.shape
         valid = ents > 0
         clicked = (rng.random(ents.shape) < _sigmoid(logit)) & valid
         play_p = play_probability(cat, users, ents)
         played = clicked & (rng.random(ents.shape) < play_p)
         if session is None:
-            ts = rng.uniform(0, DAYS * 86400, R)
+            ts = rng.uniform(window[0], window[1], R)
         else:  # keystrokes of one session are ~300 ms apart
-            start = rng.uniform(0, DAYS * 86400, session.max() + 1)
+            start = rng.uniform(window[0], window[1], session.max() + 1)
             first = np.searchsorted(session, session, side="left")
             ts = start[session] + 0.3 * (np.arange(R) - first)
         if task == "search":
@@ -491,7 +497,7 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
             last_search = (users[rows_c], ts[rows_c], ents[rows_c, cols_c])
         elif task == "prequery" and p.continuation > 0:  # its own generator: without it the data is unchanged
             ents, clicked, played = _continue_franchises(
-                cat, last_search, users, country, ts, ents, clicked, played, np.random.default_rng([p.seed, 2])
+                cat, last_search, users, country, ts, ents, clicked, played, np.random.default_rng(continuation_seed)
             )
             valid = ents > 0
         rows, cols = np.nonzero(valid)
@@ -515,7 +521,7 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
     req_ts[data["request_id"]] = data["timestamp"]
     new_id = np.empty(next_request, dtype=np.int64)
     new_id[np.argsort(req_ts, kind="stable")] = np.arange(next_request)
-    data["request_id"] = new_id[data["request_id"]]
+    data["request_id"] = new_id[data["request_id"]] + first_request
     order = np.lexsort((data["target_entity_id"].astype(str), data["request_id"]))
     arrays = [
         pa.array(data[k][order], type=EVENT_SCHEMA.field(k).type)
@@ -523,7 +529,47 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
         else pa.array(data[k][order]).cast(pa.timestamp("ms"))
         for k in EVENT_SCHEMA.names
     ]
-    pq.write_table(pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), out / "events.parquet")
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), next_request
+
+
+PART_EVENTS = 2_000_000  # the most events one part of the log holds in memory while it is generated
+
+
+def generate(p: SynthParams, out_dir: Path | str, part_events: int = PART_EVENTS) -> dict:
+    """Write the events, entities.parquet and synth.json to out_dir; return a summary.
+
+    Up to `part_events` events: one `events.parquet`, all generated at once. More: the DAYS are cut into
+    as many consecutive windows as that takes, each generated with its own random stream and written as
+    `events/part-NNNNN.parquet` before the next one starts, so memory holds one part (and the catalogue),
+    whatever the size; request ids keep following time across parts. Sessions and franchise continuations
+    stay within a window."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(p.seed)
+    parts = max(1, -(-p.events // max(part_events, 1)))
+    steps = tqdm(total=2 + 3 * parts, desc="synth", unit="step")
+    cat = _Catalog(p, rng)
+    steps.update()
+    eids = np.array([""] + [f"e{i:06d}" for i in range(1, p.entities + 1)], dtype=object)
+    # what an earlier run left must not be read with this one (`events.parquet` wins over `events/`)
+    shutil.rmtree(out / "events", ignore_errors=True)
+    (out / "events.parquet").unlink(missing_ok=True)
+    if parts > 1:
+        (out / "events").mkdir()
+    totals = {"events": 0, "requests": 0, "clicks": 0}
+    for part in range(parts):
+        window = (part * DAYS * 86400 / parts, (part + 1) * DAYS * 86400 / parts)
+        # one part: the random stream of every earlier version of this generator, unchanged output
+        part_rng = rng if parts == 1 else np.random.default_rng([p.seed, 1, part])
+        continuation_seed = [p.seed, 2] if parts == 1 else [p.seed, 2, part]
+        table, n_requests = _events_part(
+            cat, p, eids, p.events // parts, window, totals["requests"], part_rng, continuation_seed, steps
+        )
+        totals["events"] += table.num_rows
+        totals["requests"] += n_requests
+        totals["clicks"] += int(pc.sum(pc.cast(table.column("clicked"), pa.int64())).as_py() or 0)
+        pq.write_table(table, out / "events.parquet" if parts == 1 else out / "events" / f"part-{part:05d}.parquet")
+        del table
     entities = pa.table(
         {
             "entity_id": eids[1:].tolist(),
@@ -536,12 +582,7 @@ def generate(p: SynthParams, out_dir: Path | str) -> dict:
         schema=ENTITY_SCHEMA,
     )
     pq.write_table(entities, out / "entities.parquet")
-    summary = {
-        "params": asdict(p),
-        "events": int(len(order)),
-        "requests": int(next_request),
-        "clicks": int(data["clicked"].sum()),
-    }
+    summary = {"params": asdict(p), "parts": parts, **totals}
     (out / "synth.json").write_text(json.dumps(summary, indent=2))
     steps.update()
     steps.close()

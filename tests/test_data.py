@@ -1,5 +1,7 @@
 """The synthetic generator and the schema readers."""
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -117,3 +119,36 @@ def test_a_partitioned_shuffled_dataset_reads_as_the_single_file(data_dir, tmp_p
         assert np.array_equal(ra.request_id, rb.request_id)
         assert np.array_equal(ra.target_entity_id, rb.target_entity_id)
         assert np.array_equal(ra.row_request, rb.row_request)
+
+
+def test_a_large_log_is_written_in_parts_that_read_as_one(tmp_path):
+    """`unirank data synth` beyond `part_events`: consecutive time windows, one Parquet file each, request
+    ids unique and following the parts; the directory loads as a dataset; up to `part_events` the output
+    is the single file it always was."""
+    from model_export.data import Dataset
+    from unirank.core.schema import events_path
+
+    p = SynthParams(users=400, entities=250, events=12_000, seed=2)
+    whole = generate(p, tmp_path / "whole")
+    parted = generate(p, tmp_path / "parted", part_events=4_000)
+    assert whole["parts"] == 1 and (tmp_path / "whole" / "events.parquet").exists()
+    files = sorted((tmp_path / "parted" / "events").glob("part-*.parquet"))
+    assert parted["parts"] == len(files) == 3 and events_path(tmp_path / "parted").is_dir()
+    ranges = []
+    for f in files:
+        t = pq.read_table(f)
+        ts = t.column("timestamp").cast(pa.int64()).to_numpy()
+        ranges.append((t.column("request_id").to_numpy(), ts))
+    for (req_a, ts_a), (req_b, ts_b) in itertools.pairwise(ranges):
+        assert req_a.max() < req_b.min()  # ids go on across parts
+        assert np.median(ts_a) < np.median(ts_b)  # and so does time
+    events = Dataset.load(tmp_path / "parted").events
+    assert events.num_rows == parted["events"] and parted["events"] == pytest.approx(whole["events"], rel=0.05)
+    assert int(pc.sum(pc.cast(events.column("clicked"), pa.int64())).as_py()) == parted["clicks"]
+    assert len(np.unique(events.column("request_id").to_numpy())) <= parted["requests"]
+    # a second run into the same directory replaces the first, whichever layout it had
+    generate(p, tmp_path / "parted")
+    assert not (tmp_path / "parted" / "events").exists()
+    assert pq.read_table(tmp_path / "parted" / "events.parquet").equals(
+        pq.read_table(tmp_path / "whole" / "events.parquet")
+    )

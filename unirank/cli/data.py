@@ -13,7 +13,7 @@ from unirank.cli.app import data_app
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(help="Output directory (events.parquet, entities.parquet)")],
+    out: Annotated[Path, typer.Option(help="Output directory (events.parquet or events/, entities.parquet)")],
     users: int = 20_000,
     entities: int = 5_000,
     events: int = 1_000_000,
@@ -25,6 +25,14 @@ def data_synth(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of home visits continuing the franchise of the last search click"),
     ] = 0.0,
+    part_events: Annotated[
+        int,
+        typer.Option(
+            min=1000,
+            help="Events generated and written at a time: a larger log is written as events/part-*.parquet, "
+            "one time window each, holding one part in memory",
+        ),
+    ] = 2_000_000,
 ) -> None:
     """Generate a deterministic synthetic streaming-catalog log."""
     from model_export.synth import SynthParams, generate
@@ -33,10 +41,11 @@ def data_synth(
     params = SynthParams(
         users=users, entities=entities, events=events, seed=seed, themes=themes, continuation=continuation
     )
-    summary = generate(params, out)
+    summary = generate(params, out, part_events)
+    parts = f" in {summary['parts']} parts" if summary["parts"] > 1 else ""
     typer.echo(
         f"{summary['events']} events, {summary['requests']} requests, {summary['clicks']} clicks "
-        f"written to {out} in {time.perf_counter() - started:.1f}s"
+        f"written to {out}{parts} in {time.perf_counter() - started:.1f}s"
     )
 
 
