@@ -2,13 +2,15 @@
 
 Contract: for each size, `unirank data synth --events N` (users and entities grow with N) then `unirank
 train` on it, each in its own process tree, timed, its peak resident memory (the sum over the tree,
-sampled every 0.1 s with psutil) recorded; then the smallest size trained with 1 and 2 DDP processes
-(`--nproc`): rows/s from the manifests and test NDCG@10 per task. A run that fails (out of memory
+sampled every 0.1 s with psutil) recorded — `unirank train` goes out of core above its `--chunk-rows`,
+and synth writes parts above its `--part-events`, both at their defaults here; then the smallest size
+trained in memory with 1 and 2 DDP processes (`--nproc`): rows/s from the manifests and test NDCG@10
+per task. A run that fails (out of memory
 included) is recorded with its exit status, not raised. Writes results/bench-train-<timestamp>.json, a
 markdown table and a PNG. Targets (the scale issue's): peak RSS at the largest size ≤ 2x the smallest's,
 time about linear in the events.
 
-    unirank bench-train --sizes 1000000 5000000 20000000      # the issue's sizes (20M needs the RAM today)
+    unirank bench-train --sizes 1000000,5000000,20000000      # the scale issue's sizes
     unirank bench-train --quick                                # 200k and 1M events
 """
 
@@ -55,6 +57,7 @@ def _manifest_stats(bundle: Path) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
     epochs = manifest["training"]["epochs"]
     return {
+        "out_of_core": "out_of_core" in manifest["training_data"],
         "fit_rows_per_s": sum(e.get("rows_per_s", 0.0) for e in epochs) / max(len(epochs), 1),
         "epochs": len(epochs),
         "ndcg@10": {t: m["model"]["ndcg@10"] for t, m in manifest["metrics"]["tasks"].items()},
@@ -82,6 +85,8 @@ def run(sizes: list[int], epochs: int, work: Path) -> dict:
         bundle = work / f"ddp-{nproc}"
         print(f"bench-train: {nproc} process(es) on {sizes[0]:,} events", flush=True)
         cmd = [*CLI, "train", "--data", str(smallest), "--out", str(bundle), "--epochs", str(epochs)]
+        # both in memory (data-parallel training reads the log in memory): one process against two alike
+        cmd += ["--chunk-rows", str(10 * sizes[0])]
         result = measured(cmd + ["--nproc", str(nproc)], work / f"ddp-{nproc}.log")
         ddp.append(
             {"processes": nproc, "events": sizes[0]} | result | (_manifest_stats(bundle) if not result["exit"] else {})
@@ -104,15 +109,17 @@ def targets(r: dict) -> dict:
 
 def table(r: dict) -> str:
     lines = [
-        "| events | synth s | train s | train peak RSS MB | fit rows/s | NDCG@10 search / prequery / mlt |",
-        "|---|---|---|---|---|---|",
+        "| events | synth s | synth peak RSS MB | train s | train peak RSS MB | out of core | fit rows/s "
+        "| NDCG@10 search / prequery / mlt |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in r["sizes"]:
         train = s.get("train", {})
         ndcg = " / ".join(f"{v:.4f}" for v in s.get("ndcg@10", {}).values()) or f"failed (exit {train.get('exit')})"
         lines.append(
-            f"| {s['events']:,} | {s['synth']['seconds']:.1f} | {train.get('seconds', float('nan')):.1f} | "
-            f"{train.get('peak_rss_mb', float('nan')):.0f} | {s.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
+            f"| {s['events']:,} | {s['synth']['seconds']:.1f} | {s['synth']['peak_rss_mb']:.0f} | "
+            f"{train.get('seconds', float('nan')):.1f} | {train.get('peak_rss_mb', float('nan')):.0f} | "
+            f"{'yes' if s.get('out_of_core') else 'no'} | {s.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
         )
     lines += [
         "",

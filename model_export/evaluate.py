@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.data import Dataset
+from model_export.data import SPLIT_BOUNDS, Dataset
+from model_export.event_log import CHUNK_ROWS, EventLog, count_events
 from model_export.metrics import ranking_metrics, summarize
-from model_export.splits import Encoded, click_log, encode_split
+from model_export.splits import Encoded, click_log, encode_events
+from model_export.table_builder import ClickLog, Vocabularies
 from unirank.core.context import personalization_rank
 from unirank.core.features import HISTORY_INPUTS, FeatureEncoder
 from unirank.core.tables import FeatureTables
@@ -21,11 +23,15 @@ from unirank.core.tables import FeatureTables
 METRICS = ("auc", "ndcg@10", "hr@10", "mrr")
 
 
-def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000) -> np.ndarray:
-    """Scores through onnxruntime, `chunk` requests per call."""
+def onnx_session(bundle: Path | str):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(Path(bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(Path(bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000, session=None) -> np.ndarray:
+    """Scores through onnxruntime, `chunk` requests per call."""
+    session = session or onnx_session(bundle)
     x = enc.inputs
     n_req = x["ctx_ids"].shape[0]
     out = np.empty(len(enc), np.float32)
@@ -68,47 +74,77 @@ class CatalogMismatch(ValueError):
     """The dataset's impressions are mostly of entities the bundle was not trained with."""
 
 
-def catalog_overlap(tables: FeatureTables, events) -> float:
-    """Share of the impressions whose entity the bundle knows."""
-    targets = events.column("target_entity_id").to_pylist()
-    return sum(t in tables.entity_index for t in targets) / max(len(targets), 1)
-
-
 def evaluate_bundle(
     bundle: Path | str,
     data_dir: Path | str,
     split: str = "test",
     json_out: Path | str | None = None,
     minimum_overlap: float = 0.0,
+    chunk_rows: int = CHUNK_ROWS,
+    source: EventLog | None = None,
 ) -> dict:
     """Metrics of the bundle on a split of the dataset; CatalogMismatch when fewer than `minimum_overlap` of
-    the split's impressions are of entities the bundle knows (another catalogue: the numbers would mislead)."""
+    the split's impressions are of entities the bundle knows (another catalogue: the numbers would mislead).
+    A log of more than `chunk_rows` events (or an already scanned `source`) is read a time slice at a time
+    (`EventLog`); every request lies in one slice, so the per-request metrics are the same."""
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     tables = FeatureTables.load(Path(bundle) / "tables")
     encoder = FeatureEncoder(tables, manifest["personalization"])
-    dataset = Dataset.load(data_dir)
-    overlap = catalog_overlap(tables, dataset.split(split))
+    full = personalization_rank(encoder.level) >= 2
+    if source is None and count_events(data_dir) > chunk_rows:
+        source = EventLog(data_dir, chunk_rows)
+    if source is not None:
+        clicks = None
+        if full:
+            log = ClickLog(Vocabularies.of_tables(tables))
+            for name in SPLIT_BOUNDS:
+                for chunk in source.chunks(name):
+                    log.add(chunk)
+            clicks = log.arrays()
+        parts = source.chunks(split)
+    else:
+        dataset = Dataset.load(data_dir)
+        clicks = click_log(encoder, dataset) if full else None
+        parts = iter([dataset.split(split)])
+    tasks = manifest["tasks"]
+    session = onnx_session(bundle)
+    known = shown = 0
+    model: dict[str, list[dict]] = {}
+    baseline: dict[str, list[dict]] = {}
+    for events in parts:
+        targets = events.column("target_entity_id").to_pylist()
+        known, shown = known + sum(t in tables.entity_index for t in targets), shown + len(targets)
+        enc = encode_events(encoder, events, tasks, manifest["train_config"]["impute"], clicks)
+        if not len(enc):
+            continue
+        for task, metrics in per_task(enc, score_onnx(bundle, enc, session=session), tasks).items():
+            model.setdefault(task, []).append(metrics)
+        for task, metrics in per_task(enc, popularity_scores(tables, enc), tasks).items():
+            baseline.setdefault(task, []).append(metrics)
+    overlap = known / max(shown, 1)
     if overlap < minimum_overlap:
         raise CatalogMismatch(
             f"only {overlap:.1%} of the {split} impressions in {data_dir} are of entities the bundle at {bundle} "
             "was trained with: another catalogue? (--allow-catalog-mismatch reports anyway)"
         )
-    clicks = click_log(encoder, dataset) if personalization_rank(encoder.level) >= 2 else None
-    tasks = manifest["tasks"]
-    enc = encode_split(encoder, dataset, split, tasks, manifest["train_config"]["impute"], clicks)
-    model = per_task(enc, score_onnx(bundle, enc), tasks)
-    baseline = per_task(enc, popularity_scores(tables, enc), tasks)
     result = {
         "split": split,
         "bundle_version": manifest["version"],
         "personalization": manifest["personalization"],
         "catalog_overlap": overlap,
-        "tasks": {t: {"model": summarize(model[t]), "popularity": summarize(baseline[t])} for t in model},
+        "tasks": {
+            t: {"model": summarize(_joined(model[t])), "popularity": summarize(_joined(baseline[t]))} for t in model
+        },
     }
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-request metrics of several slices as one set of requests."""
+    return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 
 def format_table(result: dict) -> str:

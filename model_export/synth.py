@@ -532,7 +532,7 @@ def _events_part(
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), next_request
 
 
-PART_EVENTS = 2_000_000  # the most events one part of the log holds in memory while it is generated
+PART_EVENTS = 1_000_000  # the most events one part of the log holds in memory while it is generated
 
 
 def generate(p: SynthParams, out_dir: Path | str, part_events: int = PART_EVENTS) -> dict:

@@ -11,6 +11,7 @@ on the fit window, the ONNX bundle exported (with the parity check) and evaluate
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model_export.data import Dataset
+from model_export.data import SPLIT_BOUNDS, Dataset
+from model_export.event_log import CHUNK_ROWS, EventLog, count_events
 from model_export.model import UnifiedRanker
-from model_export.splits import Encoded, click_log, encode_split
-from model_export.table_builder import build_tables
+from model_export.splits import Encoded, EncodedChunks, click_log, concat_encoded, encode_events, encode_split
+from model_export.table_builder import ClickLog, Vocabularies, WindowStatistics, build_tables, tables_from
 from unirank.core.context import PERSONALIZATION_LEVELS, personalization_rank
 from unirank.core.features import DENSE_FEATURES, FeatureEncoder
 from unirank.core.schema import TASKS
@@ -85,8 +87,21 @@ class TrainConfig:
         return out
 
 
-def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpec:
-    dense = fit.inputs["cand_dense"]
+def _dense_moments(fit: Encoded | EncodedChunks) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the dense features over the fit rows (chunk by chunk on disk)."""
+    if isinstance(fit, Encoded):
+        dense = fit.inputs["cand_dense"]
+        return dense.mean(0), dense.std(0)
+    n, s1, s2 = 0, 0.0, 0.0
+    for part in fit:
+        dense = part.inputs["cand_dense"].astype(np.float64)
+        n, s1, s2 = n + len(dense), s1 + dense.sum(0), s2 + (dense * dense).sum(0)
+    mean = s1 / max(n, 1)
+    return mean.astype(np.float32), np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0)).astype(np.float32)
+
+
+def make_spec(tables: FeatureTables, fit: Encoded | EncodedChunks, cfg: TrainConfig) -> ModelSpec:
+    mean, std = _dense_moments(fit)
     vocabulary = Vocabulary(
         n_countries=len(tables.countries) - 1,
         n_clusters=tables.n_clusters,
@@ -96,8 +111,8 @@ def make_spec(tables: FeatureTables, fit: Encoded, cfg: TrainConfig) -> ModelSpe
     )
     return ModelSpec(
         vocabulary=vocabulary,
-        dense_mean=dense.mean(0).tolist(),
-        dense_std=np.maximum(dense.std(0), 1e-3).tolist(),
+        dense_mean=mean.tolist(),
+        dense_std=np.maximum(std, 1e-3).tolist(),
         personalization=cfg.personalization,
         architecture=cfg.architecture,
         options=cfg.options,
@@ -167,6 +182,25 @@ def _logloss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+def _validation_logloss(model: UnifiedRanker, val: Encoded | EncodedChunks) -> float:
+    if isinstance(val, Encoded):
+        return _logloss(predict(model, val), val.labels)
+    total = sum(_logloss(predict(model, part), part.labels) * len(part) for part in val)
+    return total / max(len(val), 1)
+
+
+def _epoch_parts(fit: Encoded | EncodedChunks, rng: np.random.Generator, by_request: bool, buffer: int):
+    """(rows, their order) for one epoch. In memory: the whole split, shuffled. On disk: the chunks in a
+    shuffled order, `buffer` at a time, each group shuffled (a shuffle buffer of `buffer` time slices)."""
+    if isinstance(fit, Encoded):
+        yield fit, _epoch_order(fit, rng, by_request)
+        return
+    chunks = rng.permutation(len(fit.files))
+    for s in range(0, len(chunks), buffer):
+        part = concat_encoded([fit.load(int(i)) for i in chunks[s : s + buffer]])
+        yield part, _epoch_order(part, rng, by_request)
+
+
 def _epoch_order(enc: Encoded, rng: np.random.Generator, by_request: bool) -> np.ndarray:
     """Row order of one epoch: shuffled rows, or shuffled requests with their rows kept together."""
     order = rng.permutation(len(enc))
@@ -211,16 +245,18 @@ class _Heads(torch.nn.Module):
 
 def fit(
     tables: FeatureTables,
-    fit_enc: Encoded,
-    val_enc: Encoded,
+    fit_enc: Encoded | EncodedChunks,
+    val_enc: Encoded | EncodedChunks,
     cfg: TrainConfig,
     log=print,
     rank: int = 0,
     world: int = 1,
+    shuffle_buffer: int = 2,
 ) -> tuple[UnifiedRanker, dict]:
     """With `world` > 1 (inside torch.distributed): every process walks the same permutation of the fit
     rows and takes its slice of each batch of `cfg.batch_size` rows (so a step sees what one process's
-    step would), DDP averages the gradients, and rank 0's validation loss decides early stopping."""
+    step would), DDP averages the gradients, and rank 0's validation loss decides early stopping. Splits
+    on disk (`EncodedChunks`) are walked `shuffle_buffer` chunks at a time."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -236,41 +272,43 @@ def fit(
         heads = DistributedDataParallel(heads)  # broadcasts rank 0's initial parameters
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    labels = torch.from_numpy(fit_enc.labels)
-    played = torch.from_numpy(fit_enc.played.astype(np.float32))
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = _epoch_order(fit_enc, order_rng, cfg.listwise_weight > 0)
         bar = tqdm(
-            range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0
+            total=-(-len(fit_enc) // cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0
         )
         total, seen = 0.0, 0
-        for s in bar:
-            rows = order[s : s + cfg.batch_size]
-            if world > 1:
-                if len(rows) < world:  # a last batch too small to share: skipped by every rank alike
-                    continue
-                rows = np.array_split(rows, world)[rank]
-            click, play = heads(*_rows_batch(fit_enc, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
-            loss = loss_fn(click, labels[rows])
-            if cfg.listwise_weight > 0:
-                request = torch.from_numpy(fit_enc.inputs["cand_ctx"][rows])
-                loss = loss + cfg.listwise_weight * listwise_loss(click, labels[rows], request)
-            if play is not None:  # P(play | click): learned on the clicked rows only
-                clicked = labels[rows] > 0
-                if clicked.any():
-                    loss = loss + loss_fn(play[clicked], played[rows][clicked])
-                elif world > 1:  # DDP needs a gradient for every parameter on every rank
-                    loss = loss + 0.0 * play.sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
+        for part, order in _epoch_parts(fit_enc, order_rng, cfg.listwise_weight > 0, shuffle_buffer):
+            labels = torch.from_numpy(part.labels)
+            played = torch.from_numpy(part.played.astype(np.float32))
+            for s in range(0, len(order), cfg.batch_size):
+                bar.update()
+                rows = order[s : s + cfg.batch_size]
+                if world > 1:
+                    if len(rows) < world:  # a last batch too small to share: skipped by every rank alike
+                        continue
+                    rows = np.array_split(rows, world)[rank]
+                click, play = heads(*_rows_batch(part, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
+                loss = loss_fn(click, labels[rows])
+                if cfg.listwise_weight > 0:
+                    request = torch.from_numpy(part.inputs["cand_ctx"][rows])
+                    loss = loss + cfg.listwise_weight * listwise_loss(click, labels[rows], request)
+                if play is not None:  # P(play | click): learned on the clicked rows only
+                    clicked = labels[rows] > 0
+                    if clicked.any():
+                        loss = loss + loss_fn(play[clicked], played[rows][clicked])
+                    elif world > 1:  # DDP needs a gradient for every parameter on every rank
+                        loss = loss + 0.0 * play.sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(rows)
+                seen += len(rows)
+        bar.close()
         seconds = time.perf_counter() - started
-        val = _logloss(predict(model, val_enc), val_enc.labels) if rank == 0 else 0.0
+        val = _validation_logloss(model, val_enc) if rank == 0 else 0.0
         if world > 1:
             val = _broadcast(val)
         rows_s = seen * world / seconds
@@ -285,7 +323,7 @@ def fit(
         )
         log(
             f"epoch {epoch}: train logloss {total / seen:.4f}  val logloss {val:.4f}  "
-            f"({seconds:.1f}s, {len(order)} rows, {rows_s:.0f} rows/s{f', {world} processes' if world > 1 else ''})"
+            f"({seconds:.1f}s, {len(fit_enc)} rows, {rows_s:.0f} rows/s{f', {world} processes' if world > 1 else ''})"
         )
         if val < best - 1e-4:
             best, bad = val, 0
@@ -308,11 +346,16 @@ def _broadcast(value: float) -> float:
     return float(tensor.item())
 
 
-def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print) -> dict:
-    """Everything `unirank train` does; returns the manifest."""
+def train_bundle(
+    data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print, chunk_rows: int = CHUNK_ROWS
+) -> dict:
+    """Everything `unirank train` does; returns the manifest. A log of more than `chunk_rows` events is
+    trained out of core (`train_out_of_core`)."""
     from model_export.evaluate import evaluate_bundle
     from model_export.export import export_bundle, record_metrics
 
+    if count_events(data_dir) > chunk_rows:
+        return train_out_of_core(data_dir, out, cfg, log, chunk_rows)
     started = time.perf_counter()
     dataset = Dataset.load(data_dir)
     log(f"loaded {dataset.events.num_rows} events, {dataset.entities.num_rows} entities")
@@ -333,6 +376,68 @@ def train_bundle(data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=pr
     }
     manifest = export_bundle(model, tables, val_enc, out, cfg, training, summary)
     metrics = evaluate_bundle(out, data_dir)
+    manifest = record_metrics(out, metrics)
+    log(f"bundle {manifest['version']} written to {out} in {time.perf_counter() - started:.1f}s")
+    return manifest
+
+
+def train_out_of_core(
+    data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print, chunk_rows: int = CHUNK_ROWS
+) -> dict:
+    """`train_bundle` for a log that need not fit in memory. The log is read a time slice of about
+    `chunk_rows` rows at a time (`EventLog`): one pass builds the feature tables (the same tables as in
+    memory: their statistics are sums), the fit and validation windows are encoded slice by slice to
+    files in a temporary directory, training walks them two slices at a time in a shuffled order (a
+    shuffle buffer instead of one permutation of the whole window), and the test window is evaluated
+    slice by slice. Memory holds the tables, the click log (four integers per click), a slice or two and
+    the model, whatever the log's size."""
+    from model_export.evaluate import evaluate_bundle
+    from model_export.export import export_bundle, record_metrics
+
+    started = time.perf_counter()
+    source = EventLog(data_dir, chunk_rows)
+    log(
+        f"scanned {source.rows} events ({len(source.users)} users), {source.entities.num_rows} entities: "
+        f"out of core, time slices of about {chunk_rows} rows"
+    )
+    v = Vocabularies.of(source.entities, source.countries, source.users)
+    stats, clicks = WindowStatistics(v), ClickLog(v)
+    for split in SPLIT_BOUNDS:
+        for chunk in tqdm(
+            source.chunks(split), desc=f"statistics: {split}", total=len(source.slices(split)), unit="slice"
+        ):
+            clicks.add(chunk)
+            if split == "feature":
+                stats.add(chunk)
+    tables = tables_from(source.entities, v, stats, clicks, seed=cfg.seed, text=cfg.options.text_features)
+    del stats
+    encoder = FeatureEncoder(tables, cfg.personalization)
+    click_rows = clicks.arrays() if personalization_rank(cfg.personalization) >= 2 else None
+    del clicks
+    with tempfile.TemporaryDirectory(prefix="unirank-train-") as work:
+        encoded = {}
+        for split in ("fit", "validation"):
+            encoded[split] = EncodedChunks(Path(work) / split)
+            for chunk in tqdm(
+                source.chunks(split), desc=f"encoding: {split}", total=len(source.slices(split)), unit="slice"
+            ):
+                enc = encode_events(encoder, chunk, cfg.tasks, cfg.impute, click_rows)
+                if len(enc):
+                    encoded[split].append(enc)
+        log(
+            f"encoded fit {len(encoded['fit'])} rows in {len(encoded['fit'].files)} slices, validation "
+            f"{len(encoded['validation'])} rows in {time.perf_counter() - started:.1f}s"
+        )
+        model, training = fit(tables, encoded["fit"], encoded["validation"], cfg, log)
+        summary = {
+            "events": source.rows,
+            "entities": source.entities.num_rows,
+            "rows": {s: source.split_rows(s) for s in SPLIT_BOUNDS},
+            "tasks": list(cfg.tasks),
+            "out_of_core": {"chunk_rows": chunk_rows, "fit_slices": len(encoded["fit"].files)},
+        }
+        manifest = export_bundle(model, tables, encoded["validation"].load(0), out, cfg, training, summary)
+    metrics = evaluate_bundle(out, data_dir, source=source)
     manifest = record_metrics(out, metrics)
     log(f"bundle {manifest['version']} written to {out} in {time.perf_counter() - started:.1f}s")
     return manifest

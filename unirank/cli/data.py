@@ -32,7 +32,7 @@ def data_synth(
             help="Events generated and written at a time: a larger log is written as events/part-*.parquet, "
             "one time window each, holding one part in memory",
         ),
-    ] = 2_000_000,
+    ] = 1_000_000,
 ) -> None:
     """Generate a deterministic synthetic streaming-catalog log."""
     from model_export.synth import SynthParams, generate

@@ -56,6 +56,13 @@ def train(
     nproc: Annotated[
         int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun, DDP: gloo, or NCCL on GPUs)")
     ] = 1,
+    chunk_rows: Annotated[
+        int,
+        typer.Option(
+            min=10_000,
+            help="A log of more events is trained out of core, a time slice of about this many rows at a time",
+        ),
+    ] = 500_000,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -90,7 +97,7 @@ def train(
             raise typer.Exit(code)
         manifest = json.loads((out / "manifest.json").read_text())
     else:
-        manifest = train_bundle(data, out, cfg, log=typer.echo)
+        manifest = train_bundle(data, out, cfg, log=typer.echo, chunk_rows=chunk_rows)
     typer.echo(format_table(manifest["metrics"]))
 
 
@@ -104,13 +111,17 @@ def evaluate(
     allow_catalog_mismatch: Annotated[
         bool, typer.Option(help="Report even when most impressions are of entities the bundle does not know")
     ] = False,
+    chunk_rows: Annotated[
+        int,
+        typer.Option(min=10_000, help="A log of more events is read a time slice of about this many rows at a time"),
+    ] = 500_000,
 ) -> None:
     """Offline metrics per task for a bundle (through onnxruntime) next to a popularity baseline."""
     from model_export.evaluate import evaluate_bundle, format_table
 
     json_out = json_out or Path("results") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.json"
     minimum = 0.0 if allow_catalog_mismatch else 0.5
-    result = evaluate_bundle(bundle, data, Split(split).value, json_out, minimum_overlap=minimum)
+    result = evaluate_bundle(bundle, data, Split(split).value, json_out, minimum_overlap=minimum, chunk_rows=chunk_rows)
     if result["catalog_overlap"] < 0.99:
         typer.echo(
             f"warning: {result['catalog_overlap']:.1%} of the impressions are of entities the bundle was trained "
