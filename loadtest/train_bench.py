@@ -2,7 +2,7 @@
 
 Contract: for each size, `unirank data synth --events N` (users and entities grow with N) then `unirank
 train` on it, each in its own process tree, timed, its peak resident memory (the sum over the tree,
-sampled every 0.1 s with psutil) recorded — `unirank train` goes out of core above its `--chunk-rows`,
+sampled every 0.1 s with psutil) recorded — `unirank train` goes out of core above its `--out-of-core-above`,
 and synth writes parts above its `--part-events`, both at their defaults here; then the smallest size
 trained in memory with 1 and 2 DDP processes (`--nproc`): rows/s from the manifests and test NDCG@10
 per task. A run that fails (out of memory
@@ -86,7 +86,7 @@ def run(sizes: list[int], epochs: int, work: Path) -> dict:
         print(f"bench-train: {nproc} process(es) on {sizes[0]:,} events", flush=True)
         cmd = [*CLI, "train", "--data", str(smallest), "--out", str(bundle), "--epochs", str(epochs)]
         # both in memory (data-parallel training reads the log in memory): one process against two alike
-        cmd += ["--chunk-rows", str(10 * sizes[0])]
+        cmd += ["--out-of-core-above", str(10 * sizes[0])]
         result = measured(cmd + ["--nproc", str(nproc)], work / f"ddp-{nproc}.log")
         ddp.append(
             {"processes": nproc, "events": sizes[0]} | result | (_manifest_stats(bundle) if not result["exit"] else {})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.data import SPLIT_BOUNDS, Dataset
-from model_export.event_log import CHUNK_ROWS, EventLog, count_events
+from model_export.event_log import CHUNK_ROWS, IN_MEMORY_ROWS, EventLog, count_events
 from model_export.metrics import ranking_metrics, summarize
 from model_export.splits import Encoded, click_log, encode_events
 from model_export.table_builder import ClickLog, Vocabularies
@@ -81,17 +81,19 @@ def evaluate_bundle(
     json_out: Path | str | None = None,
     minimum_overlap: float = 0.0,
     chunk_rows: int = CHUNK_ROWS,
+    in_memory_rows: int = IN_MEMORY_ROWS,
     source: EventLog | None = None,
 ) -> dict:
     """Metrics of the bundle on a split of the dataset; CatalogMismatch when fewer than `minimum_overlap` of
     the split's impressions are of entities the bundle knows (another catalogue: the numbers would mislead).
-    A log of more than `chunk_rows` events (or an already scanned `source`) is read a time slice at a time
-    (`EventLog`); every request lies in one slice, so the per-request metrics are the same."""
+    A log of more than `in_memory_rows` events (or an already scanned `source`) is read a time slice of
+    about `chunk_rows` rows at a time (`EventLog`); every request lies in one slice, so the per-request
+    metrics are the same."""
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     tables = FeatureTables.load(Path(bundle) / "tables")
     encoder = FeatureEncoder(tables, manifest["personalization"])
     full = personalization_rank(encoder.level) >= 2
-    if source is None and count_events(data_dir) > chunk_rows:
+    if source is None and count_events(data_dir) > in_memory_rows:
         source = EventLog(data_dir, chunk_rows)
     if source is not None:
         clicks = None

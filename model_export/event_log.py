@@ -26,7 +26,8 @@ from model_export.data import SORT_KEYS, SPLIT_BOUNDS
 from unirank.core.schema import EVENT_SCHEMA, TASKS, SchemaError, entities_path, events_path, read_entities, validate
 
 SCAN_COLUMNS = ["request_id", "timestamp", "user_id", "country", "task"]
-CHUNK_ROWS = 500_000  # a log of more events than this is trained and evaluated a time slice at a time
+CHUNK_ROWS = 500_000  # rows of a time slice
+IN_MEMORY_ROWS = 2_000_000  # a log of more events is trained and evaluated a time slice at a time
 
 
 def _dataset(path: Path) -> ds.Dataset:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from model_export.data import SPLIT_BOUNDS, Dataset
-from model_export.event_log import CHUNK_ROWS, EventLog, count_events
+from model_export.event_log import CHUNK_ROWS, IN_MEMORY_ROWS, EventLog, count_events
 from model_export.model import UnifiedRanker
 from model_export.splits import Encoded, EncodedChunks, click_log, concat_encoded, encode_events, encode_split
 from model_export.table_builder import ClickLog, Vocabularies, WindowStatistics, build_tables, tables_from
@@ -347,14 +347,19 @@ def _broadcast(value: float) -> float:
 
 
 def train_bundle(
-    data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print, chunk_rows: int = CHUNK_ROWS
+    data_dir: Path | str,
+    out: Path | str,
+    cfg: TrainConfig,
+    log=print,
+    chunk_rows: int = CHUNK_ROWS,
+    in_memory_rows: int = IN_MEMORY_ROWS,
 ) -> dict:
-    """Everything `unirank train` does; returns the manifest. A log of more than `chunk_rows` events is
-    trained out of core (`train_out_of_core`)."""
+    """Everything `unirank train` does; returns the manifest. A log of more than `in_memory_rows` events
+    is trained out of core, in time slices of about `chunk_rows` rows (`train_out_of_core`)."""
     from model_export.evaluate import evaluate_bundle
     from model_export.export import export_bundle, record_metrics
 
-    if count_events(data_dir) > chunk_rows:
+    if count_events(data_dir) > in_memory_rows:
         return train_out_of_core(data_dir, out, cfg, log, chunk_rows)
     started = time.perf_counter()
     dataset = Dataset.load(data_dir)

@@ -83,7 +83,7 @@ def test_tables_built_slice_by_slice_are_the_in_memory_tables(data_dir):
 
 def test_evaluation_slice_by_slice_gives_the_in_memory_metrics(bundle_dir, data_dir):
     whole = evaluate_bundle(bundle_dir, data_dir)
-    sliced = evaluate_bundle(bundle_dir, data_dir, chunk_rows=SLICE)
+    sliced = evaluate_bundle(bundle_dir, data_dir, chunk_rows=SLICE, in_memory_rows=0)
     assert whole["catalog_overlap"] == sliced["catalog_overlap"]
     assert whole["tasks"].keys() == sliced["tasks"].keys()
     for task, rankers in whole["tasks"].items():
@@ -96,7 +96,7 @@ def test_evaluation_slice_by_slice_gives_the_in_memory_metrics(bundle_dir, data_
 def test_a_bundle_trained_out_of_core_is_as_good_and_serves(data_dir, bundle_dir, tmp_path):
     out = tmp_path / "ooc"
     cfg = TrainConfig(personalization="full", epochs=4, seed=0)  # as the in-memory `bundle_dir`
-    manifest = train_bundle(data_dir, out, cfg, log=lambda *_: None, chunk_rows=SLICE)
+    manifest = train_bundle(data_dir, out, cfg, log=lambda *_: None, chunk_rows=SLICE, in_memory_rows=0)
     assert manifest["training_data"]["out_of_core"]["fit_slices"] >= 2
     assert manifest["parity_max_abs_diff"] < 1e-4
     reference = json.loads((bundle_dir / "manifest.json").read_text())

@@ -56,13 +56,11 @@ def train(
     nproc: Annotated[
         int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun, DDP: gloo, or NCCL on GPUs)")
     ] = 1,
-    chunk_rows: Annotated[
+    out_of_core_above: Annotated[
         int,
-        typer.Option(
-            min=10_000,
-            help="A log of more events is trained out of core, a time slice of about this many rows at a time",
-        ),
-    ] = 500_000,
+        typer.Option(min=0, help="A log of more events is trained out of core, a time slice at a time (0: always)"),
+    ] = 2_000_000,
+    chunk_rows: Annotated[int, typer.Option(min=10_000, help="Rows of a time slice out of core")] = 500_000,
 ) -> None:
     """Train the unified ranker, export the ONNX bundle (parity-checked) and evaluate it on the test window."""
     from model_export.evaluate import format_table
@@ -97,7 +95,7 @@ def train(
             raise typer.Exit(code)
         manifest = json.loads((out / "manifest.json").read_text())
     else:
-        manifest = train_bundle(data, out, cfg, log=typer.echo, chunk_rows=chunk_rows)
+        manifest = train_bundle(data, out, cfg, typer.echo, chunk_rows, out_of_core_above)
     typer.echo(format_table(manifest["metrics"]))
 
 
@@ -111,17 +109,25 @@ def evaluate(
     allow_catalog_mismatch: Annotated[
         bool, typer.Option(help="Report even when most impressions are of entities the bundle does not know")
     ] = False,
-    chunk_rows: Annotated[
-        int,
-        typer.Option(min=10_000, help="A log of more events is read a time slice of about this many rows at a time"),
-    ] = 500_000,
+    out_of_core_above: Annotated[
+        int, typer.Option(min=0, help="A log of more events is read a time slice at a time (0: always)")
+    ] = 2_000_000,
+    chunk_rows: Annotated[int, typer.Option(min=10_000, help="Rows of a time slice out of core")] = 500_000,
 ) -> None:
     """Offline metrics per task for a bundle (through onnxruntime) next to a popularity baseline."""
     from model_export.evaluate import evaluate_bundle, format_table
 
     json_out = json_out or Path("results") / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.json"
     minimum = 0.0 if allow_catalog_mismatch else 0.5
-    result = evaluate_bundle(bundle, data, Split(split).value, json_out, minimum_overlap=minimum, chunk_rows=chunk_rows)
+    result = evaluate_bundle(
+        bundle,
+        data,
+        Split(split).value,
+        json_out,
+        minimum_overlap=minimum,
+        chunk_rows=chunk_rows,
+        in_memory_rows=out_of_core_above,
+    )
     if result["catalog_overlap"] < 0.99:
         typer.echo(
             f"warning: {result['catalog_overlap']:.1%} of the impressions are of entities the bundle was trained "
