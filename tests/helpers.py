@@ -20,6 +20,30 @@ from unirank.core.spec import ModelOptions, ModelSpec, Vocabulary
 from unirank.core.tables import FeatureTables
 
 
+def shuffled_partitioned_copy(data_dir: Path, out: Path, seed: int = 0, rows_per_file: int = 5_000) -> Path:
+    """The dataset at data_dir with its events shuffled and written as a hive-partitioned directory
+    (`events/date=YYYY-MM-DD/*.parquet`, small files), the layout `unirank logs sink` writes."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    events = pq.read_table(data_dir / "events.parquet")
+    events = events.take(np.random.default_rng(seed).permutation(events.num_rows))
+    day = pc.strftime(events.column("timestamp"), format="%Y-%m-%d")
+    ds.write_dataset(
+        events.append_column("date", day),
+        out / "events",
+        format="parquet",
+        partitioning=["date"],
+        partitioning_flavor="hive",
+        max_rows_per_file=rows_per_file,
+        max_rows_per_group=rows_per_file,
+    )
+    pq.write_table(pq.read_table(data_dir / "entities.parquet"), out / "entities.parquet")
+    return out
+
+
 def debian_binaries(found: Callable[[], dict[str, str | None]], packages: list[str]) -> dict[str, str | None]:
     """`found()` (binary name -> path or None) after installing `packages` with apt-get when a binary is
     missing and this runs as root with apt-get (CI machines start without them); whatever could not be

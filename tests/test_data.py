@@ -5,11 +5,11 @@ import itertools
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from model_export.synth import SynthParams, generate
+from tests.helpers import shuffled_partitioned_copy
 from unirank.core.schema import SchemaError, read_entities, read_events
 
 
@@ -97,20 +97,7 @@ def test_a_partitioned_shuffled_dataset_reads_as_the_single_file(data_dir, tmp_p
     from unirank.core.schema import events_path
 
     single = pq.read_table(data_dir / "events.parquet")
-    shuffled = single.take(np.random.default_rng(0).permutation(single.num_rows))
-    day = pc.strftime(shuffled.column("timestamp"), format="%Y-%m-%d")
-    parts = tmp_path / "parts"
-    (parts / "events").mkdir(parents=True)
-    ds.write_dataset(
-        shuffled.append_column("date", day),
-        parts / "events",
-        format="parquet",
-        partitioning=["date"],
-        partitioning_flavor="hive",
-        max_rows_per_file=5_000,
-        max_rows_per_group=5_000,
-    )
-    pq.write_table(pq.read_table(data_dir / "entities.parquet"), parts / "entities.parquet")
+    parts = shuffled_partitioned_copy(data_dir, tmp_path / "parts")
     assert events_path(parts).is_dir() and len(list((parts / "events").rglob("*.parquet"))) > 5
     a, b = Dataset.load(data_dir), Dataset.load(parts)
     assert a.events.select(single.column_names).equals(b.events.select(single.column_names))

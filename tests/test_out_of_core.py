@@ -10,9 +10,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from model_export.data import SPLIT_BOUNDS, Dataset
@@ -22,6 +19,7 @@ from model_export.table_builder import ClickLog, Vocabularies, WindowStatistics,
 from model_export.train import TrainConfig, train_bundle
 from service.bundle import LoadedBundle
 from service.settings import Settings
+from tests.helpers import shuffled_partitioned_copy
 
 SLICE = 7_000  # rows per time slice: the test log (~80k events) in a dozen slices
 
@@ -29,21 +27,7 @@ SLICE = 7_000  # rows per time slice: the test log (~80k events) in a dozen slic
 @pytest.fixture(scope="module")
 def partitioned(data_dir, tmp_path_factory):
     """The test log shuffled and written as a hive-partitioned directory of small files."""
-    out = tmp_path_factory.mktemp("partitioned")
-    events = pq.read_table(data_dir / "events.parquet")
-    events = events.take(np.random.default_rng(1).permutation(events.num_rows))
-    day = pc.strftime(events.column("timestamp"), format="%Y-%m-%d")
-    ds.write_dataset(
-        events.append_column("date", day),
-        out / "events",
-        format="parquet",
-        partitioning=["date"],
-        partitioning_flavor="hive",
-        max_rows_per_file=4_000,
-        max_rows_per_group=4_000,
-    )
-    pq.write_table(pq.read_table(data_dir / "entities.parquet"), out / "entities.parquet")
-    return out
+    return shuffled_partitioned_copy(data_dir, tmp_path_factory.mktemp("partitioned"), seed=1, rows_per_file=4_000)
 
 
 @pytest.mark.parametrize("layout", ["file", "partitioned"])
