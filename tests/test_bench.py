@@ -109,7 +109,7 @@ def test_bench_train_targets_and_table_name_what_failed():
     from loadtest.train_bench import table, targets
 
     def size(events, seconds, rss, exit_code=0):
-        row = {"events": events, "synth": {"seconds": 1.0, "exit": 0}}
+        row = {"events": events, "synth": {"seconds": 1.0, "peak_rss_mb": 500.0, "exit": 0}}
         row["train"] = {"seconds": seconds, "peak_rss_mb": rss, "exit": exit_code}
         if exit_code == 0:
             row |= {"fit_rows_per_s": 1000.0, "ndcg@10": {"search": 0.8, "prequery": 0.6, "more_like_this": 0.6}}
