@@ -42,7 +42,7 @@ class RedisClusterServer:
         try:
             for _ in range(masters):
                 # the config file goes in the node's own temporary --dir; the bus port is chosen, not the
-                # default port + 10000 (above 65535 for half of the ephemeral range)
+                # default port + 10000, past 65535 for any port above 55535
                 bus = ("--cluster-port", str(free_port()))
                 self.nodes.append(
                     RedisServer(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *bus))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_export import memory
 from model_export.data import SPLIT_BOUNDS, Dataset
 from model_export.event_log import CHUNK_ROWS, IN_MEMORY_ROWS, EventLog, count_events
 from model_export.metrics import ranking_metrics, summarize
@@ -83,12 +84,14 @@ def evaluate_bundle(
     chunk_rows: int = CHUNK_ROWS,
     in_memory_rows: int = IN_MEMORY_ROWS,
     source: EventLog | None = None,
+    clicks: tuple | None = None,
 ) -> dict:
     """Metrics of the bundle on a split of the dataset; CatalogMismatch when fewer than `minimum_overlap` of
     the split's impressions are of entities the bundle knows (another catalogue: the numbers would mislead).
     A log of more than `in_memory_rows` events (or an already scanned `source`) is read a time slice of
     about `chunk_rows` rows at a time (`EventLog`); every request lies in one slice, so the per-request
-    metrics are the same."""
+    metrics are the same. `clicks`: the log's click log in the bundle's ids (`ClickLog`), when the caller
+    has it (training does), instead of reading the log once more for it."""
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     tables = FeatureTables.load(Path(bundle) / "tables")
     encoder = FeatureEncoder(tables, manifest["personalization"])
@@ -96,14 +99,14 @@ def evaluate_bundle(
     if source is None and count_events(data_dir) > in_memory_rows:
         source = EventLog(data_dir, chunk_rows)
     if source is not None:
-        clicks = None
-        if full:
+        if full and clicks is None:
             log = ClickLog(Vocabularies.of_tables(tables))
             for name in SPLIT_BOUNDS:
                 for chunk in source.chunks(name):
                     log.add(chunk)
             clicks = log.arrays()
         parts = source.chunks(split)
+        clicks = clicks if full else None
     else:
         dataset = Dataset.load(data_dir)
         clicks = click_log(encoder, dataset) if full else None
@@ -123,6 +126,9 @@ def evaluate_bundle(
             model.setdefault(task, []).append(metrics)
         for task, metrics in per_task(enc, popularity_scores(tables, enc), tasks).items():
             baseline.setdefault(task, []).append(metrics)
+        if source is not None:
+            del events, enc, targets
+            memory.release()
     overlap = known / max(shown, 1)
     if overlap < minimum_overlap:
         raise CatalogMismatch(

@@ -14,7 +14,9 @@ from model_export.data import Dataset, Requests
 from unirank.core.context import build_context, personalization_rank
 from unirank.core.features import FeatureEncoder, history_matrices, history_vectors
 from unirank.core.history import event_kinds
+from unirank.core.schema import TASKS
 
+_TASKS = np.array(sorted(TASKS))
 ENCODED_HISTORY = 20  # history events per context kept in the encoded splits (the encoder's maximum)
 
 
@@ -88,14 +90,15 @@ class EncodedChunks:
     def append(self, enc: Encoded) -> None:
         path = self.directory / f"chunk-{len(self.files):05d}.npz"
         arrays = {f"x_{k}": v for k, v in enc.inputs.items()}
-        np.savez(path, labels=enc.labels, played=enc.played, row_task=enc.row_task.astype(str), **arrays)
+        task = np.searchsorted(_TASKS, enc.row_task.astype(str)).astype(np.int8)
+        np.savez(path, labels=enc.labels, played=enc.played, row_task=task, **arrays)
         self.files.append(path)
         self.rows += len(enc)
 
     def load(self, i: int) -> Encoded:
         with np.load(self.files[i]) as z:
             inputs = {k[2:]: z[k] for k in z.files if k.startswith("x_")}
-            return Encoded(inputs, z["labels"], z["played"], z["row_task"].astype(object), None)
+            return Encoded(inputs, z["labels"], z["played"], _TASKS.astype(object)[z["row_task"]], None)
 
     def __len__(self) -> int:
         return self.rows

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model_export import memory
 from model_export.data import SPLIT_BOUNDS, Dataset
 from model_export.event_log import CHUNK_ROWS, IN_MEMORY_ROWS, EventLog, count_events
 from model_export.model import UnifiedRanker
@@ -306,6 +307,9 @@ def fit(
                 opt.step()
                 total += loss.item() * len(rows)
                 seen += len(rows)
+            if not isinstance(fit_enc, Encoded):  # on disk: let go of this part before the next is read
+                del part, order, labels, played
+                memory.release()
         bar.close()
         seconds = time.perf_counter() - started
         val = _validation_logloss(model, val_enc) if rank == 0 else 0.0
@@ -429,6 +433,8 @@ def train_out_of_core(
                 enc = encode_events(encoder, chunk, cfg.tasks, cfg.impute, click_rows)
                 if len(enc):
                     encoded[split].append(enc)
+                del chunk, enc
+                memory.release()
         log(
             f"encoded fit {len(encoded['fit'])} rows in {len(encoded['fit'].files)} slices, validation "
             f"{len(encoded['validation'])} rows in {time.perf_counter() - started:.1f}s"
@@ -442,7 +448,9 @@ def train_out_of_core(
             "out_of_core": {"chunk_rows": chunk_rows, "fit_slices": len(encoded["fit"].files)},
         }
         manifest = export_bundle(model, tables, encoded["validation"].load(0), out, cfg, training, summary)
-    metrics = evaluate_bundle(out, data_dir, source=source)
+    del model, tables, encoder, encoded
+    memory.release()  # the evaluation loads the bundle's own tables and model
+    metrics = evaluate_bundle(out, data_dir, source=source, clicks=click_rows)
     manifest = record_metrics(out, metrics)
     log(f"bundle {manifest['version']} written to {out} in {time.perf_counter() - started:.1f}s")
     return manifest
