@@ -62,10 +62,13 @@ class GuardedRedisCluster(RedisCluster):
 
     @asynccontextmanager
     async def turn(self):
-        try:
-            await asyncio.wait_for(self._turns.acquire(), self.wait_s)
-        except TimeoutError:
-            raise ConnectionError(f"no free Redis Cluster connection within {self.wait_s} s") from None
+        if not self._turns.locked():  # a free turn: taken at once, no timer armed (every keystroke's call)
+            await self._turns.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self._turns.acquire(), self.wait_s)
+            except TimeoutError:
+                raise ConnectionError(f"no free Redis Cluster connection within {self.wait_s} s") from None
         try:
             yield
         finally:
