@@ -188,6 +188,14 @@ class UnifiedRanker(nn.Module):
             self.text = nn.Linear(spec.text_input_width, d)
             self.aspect_gate = AspectGate(groups, spec.feature_aspects())
 
+    def sparse_id_tables(self, sparse: bool = True) -> list[nn.Parameter]:
+        """Sets whether the id tables (entities, users, query tokens: the ones that grow with the data)
+        give sparse gradients; returns their weights when they do."""
+        tables = (self.entity, self.user, self.token)
+        for table in tables:
+            table.sparse = sparse
+        return [t.weight for t in tables] if sparse else []
+
     def context(self, ctx_ids: torch.Tensor, ctx_query: torch.Tensor) -> torch.Tensor:
         task = self.task(ctx_ids[:, 0])
         if not self.arch.task_feature:

@@ -19,9 +19,12 @@ from tests.test_deploy import K8S_VERSION, ROOT, _by_kind, render_kustomization
 
 def test_two_processes_train_and_export_a_bundle(data_dir, tmp_path):
     out = tmp_path / "ddp"
-    assert launch(data_dir, out, TrainConfig(epochs=2, seed=0), nproc=2) == 0
+    # sparse id tables, as a log large enough for several processes gets them by default (gloo all-reduces
+    # their sparse gradients)
+    assert launch(data_dir, out, TrainConfig(epochs=2, seed=0, sparse_embeddings=True), nproc=2) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training_data"]["processes"] == 2
+    assert manifest["training"]["sparse_embeddings"] is True
     assert manifest["parity_max_abs_diff"] < 1e-4
     epochs = manifest["training"]["epochs"]
     assert epochs and all(e["rows_per_s"] > 0 and np.isfinite(e["val_logloss"]) for e in epochs)

@@ -53,6 +53,14 @@ def train(
         float,
         typer.Option(min=0.0, max=100.0, help="Add per-request softmax cross-entropy (ListNet) to BCE, this much"),
     ] = 0.0,
+    sparse_embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--sparse-embeddings/--dense-embeddings",
+            help="Update only the id-table rows a batch touches (SparseAdam); unset: above 50k users + entities",
+            show_default=False,
+        ),
+    ] = None,
     nproc: Annotated[
         int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun, DDP: gloo, or NCCL on GPUs)")
     ] = 1,
@@ -84,6 +92,7 @@ def train(
         batch_size=batch_size,
         cold_entity_rate=cold_entity_rate,
         listwise_weight=listwise_weight,
+        sparse_embeddings=sparse_embeddings,
         options=options,
     )
     if nproc > 1:
