@@ -58,6 +58,7 @@ def _manifest_stats(bundle: Path) -> dict:
     epochs = manifest["training"]["epochs"]
     return {
         "out_of_core": "out_of_core" in manifest["training_data"],
+        "sparse_embeddings": bool(manifest["training"].get("sparse_embeddings")),
         "fit_rows_per_s": sum(e.get("rows_per_s", 0.0) for e in epochs) / max(len(epochs), 1),
         "epochs": len(epochs),
         "ndcg@10": {t: m["model"]["ndcg@10"] for t, m in manifest["metrics"]["tasks"].items()},
@@ -109,9 +110,9 @@ def targets(r: dict) -> dict:
 
 def table(r: dict) -> str:
     lines = [
-        "| events | synth s | synth peak RSS MB | train s | train peak RSS MB | out of core | fit rows/s "
+        "| events | synth s | synth peak RSS MB | train s | train peak RSS MB | out of core | id tables | fit rows/s "
         "| NDCG@10 search / prequery / mlt |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in r["sizes"]:
         train = s.get("train", {})
@@ -119,7 +120,8 @@ def table(r: dict) -> str:
         lines.append(
             f"| {s['events']:,} | {s['synth']['seconds']:.1f} | {s['synth']['peak_rss_mb']:.0f} | "
             f"{train.get('seconds', float('nan')):.1f} | {train.get('peak_rss_mb', float('nan')):.0f} | "
-            f"{'yes' if s.get('out_of_core') else 'no'} | {s.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
+            f"{'yes' if s.get('out_of_core') else 'no'} | {'sparse' if s.get('sparse_embeddings') else 'dense'} | "
+            f"{s.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
         )
     lines += [
         "",

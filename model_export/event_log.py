@@ -10,10 +10,14 @@ neither is a request), each sorted as `Dataset.load` sorts: concatenated, they a
 `Dataset.load(data_dir).split(split)`. A slice is read with a filter on `timestamp`, which Parquet's
 row-group statistics turn into reading only the row groups of that time when the files are in time
 order (as `unirank data synth` and `unirank logs sink` write them); other files are scanned per slice.
+
+`sample_users` instead reads a bounded sample of whole users, for jobs that need their data in memory
+(`unirank study`).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from model_export.data import SORT_KEYS, SPLIT_BOUNDS
+from model_export.data import SORT_KEYS, SPLIT_BOUNDS, Dataset
 from unirank.core.schema import EVENT_SCHEMA, TASKS, SchemaError, entities_path, events_path, read_entities, validate
 
 SCAN_COLUMNS = ["request_id", "timestamp", "user_id", "country", "task"]
@@ -104,3 +108,30 @@ class EventLog:
             where = (pc.field("timestamp") >= lo) & (pc.field("timestamp") <= hi)
             table = validate(self.dataset.to_table(filter=where, columns=EVENT_SCHEMA.names), EVENT_SCHEMA, self.path)
             yield table.sort_by([(c, "ascending") for c in SORT_KEYS])
+
+
+def sample_users(data_dir: Path | str, max_events: int, batch_rows: int = 1 << 18) -> tuple[Dataset, dict] | None:
+    """About `max_events` of a larger log, read batch by batch: every event of a fixed share of the users
+    (an anonymous user's events, user_id "", are sampled by request instead), so each sampled user keeps
+    their whole history. The share is by a hash of the id (CRC-32): the same users on every run and in any
+    file layout. None when the log has at most `max_events` events (nothing to sample)."""
+    path = events_path(data_dir)
+    dataset = _dataset(path)
+    validate(dataset.schema.empty_table(), EVENT_SCHEMA, path)
+    total = dataset.count_rows()
+    if total <= max_events:
+        return None
+    threshold = max_events / total * 2**32
+    parts = []
+    for batch in dataset.to_batches(columns=list(EVENT_SCHEMA.names), batch_size=batch_rows):
+        users = batch.column("user_id").to_numpy(zero_copy_only=False)
+        keys = np.where(users != "", users, batch.column("request_id").to_numpy(zero_copy_only=False))
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        hashes = np.fromiter((zlib.crc32(k.encode()) for k in distinct), np.float64, len(distinct))
+        parts.append(pa.Table.from_batches([batch]).filter(pa.array((hashes < threshold)[inverse])))
+    events = pa.concat_tables(parts).sort_by([(c, "ascending") for c in SORT_KEYS])
+    bad = set(pc.unique(events.column("task")).to_pylist()) - set(TASKS)
+    if bad:
+        raise SchemaError(f"{path}: column 'task' has unknown values {sorted(bad)}; allowed {TASKS}")
+    info = {"events": events.num_rows, "of": total, "users_share": max_events / total, "by": "user (CRC-32 of the id)"}
+    return Dataset(events, read_entities(entities_path(data_dir))), info

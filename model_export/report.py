@@ -55,6 +55,12 @@ def markdown(result: dict) -> str:
         "Mean over seeds (± std over seeds where a row was trained per seed).",
         "",
     ]
+    if sample := result.get("sample"):
+        lines += [
+            f"A sample of the users: {sample['events']:,} of the log's {sample['of']:,} events (every event of "
+            f"{sample['users_share']:.1%} of the users, chosen by {sample['by']}; `--max-events`).",
+            "",
+        ]
     if result.get("generator"):
         lines += ["Generator parameters (fixed before the study): `" + str(result["generator"]["params"]) + "`", ""]
     for task in TASKS:

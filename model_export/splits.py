@@ -85,6 +85,7 @@ class EncodedChunks:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
+        self.file_rows: list[int] = []
         self.rows = 0
 
     def append(self, enc: Encoded) -> None:
@@ -93,6 +94,7 @@ class EncodedChunks:
         task = np.searchsorted(_TASKS, enc.row_task.astype(str)).astype(np.int8)
         np.savez(path, labels=enc.labels, played=enc.played, row_task=task, **arrays)
         self.files.append(path)
+        self.file_rows.append(len(enc))
         self.rows += len(enc)
 
     def load(self, i: int) -> Encoded:

@@ -26,6 +26,7 @@ import numpy as np
 from model_export.baselines import als_scores, bm25_scores, lambdamart_scores
 from model_export.data import Dataset
 from model_export.evaluate import METRICS, per_task, popularity_scores
+from model_export.event_log import IN_MEMORY_ROWS, sample_users
 from model_export.splits import Encoded, click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
@@ -100,9 +101,19 @@ def check_rows(rows: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 class Study:
-    def __init__(self, data_dir: Path, seeds: tuple[int, ...], epochs: int, rows: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        seeds: tuple[int, ...],
+        epochs: int,
+        rows: tuple[str, ...] | None = None,
+        max_events: int = IN_MEMORY_ROWS,
+    ):
+        """A log of more than `max_events` events is studied on a sample of its users (`sample_users`):
+        every row trains and is tested on the same sample, so the comparisons stay paired."""
         self.seeds, self.epochs, self.rows = seeds, epochs, check_rows(rows)
-        self.dataset = Dataset.load(data_dir)
+        sampled = sample_users(data_dir, max_events)
+        self.dataset, self.sample = sampled if sampled is not None else (Dataset.load(data_dir), None)
         self.tables = build_tables(
             self.dataset.entities, self.dataset.split("feature"), self.dataset.events, seed=0, text=True
         )
@@ -227,16 +238,20 @@ def run_study(
     epochs: int = 6,
     log=print,
     rows: tuple[str, ...] | None = None,
+    max_events: int = IN_MEMORY_ROWS,
 ) -> Path:
     from model_export.report import write_report
 
     started = time.perf_counter()
-    study = Study(Path(data_dir), tuple(seeds), epochs, rows)
+    study = Study(Path(data_dir), tuple(seeds), epochs, rows, max_events)
+    if study.sample:
+        log(f"studying a sample of the users: {study.sample['events']} of {study.sample['of']} events")
     per_seed = study.run()
     synth = Path(data_dir) / "synth.json"
     result = {
         "data": str(data_dir),
         "generator": json.loads(synth.read_text()) if synth.exists() else None,
+        "sample": study.sample,
         "seeds": list(seeds),
         "epochs": epochs,
         "rows": summarise(per_seed),

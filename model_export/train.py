@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
@@ -98,15 +100,23 @@ class TrainConfig:
         return out
 
 
-def _dense_moments(fit: Encoded | EncodedChunks) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of the dense features over the fit rows (chunk by chunk on disk)."""
+def _dense_moments(fit: Encoded | EncodedChunks, across_ranks: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the dense features over the fit rows (chunk by chunk on disk; with
+    `across_ranks`, over every rank's share of them)."""
     if isinstance(fit, Encoded):
         dense = fit.inputs["cand_dense"]
         return dense.mean(0), dense.std(0)
-    n, s1, s2 = 0, 0.0, 0.0
+    width = len(DENSE_FEATURES)
+    n, s1, s2 = 0, np.zeros(width), np.zeros(width)
     for part in fit:
         dense = part.inputs["cand_dense"].astype(np.float64)
         n, s1, s2 = n + len(dense), s1 + dense.sum(0), s2 + (dense * dense).sum(0)
+    if across_ranks:
+        import torch.distributed as dist
+
+        sums = torch.from_numpy(np.concatenate([[n], s1, s2]))
+        dist.all_reduce(sums)
+        n, s1, s2 = float(sums[0]), sums[1 : 1 + width].numpy(), sums[1 + width :].numpy()
     mean = s1 / max(n, 1)
     return mean.astype(np.float32), np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0)).astype(np.float32)
 
@@ -138,8 +148,10 @@ class _Optimizer:
             part.step()
 
 
-def make_spec(tables: FeatureTables, fit: Encoded | EncodedChunks, cfg: TrainConfig) -> ModelSpec:
-    mean, std = _dense_moments(fit)
+def make_spec(
+    tables: FeatureTables, fit: Encoded | EncodedChunks, cfg: TrainConfig, sharded: bool = False
+) -> ModelSpec:
+    mean, std = _dense_moments(fit, across_ranks=sharded)
     vocabulary = Vocabulary(
         n_countries=len(tables.countries) - 1,
         n_clusters=tables.n_clusters,
@@ -227,15 +239,24 @@ def _validation_logloss(model: UnifiedRanker, val: Encoded | EncodedChunks) -> f
     return total / max(len(val), 1)
 
 
-def _epoch_parts(fit: Encoded | EncodedChunks, rng: np.random.Generator, by_request: bool, buffer: int):
-    """(rows, their order) for one epoch. In memory: the whole split, shuffled. On disk: the chunks in a
-    shuffled order, `buffer` at a time, each group shuffled (a shuffle buffer of `buffer` time slices)."""
+def _chunk_groups(fit: Encoded | EncodedChunks, rng: np.random.Generator, buffer: int) -> list[np.ndarray]:
+    """One epoch's groups of chunks on disk: the chunks in a shuffled order, `buffer` at a time (in
+    memory: one group, the whole split)."""
     if isinstance(fit, Encoded):
-        yield fit, _epoch_order(fit, rng, by_request)
-        return
+        return [np.zeros(1, np.int64)]
     chunks = rng.permutation(len(fit.files))
-    for s in range(0, len(chunks), buffer):
-        part = concat_encoded([fit.load(int(i)) for i in chunks[s : s + buffer]])
+    return [chunks[s : s + buffer] for s in range(0, len(chunks), buffer)]
+
+
+def _group_rows(fit: Encoded | EncodedChunks, group: np.ndarray) -> int:
+    return len(fit) if isinstance(fit, Encoded) else sum(fit.file_rows[int(i)] for i in group)
+
+
+def _epoch_parts(fit: Encoded | EncodedChunks, groups: list[np.ndarray], rng: np.random.Generator, by_request: bool):
+    """(rows, their order) for one epoch, a group of chunks at a time, each group shuffled (a shuffle
+    buffer of a few time slices; in memory: the whole split, shuffled)."""
+    for group in groups:
+        part = fit if isinstance(fit, Encoded) else concat_encoded([fit.load(int(i)) for i in group])
         yield part, _epoch_order(part, rng, by_request)
 
 
@@ -290,18 +311,27 @@ def fit(
     rank: int = 0,
     world: int = 1,
     shuffle_buffer: int = 2,
+    sharded: bool = False,
 ) -> tuple[UnifiedRanker, dict]:
     """With `world` > 1 (inside torch.distributed): every process walks the same permutation of the fit
     rows and takes its slice of each batch of `cfg.batch_size` rows (so a step sees what one process's
     step would), DDP averages the gradients, and rank 0's validation loss decides early stopping. Splits
-    on disk (`EncodedChunks`) are walked `shuffle_buffer` chunks at a time."""
+    on disk (`EncodedChunks`) are walked `shuffle_buffer` chunks at a time.
+
+    `sharded`: each rank holds only its own share of the fit rows (`val_enc` is needed on rank 0 only). It
+    walks its own shuffle and takes `cfg.batch_size / world` rows per step; every rank takes as many steps
+    as the smallest share gives (DDP steps together), so an epoch leaves out the few rows by which a
+    share exceeds the smallest, different ones each epoch."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     order_rng = rng if world == 1 else np.random.default_rng(cfg.seed)  # the same order on every rank
     if world > 1:
         rng = np.random.default_rng([cfg.seed, rank])  # cold-start draws: each rank its own
-    spec = make_spec(tables, fit_enc, cfg)
+        if sharded:  # its own rows: its own order
+            order_rng = np.random.default_rng([cfg.seed, rank, 1])
+    step_rows = -(-cfg.batch_size // world) if sharded else cfg.batch_size
+    spec = make_spec(tables, fit_enc, cfg, sharded=sharded and world > 1)
     model = UnifiedRanker(spec)
     sparse = sparse_embeddings(cfg, spec)
     opt = _Optimizer(model, cfg, sparse)  # before DDP wraps the model: it reads which gradients are sparse
@@ -315,17 +345,24 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        bar = tqdm(
-            total=-(-len(fit_enc) // cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0
-        )
-        total, seen = 0.0, 0
-        for part, order in _epoch_parts(fit_enc, order_rng, cfg.listwise_weight > 0, shuffle_buffer):
+        groups = _chunk_groups(fit_enc, order_rng, shuffle_buffer)
+        steps = sum(-(-_group_rows(fit_enc, g) // step_rows) for g in groups)
+        if sharded and world > 1:
+            steps = _all_reduce_min(steps)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0)
+        total, seen, taken = 0.0, 0, 0
+        for part, order in _epoch_parts(fit_enc, groups, order_rng, cfg.listwise_weight > 0):
+            if taken >= steps:
+                break
             labels = torch.from_numpy(part.labels)
             played = torch.from_numpy(part.played.astype(np.float32))
-            for s in range(0, len(order), cfg.batch_size):
+            for s in range(0, len(order), step_rows):
+                if taken >= steps:
+                    break
+                taken += 1
                 bar.update()
-                rows = order[s : s + cfg.batch_size]
-                if world > 1:
+                rows = order[s : s + step_rows]
+                if world > 1 and not sharded:
                     if len(rows) < world:  # a last batch too small to share: skipped by every rank alike
                         continue
                     rows = np.array_split(rows, world)[rank]
@@ -381,6 +418,14 @@ def fit(
     return model, {"epochs": history, "best_val_logloss": best, "sparse_embeddings": sparse}
 
 
+def _all_reduce_min(value: int) -> int:
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def _broadcast(value: float) -> float:
     import torch.distributed as dist
 
@@ -429,25 +474,9 @@ def train_bundle(
     return manifest
 
 
-def train_out_of_core(
-    data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print, chunk_rows: int = CHUNK_ROWS
-) -> dict:
-    """`train_bundle` for a log that need not fit in memory. The log is read a time slice of about
-    `chunk_rows` rows at a time (`EventLog`): one pass builds the feature tables (the same tables as in
-    memory: their statistics are sums), the fit and validation windows are encoded slice by slice to
-    files in a temporary directory, training walks them two slices at a time in a shuffled order (a
-    shuffle buffer instead of one permutation of the whole window), and the test window is evaluated
-    slice by slice. Memory holds the tables, the click log (four integers per click), a slice or two and
-    the model, whatever the log's size."""
-    from model_export.evaluate import evaluate_bundle
-    from model_export.export import export_bundle, record_metrics
-
-    started = time.perf_counter()
-    source = EventLog(data_dir, chunk_rows)
-    log(
-        f"scanned {source.rows} events ({len(source.users)} users), {source.entities.num_rows} entities: "
-        f"out of core, time slices of about {chunk_rows} rows"
-    )
+def out_of_core_tables(source: EventLog, cfg: TrainConfig) -> tuple[FeatureTables, tuple | None]:
+    """One pass over the log, a slice at a time: the feature tables (the same as in memory: their
+    statistics are sums) and, from `full` personalization up, the click log (four integers per click)."""
     v = Vocabularies.of(source.entities, source.countries, source.users)
     stats, clicks = WindowStatistics(v), ClickLog(v)
     for split in SPLIT_BOUNDS:
@@ -458,34 +487,73 @@ def train_out_of_core(
             if split == "feature":
                 stats.add(chunk)
     tables = tables_from(source.entities, v, stats, clicks, seed=cfg.seed, text=cfg.options.text_features)
-    del stats
+    return tables, clicks.arrays() if personalization_rank(cfg.personalization) >= 2 else None
+
+
+def request_share(events: pa.Table, rank: int, world: int) -> pa.Table:
+    """This rank's share of a slice's requests: every `world`-th request, counted by first appearance
+    (whole requests, so a listwise loss still sees each request's impressions together)."""
+    if world == 1:
+        return events
+    codes = pc.dictionary_encode(events.column("request_id").combine_chunks()).indices.to_numpy()
+    return events.filter(pa.array(codes % world == rank))
+
+
+def encode_out_of_core(
+    encoder: FeatureEncoder,
+    source: EventLog,
+    split: str,
+    cfg: TrainConfig,
+    clicks: tuple | None,
+    directory: Path,
+    rank: int = 0,
+    world: int = 1,
+) -> EncodedChunks:
+    """A split encoded a time slice at a time to files in `directory` (with `world` > 1: this rank's share
+    of each slice's requests)."""
+    encoded = EncodedChunks(directory)
+    desc = f"encoding: {split}" + (f" (rank {rank}'s share)" if world > 1 else "")
+    for chunk in tqdm(source.chunks(split), desc=desc, total=len(source.slices(split)), unit="slice", disable=rank > 0):
+        enc = encode_events(encoder, request_share(chunk, rank, world), cfg.tasks, cfg.impute, clicks)
+        if len(enc):
+            encoded.append(enc)
+        del chunk, enc
+        memory.release()
+    return encoded
+
+
+def train_out_of_core(
+    data_dir: Path | str, out: Path | str, cfg: TrainConfig, log=print, chunk_rows: int = CHUNK_ROWS
+) -> dict:
+    """`train_bundle` for a log that need not fit in memory. The log is read a time slice of about
+    `chunk_rows` rows at a time (`EventLog`): one pass builds the feature tables (`out_of_core_tables`), the
+    fit and validation windows are encoded slice by slice to files in a temporary directory, training
+    walks them two slices at a time in a shuffled order (a shuffle buffer instead of one permutation of
+    the whole window), and the test window is evaluated slice by slice. Memory holds the tables, the
+    click log, a slice or two and the model, whatever the log's size."""
+    from model_export.evaluate import evaluate_bundle
+    from model_export.export import export_bundle, record_metrics
+
+    started = time.perf_counter()
+    source = EventLog(data_dir, chunk_rows)
+    log(
+        f"scanned {source.rows} events ({len(source.users)} users), {source.entities.num_rows} entities: "
+        f"out of core, time slices of about {chunk_rows} rows"
+    )
+    tables, click_rows = out_of_core_tables(source, cfg)
+    memory.release()
     encoder = FeatureEncoder(tables, cfg.personalization)
-    click_rows = clicks.arrays() if personalization_rank(cfg.personalization) >= 2 else None
-    del clicks
     with tempfile.TemporaryDirectory(prefix="unirank-train-") as work:
-        encoded = {}
-        for split in ("fit", "validation"):
-            encoded[split] = EncodedChunks(Path(work) / split)
-            for chunk in tqdm(
-                source.chunks(split), desc=f"encoding: {split}", total=len(source.slices(split)), unit="slice"
-            ):
-                enc = encode_events(encoder, chunk, cfg.tasks, cfg.impute, click_rows)
-                if len(enc):
-                    encoded[split].append(enc)
-                del chunk, enc
-                memory.release()
+        encoded = {
+            split: encode_out_of_core(encoder, source, split, cfg, click_rows, Path(work) / split)
+            for split in ("fit", "validation")
+        }
         log(
             f"encoded fit {len(encoded['fit'])} rows in {len(encoded['fit'].files)} slices, validation "
             f"{len(encoded['validation'])} rows in {time.perf_counter() - started:.1f}s"
         )
         model, training = fit(tables, encoded["fit"], encoded["validation"], cfg, log)
-        summary = {
-            "events": source.rows,
-            "entities": source.entities.num_rows,
-            "rows": {s: source.split_rows(s) for s in SPLIT_BOUNDS},
-            "tasks": list(cfg.tasks),
-            "out_of_core": {"chunk_rows": chunk_rows, "fit_slices": len(encoded["fit"].files)},
-        }
+        summary = out_of_core_summary(source, cfg, len(encoded["fit"].files))
         manifest = export_bundle(model, tables, encoded["validation"].load(0), out, cfg, training, summary)
     del model, tables, encoder, encoded
     memory.release()  # the evaluation loads the bundle's own tables and model
@@ -493,3 +561,14 @@ def train_out_of_core(
     manifest = record_metrics(out, metrics)
     log(f"bundle {manifest['version']} written to {out} in {time.perf_counter() - started:.1f}s")
     return manifest
+
+
+def out_of_core_summary(source: EventLog, cfg: TrainConfig, fit_slices: int) -> dict:
+    """The manifest's `training_data` of a run out of core."""
+    return {
+        "events": source.rows,
+        "entities": source.entities.num_rows,
+        "rows": {s: source.split_rows(s) for s in SPLIT_BOUNDS},
+        "tasks": list(cfg.tasks),
+        "out_of_core": {"chunk_rows": source.chunk_rows, "fit_slices": fit_slices},
+    }

@@ -1,6 +1,6 @@
 """Data-parallel training: two gloo processes under torchrun train and export a bundle that passes the
-export's parity check and that the service loads and scores; the Kubernetes training Job renders and
-validates."""
+export's parity check and that the service loads and scores, in memory and out of core (each rank on its
+share of the requests); the Kubernetes training Job renders and validates."""
 
 from __future__ import annotations
 
@@ -33,6 +33,31 @@ def test_two_processes_train_and_export_a_bundle(data_dir, tmp_path):
     assert all(m["model"]["ndcg@10"] > m["popularity"]["ndcg@10"] for m in tasks.values()), tasks
     bundle = LoadedBundle.load(out, Settings(bundle=str(out)))
     bundle.check()  # the service's own load-time check: it ranks a request of every task
+
+
+def test_two_processes_train_out_of_core_each_on_its_share(data_dir, tmp_path):
+    """Out of core, each rank encodes only its share of the fit window's requests: together the shares are
+    the whole window, and the model is as good as one process's."""
+    from model_export.event_log import EventLog
+    from model_export.train import request_share
+
+    source = EventLog(data_dir, 7_000)
+    for chunk in source.chunks("fit"):
+        shares = [request_share(chunk, r, 2) for r in range(2)]
+        assert sum(s.num_rows for s in shares) == chunk.num_rows
+        ids = [set(s.column("request_id").to_pylist()) for s in shares]
+        assert not ids[0] & ids[1] and min(len(i) for i in ids) > 0.4 * (len(ids[0]) + len(ids[1]))
+
+    out = tmp_path / "ddp-ooc"
+    cfg = TrainConfig(epochs=2, seed=0)
+    assert launch(data_dir, out, cfg, nproc=2, chunk_rows=7_000, in_memory_rows=0) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training_data"]["processes"] == 2
+    assert manifest["training_data"]["out_of_core"]["fit_slices"] >= 2  # rank 0's share, in slices
+    assert manifest["parity_max_abs_diff"] < 1e-4
+    tasks = manifest["metrics"]["tasks"]
+    assert all(m["model"]["ndcg@10"] > m["popularity"]["ndcg@10"] for m in tasks.values()), tasks
+    LoadedBundle.load(out, Settings(bundle=str(out))).check()
 
 
 def test_the_training_job_renders_and_validates():

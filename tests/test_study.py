@@ -36,3 +36,34 @@ def test_study_runs_only_the_rows_asked_for_and_refuses_unknown_ones(data_dir, t
     assert {(t["a"], t["b"]) for t in result["paired_tests"]} == {("+ listwise loss", "unified (full)")}
     with pytest.raises(ValueError, match="unknown study rows"):
         run_study(data_dir, tmp_path, seeds=(0,), epochs=1, log=lambda *_: None, rows=("unified (fulll)",))
+
+
+def test_a_larger_log_is_studied_on_a_sample_of_whole_users(data_dir, tmp_path):
+    """Above `max_events`, the study reads a bounded sample: every event of a share of the users, the same
+    users whatever the file layout, and the report says so."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from model_export.event_log import sample_users
+    from tests.helpers import shuffled_partitioned_copy
+
+    full = pq.read_table(data_dir / "events.parquet")
+    assert sample_users(data_dir, full.num_rows) is None  # nothing to sample
+    dataset, info = sample_users(data_dir, 20_000)
+    assert 12_000 < dataset.events.num_rows < 28_000 and info["events"] == dataset.events.num_rows
+    assert info["of"] == full.num_rows
+    users, counts = np.unique(full.column("user_id").to_numpy(zero_copy_only=False), return_counts=True)
+    in_sample, sample_counts = np.unique(
+        dataset.events.column("user_id").to_numpy(zero_copy_only=False), return_counts=True
+    )
+    complete = dict(zip(users.tolist(), counts.tolist(), strict=True))
+    assert all(complete[u] == n for u, n in zip(in_sample.tolist(), sample_counts.tolist(), strict=True) if u)
+    partitioned = shuffled_partitioned_copy(data_dir, tmp_path / "partitioned", seed=2, rows_per_file=6_000)
+    assert sample_users(partitioned, 20_000)[0].events.equals(dataset.events)
+
+    rows = ("unified (full)", "popularity")
+    out = run_study(data_dir, tmp_path, seeds=(0,), epochs=1, log=lambda *_: None, rows=rows, max_events=20_000)
+    result = json.loads((out / "study.json").read_text())
+    assert result["sample"]["events"] == dataset.events.num_rows
+    assert result["rows"]["unified (full)"]["search"]["ndcg@10"] > 0
+    assert "A sample of the users" in (out / "report.md").read_text()

@@ -100,7 +100,7 @@ def train(
 
         from model_export.distributed import launch
 
-        if code := launch(data, out, cfg, nproc):
+        if code := launch(data, out, cfg, nproc, chunk_rows, out_of_core_above):
             raise typer.Exit(code)
         manifest = json.loads((out / "manifest.json").read_text())
     else:
@@ -161,6 +161,9 @@ def study(
     row: Annotated[
         list[str] | None, typer.Option(help="Only these rows (repeat; e.g. 'unified (full)', 'lightgbm lambdamart')")
     ] = None,
+    max_events: Annotated[
+        int, typer.Option(min=1, help="A larger log is studied on a sample of its users of about this many events")
+    ] = 2_000_000,
 ) -> None:
     """Unified vs separate models, personalization lift, ablations and baselines, with paired tests."""
     from model_export.study import run_study
@@ -181,6 +184,7 @@ def study(
         epochs=epochs or (2 if quick else 6),
         log=typer.echo,
         rows=tuple(row) if row else None,
+        max_events=max_events,
     )
     typer.echo((path / "report.md").read_text())
 
