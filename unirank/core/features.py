@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 
 import numpy as np
 
@@ -82,10 +83,29 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
 
 
-def _key_range(keys: np.ndarray, values: np.ndarray, prefix: int, e1: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of `keys` (sorted `prefix * e1 + entity`) with this prefix, as (entities, values)."""
+def _lookup_in_range(
+    keys: np.ndarray, columns: tuple[np.ndarray, ...], prefix: int, e1: int, query: np.ndarray
+) -> list[np.ndarray]:
+    """`_lookup` of several value columns sharing sorted `keys` (`prefix * e1 + entity`), for one prefix:
+    the prefix's slice is found once, each entity's position in it once."""
     lo, hi = np.searchsorted(keys, (prefix * e1, (prefix + 1) * e1))
-    return keys[lo:hi] - prefix * e1, values[lo:hi]
+    if hi == lo:
+        return [np.zeros(query.shape, np.float32) for _ in columns]
+    pos = np.minimum(np.searchsorted(keys[lo:hi], query + prefix * e1), hi - lo - 1) + lo
+    found = keys[pos] == query + prefix * e1
+    return [np.where(found, values[pos], 0.0).astype(np.float32) for values in columns]
+
+
+def _genre_overlap(bits_a: np.ndarray, bits_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shared and combined genre counts of packed genre rows (`FeatureTables.genre_bits`)."""
+    return np.bitwise_count(bits_a & bits_b).sum(-1), np.bitwise_count(bits_a | bits_b).sum(-1)
+
+
+def _columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.stack([a, b], axis=1) without stack's per-call overhead."""
+    out = np.empty((len(a), 2), np.result_type(a, b))
+    out[:, 0], out[:, 1] = a, b
+    return out
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,8 +142,8 @@ class FeatureEncoder:
         self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
-        get = self.tables.entity_index.get
-        return np.fromiter((get(e, 0) for e in entity_ids), np.int64)
+        ids = entity_ids if isinstance(entity_ids, list) else list(entity_ids)
+        return np.fromiter(map(self.tables.entity_index.get, ids, repeat(0, len(ids))), np.int64, len(ids))
 
     def encode_contexts(
         self,
@@ -180,9 +200,7 @@ class FeatureEncoder:
         clicks = np.where(trained, _lookup(t.qe_keys, t.qe_clicks, qe_key), 0.0)
         impressions = np.where(trained, _lookup(t.qe_keys, t.qe_impressions, qe_key), 0.0)
         co = np.where(trained & (source < e1), _lookup(t.co_keys, t.co_clicks, source * e1 + model_cand), 0.0)
-        g_src, g_cand = t.genre_hot[source], t.genre_hot[cand]
-        inter = (g_src & g_cand).sum(1)
-        union = (g_src | g_cand).sum(1)
+        inter, union = _genre_overlap(t.genre_bits[source], t.genre_bits[cand])
         titles, queries = t.norm_titles, ctx.queries
         match = np.zeros((len(cand), 2), np.float32)
         with_query = np.flatnonzero(np.array([bool(q) for q in queries], bool)[cand_ctx])
@@ -195,7 +213,7 @@ class FeatureEncoder:
             [
                 t.pop[cand, 0],
                 t.pop[cand, country],
-                np.where(cand > 0, (t.year[cand] - 2000.0) / 30.0, 0.0),
+                t.year_feature[cand],
                 np.log1p(clicks),
                 np.where(impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0),
                 match[:, 0],
@@ -221,24 +239,19 @@ class FeatureEncoder:
         country, source, qid = int(ctx.ctx_ids[0, 1]), int(ctx.source[0]), int(ctx.query_ids[0])
         trained = cand < e1
         model_cand = np.where(trained, cand, 0)
-        keys, clicks_of = _key_range(t.qe_keys, t.qe_clicks, qid, e1)
-        clicks = np.where(trained, _lookup(keys, clicks_of, model_cand), 0.0)
-        keys, impressions_of = _key_range(t.qe_keys, t.qe_impressions, qid, e1)
-        impressions = np.where(trained, _lookup(keys, impressions_of, model_cand), 0.0)
+        clicks, impressions = _lookup_in_range(t.qe_keys, (t.qe_clicks, t.qe_impressions), qid, e1, model_cand)
+        clicks, impressions = np.where(trained, clicks, 0.0), np.where(trained, impressions, 0.0)
         if source < e1:
-            keys, co_of = _key_range(t.co_keys, t.co_clicks, source, e1)
-            co = np.where(trained, _lookup(keys, co_of, model_cand), 0.0)
+            (co,) = _lookup_in_range(t.co_keys, (t.co_clicks,), source, e1, model_cand)
+            co = np.where(trained, co, 0.0)
         else:
             co = np.zeros(n, np.float32)
-        g_cand = t.genre_hot[cand]
-        g_src = t.genre_hot[source]
-        inter = (g_src & g_cand).sum(1)
-        union = (g_src | g_cand).sum(1)
+        inter, union = _genre_overlap(t.genre_bits[source], t.genre_bits[cand])
         query = ctx.queries[0]
         dense = np.empty((n, len(DENSE_FEATURES)), np.float32)
         dense[:, 0] = t.pop[cand, 0]
         dense[:, 1] = t.pop[cand, country]
-        dense[:, 2] = np.where(cand > 0, (t.year[cand] - 2000.0) / 30.0, 0.0)
+        dense[:, 2] = t.year_feature[cand]
         dense[:, 3] = np.log1p(clicks)
         dense[:, 4] = np.where(
             impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0
@@ -251,8 +264,9 @@ class FeatureEncoder:
         dense[:, 7] = np.log1p(co)
         dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         items = t.item_factors[cand]
-        dense[:, 9] = np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items)
-        dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
+        # the context's one vector against every row: the same products and sums as the batch path's
+        dense[:, 9] = np.einsum("f,nf->n", ctx.user_vec[0], items)
+        dense[:, 10] = np.einsum("f,nf->n", ctx.hist_vec[0], items)
         dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, ctx.source[cand_ctx])
 
@@ -262,7 +276,7 @@ class FeatureEncoder:
         inputs = {
             "ctx_ids": ctx.ctx_ids,
             "ctx_query": ctx.ctx_query,
-            "cand_ids": np.stack([model_cand, t.kind[cand]], axis=1),
+            "cand_ids": _columns(model_cand, t.kind[cand]),
             "cand_genres": t.genre_ids[cand],
             "cand_dense": dense,
             "cand_ctx": cand_ctx,

@@ -36,6 +36,19 @@ class RuntimeEntity:
     text: np.ndarray | None = None  # (TEXT_DIM,) projected title embedding
 
 
+def pack_genres(genre_hot: np.ndarray) -> np.ndarray:
+    """(E, G) bool -> (E, ceil(G / 64)) uint64: each row's genres as bits (np.bitwise_count counts them)."""
+    words = max(1, -(-genre_hot.shape[1] // 64))
+    padded = np.zeros((len(genre_hot), words * 64), bool)
+    padded[:, : genre_hot.shape[1]] = genre_hot
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8")
+
+
+def year_feature(year: np.ndarray) -> np.ndarray:
+    """The `release_year` feature of these years (the unknown entity, index 0, has 0 instead)."""
+    return ((year - 2000.0) / 30.0).astype(np.float32)
+
+
 @dataclass
 class FeatureTables:
     entity_ids: list[str]  # index -> id; [0] == ""
@@ -74,10 +87,27 @@ class FeatureTables:
     norm_titles: list[str] = field(init=False)
     n_model_entities: int = field(init=False)  # entities the model was trained with; later ones were added at run time
 
+    genre_bits: np.ndarray = field(init=False)  # (E+1, W) uint64: genre_hot packed, for Jaccard by popcount
+    year_feature: np.ndarray = field(init=False)  # (E+1,) float32: the release_year feature (0 for index 0)
+
     # per-entity arrays: one row per entity index, grown when entities are added at run time
-    PER_ENTITY = ("kind", "genre_ids", "genre_hot", "year", "avail", "pop", "item_factors", "text_vec")
+    PER_ENTITY = (
+        "kind",
+        "genre_ids",
+        "genre_hot",
+        "year",
+        "avail",
+        "pop",
+        "item_factors",
+        "text_vec",
+        "genre_bits",
+        "year_feature",
+    )
 
     def __post_init__(self) -> None:
+        self.genre_bits = pack_genres(self.genre_hot)
+        self.year_feature = year_feature(self.year)
+        self.year_feature[:1] = 0.0
         self.n_model_entities = len(self.entity_ids) - 1
         self.entity_index = {e: i for i, e in enumerate(self.entity_ids) if i}
         self.country_index = {c: i for i, c in enumerate(self.countries) if i}
@@ -141,7 +171,9 @@ class FeatureTables:
         self.genre_ids[i, : min(3, len(genres))] = genres[:3]
         self.genre_hot[i] = False
         self.genre_hot[i, genres] = True
+        self.genre_bits[i] = pack_genres(self.genre_hot[i : i + 1])[0]
         self.year[i] = entity.release_year if entity.release_year is not None else self.median_year
+        self.year_feature[i] = year_feature(self.year[i : i + 1])[0]
         self.avail[i] = entity.countries is None
         self.avail[i, 0] = True
         known = [self.country_index.get(c.upper(), 0) for c in entity.countries or ()]
