@@ -11,11 +11,11 @@ import pytest
 
 from service.context import build_request_context
 from service.schemas import RankRequest
+from tests.helpers import rank
 from unirank.core.features import FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
-from tests.helpers import rank
 
 
 @pytest.fixture(scope="module")
