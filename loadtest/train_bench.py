@@ -86,7 +86,7 @@ def run(sizes: list[int], epochs: int, work: Path) -> dict:
         bundle = work / f"ddp-{nproc}"
         print(f"bench-train: {nproc} process(es) on {sizes[0]:,} events", flush=True)
         cmd = [*CLI, "train", "--data", str(smallest), "--out", str(bundle), "--epochs", str(epochs)]
-        # both in memory (data-parallel training reads the log in memory): one process against two alike
+        # both in memory whatever the size (the smallest): one process against two on the same path
         cmd += ["--out-of-core-above", str(10 * sizes[0])]
         result = measured(cmd + ["--nproc", str(nproc)], work / f"ddp-{nproc}.log")
         ddp.append(
