@@ -1,0 +1,109 @@
+"""CPU time the service spends per request of one scenario under load, and optionally where it goes.
+
+Contract: starts Redis and the service as the bench does (the service pinned to the first core, the load
+generator and Redis on the second), drives one POST scenario of the bench (`rank_200`, `keystroke_hit`,
+`keystroke_miss`) at concurrency 8, and reports the throughput, the p99 and the service process's CPU
+seconds (user + system, psutil) per request answered — a figure that moves far less than req/s between
+runs on a shared machine. `--runs N` repeats the measurement on the same server; `--py-spy OUT` then
+records a py-spy profile (raw stacks) while the load runs again (py-spy must be installed). Prints a
+table; `--out` also writes JSON.
+
+    python -m loadtest.server_cpu --bundle artifacts/demo --scenario rank_200 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from loadtest.bench import _cpus, _drive, _write
+from loadtest.processes import AppServer, RedisServer
+from loadtest.scenarios import Scenarios
+
+SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss")
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path | None = None) -> dict:
+    server_cpus, load_cpus = _cpus()
+    sc = Scenarios(bundle)
+    work = Path(tempfile.mkdtemp(prefix="unirank-server-cpu-"))
+    make = (lambda i: sc.keystroke_miss(i)) if scenario == "keystroke_miss" else (lambda i: getattr(sc, scenario)())
+    bodies = _write(
+        work / f"{scenario}.jsonl", [make(i) for i in range(60_000 if scenario == "keystroke_miss" else 500)]
+    )
+    redis = RedisServer(cpus=load_cpus)
+    service = AppServer("service.api:create_app", {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis.url}, server_cpus)
+    result: dict = {"scenario": scenario, "concurrency": 8, "seconds": seconds, "runs": []}
+    try:
+        service.wait_ready()
+        proc = psutil.Process(service.proc.pid)
+        _drive(service.url, "/rank", bodies, 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
+        for _ in range(runs):
+            before = _cpu_seconds(proc)
+            run = _drive(service.url, "/rank", bodies, 8, seconds, 0.0, load_cpus)
+            cpu = _cpu_seconds(proc) - before
+            result["runs"].append(
+                {
+                    "rps": run["rps"],
+                    "p99_ms": run["p99_ms"],
+                    "errors": run["errors"],
+                    "server_cpu_us_per_request": cpu / max(run["requests"], 1) * 1e6,
+                }
+            )
+        if py_spy is not None:
+            spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv/bin/py-spy")
+            cmd = [spy, "record", "-p", str(proc.pid), "-o", str(py_spy), "-f", "raw", "-d", str(int(seconds))]
+            recorder = subprocess.Popen([*cmd, "-r", "200", "--nonblocking"])
+            _drive(service.url, "/rank", bodies, 8, seconds + 2, 0.5, load_cpus)
+            recorder.wait()
+            result["py_spy"] = str(py_spy)
+    finally:
+        service.stop()
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{result['scenario']}, concurrency {result['concurrency']}, {result['seconds']:.0f} s per run",
+        "",
+        "| run | req/s | p99 ms | errors | server CPU µs per request |",
+        "|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(result["runs"], 1):
+        lines.append(
+            f"| {i} | {r['rps']:.0f} | {r['p99_ms']:.1f} | {r['errors']} | {r['server_cpu_us_per_request']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--scenario", choices=SCENARIOS, default="rank_200")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--py-spy", type=Path, help="Also record a py-spy profile (raw stacks) here")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = measure(args.bundle.resolve(), args.scenario, args.runs, args.seconds, args.py_spy)
+    print(table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
