@@ -13,9 +13,10 @@ from service.context import build_request_context
 from service.schemas import RankRequest
 from tests.helpers import rank
 from unirank.core.features import FeatureEncoder, history_vector
-from unirank.core.history import HISTORY_LENGTH
+from unirank.core.history import HISTORY_LENGTH, counters_key, history_key
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
+from unirank.loop.redis_client import redis_client
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,14 @@ def _reference_scores(reference, body: dict) -> dict[str, float]:
     return dict(zip(ids, scores.tolist(), strict=True))
 
 
-def test_rank_scores_are_the_reference_pipelines(client, reference):
+def test_rank_scores_are_the_reference_pipelines(client, reference, redis_url):
     _, tables, _, _ = reference
     rng = np.random.default_rng(7)
-    users = tables.user_ids[-3:]  # users no other test sends events for: their history is the snapshot
+    users = tables.user_ids[-3:]
+    redis = redis_client(redis_url)
+    for user in users:  # whatever other tests sent for them: their history is the bundle's snapshot here
+        redis.delete(history_key(user))
+        redis.delete(counters_key(user))
     checked = 0
     for level in ("none", "cluster", "full"):
         for i, body in enumerate(
