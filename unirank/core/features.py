@@ -91,8 +91,9 @@ def _lookup_in_range(
     lo, hi = np.searchsorted(keys, (prefix * e1, (prefix + 1) * e1))
     if hi == lo:
         return [np.zeros(query.shape, np.float32) for _ in columns]
-    pos = np.minimum(np.searchsorted(keys[lo:hi], query + prefix * e1), hi - lo - 1) + lo
-    found = keys[pos] == query + prefix * e1
+    wanted = query + prefix * e1
+    pos = np.minimum(np.searchsorted(keys[lo:hi], wanted), hi - lo - 1) + lo
+    found = keys[pos] == wanted
     return [np.where(found, values[pos], 0.0).astype(np.float32) for values in columns]
 
 
