@@ -4,7 +4,8 @@ Contract: starts Redis and the service as the bench does (the service pinned to 
 generator and Redis on the second), drives one POST scenario of the bench (`rank_200`, `keystroke_hit`,
 `keystroke_miss`) at concurrency 8, and reports the throughput, the p99 and the service process's CPU
 seconds (user + system, psutil) per request answered — a figure that moves far less than req/s between
-runs on a shared machine. `--runs N` repeats the measurement on the same server; `--py-spy OUT` then
+runs on a shared machine — and the time the service's garbage collections took (its
+`unirank_gc_pause_seconds`). `--runs N` repeats the measurement on the same server; `--py-spy OUT` then
 records a py-spy profile (raw stacks) while the load runs again (py-spy must be installed). Prints a
 table; `--out` also writes JSON.
 
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from loadtest.bench import _cpus, _drive, _write
@@ -32,6 +36,17 @@ SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss")
 def _cpu_seconds(proc: psutil.Process) -> float:
     times = proc.cpu_times()
     return times.user + times.system
+
+
+_GC = re.compile(r'^unirank_gc_pause_seconds_(sum|count)\{generation="(\d)"\} (\S+)$', re.M)
+
+
+def _gc_pauses(url: str) -> dict[str, float]:
+    """The service's garbage collections so far, from /metrics: {"count_2": collections, "sum_2": seconds, ...}
+    (empty for a service without `unirank_gc_pause_seconds`). The worker publishes them once a second."""
+    time.sleep(1.2)
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {f"{kind}_{gen}": float(value) for kind, gen, value in _GC.findall(text)}
 
 
 def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path | None = None) -> dict:
@@ -50,15 +65,23 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
         proc = psutil.Process(service.proc.pid)
         _drive(service.url, "/rank", bodies, 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
         for _ in range(runs):
+            gc_before = _gc_pauses(service.url)
             before = _cpu_seconds(proc)
             run = _drive(service.url, "/rank", bodies, 8, seconds, 0.0, load_cpus)
             cpu = _cpu_seconds(proc) - before
+            gc_after = _gc_pauses(service.url)
+            gc_ms = sum(gc_after[k] - gc_before.get(k, 0.0) for k in gc_after if k.startswith("sum_")) * 1e3
+            requests = max(run["requests"], 1)
             result["runs"].append(
                 {
                     "rps": run["rps"],
                     "p99_ms": run["p99_ms"],
                     "errors": run["errors"],
-                    "server_cpu_us_per_request": cpu / max(run["requests"], 1) * 1e6,
+                    "server_cpu_us_per_request": cpu / requests * 1e6,
+                    # None: the service does not publish its collections
+                    "gc_ms_per_1000_requests": gc_ms / requests * 1000 if gc_after else None,
+                    "full_collections": gc_after["count_2"] - gc_before.get("count_2", 0.0) if gc_after else None,
+                    "full_collection_ms": (gc_after["sum_2"] - gc_before.get("sum_2", 0.0)) * 1e3 if gc_after else None,
                 }
             )
         if py_spy is not None:
@@ -79,12 +102,18 @@ def table(result: dict) -> str:
     lines = [
         f"{result['scenario']}, concurrency {result['concurrency']}, {result['seconds']:.0f} s per run",
         "",
-        "| run | req/s | p99 ms | errors | server CPU µs per request |",
-        "|---|---|---|---|---|",
+        "| run | req/s | p99 ms | errors | server CPU µs per request | GC ms per 1,000 requests "
+        "| full collections (ms) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(result["runs"], 1):
+        gc = "n/a" if r["gc_ms_per_1000_requests"] is None else f"{r['gc_ms_per_1000_requests']:.1f}"
+        full = (
+            "n/a" if r["full_collections"] is None else f"{r['full_collections']:.0f} ({r['full_collection_ms']:.1f})"
+        )
         lines.append(
-            f"| {i} | {r['rps']:.0f} | {r['p99_ms']:.1f} | {r['errors']} | {r['server_cpu_us_per_request']:.0f} |"
+            f"| {i} | {r['rps']:.0f} | {r['p99_ms']:.1f} | {r['errors']} | {r['server_cpu_us_per_request']:.0f} "
+            f"| {gc} | {full} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from service import heap
 from service.bundle_store import BundleMissing
 from service.cache import RankCache
 from service.control import DEFAULT_MODEL, ControlDoc, ControlStore
@@ -145,14 +146,22 @@ class Fleet:
         self.models[model.name] = model
         model.start_following()
         if old is not None and old is not model:
-            asyncio.create_task(old.close())
+            asyncio.create_task(self._close(old))
+        else:
+            heap.settle()
         self.failed.pop(model.name, None)
+
+    @staticmethod
+    async def _close(model: ServedModel) -> None:
+        await model.close()
+        heap.settle()  # after it let go: a replaced model's reference cycles are collected, the new one frozen
 
     async def _uninstall(self, name: str) -> None:
         model = self.models.pop(name, None)
         self._shadow_rankers.pop(name, None)
         if model is not None:
             await model.close()
+            heap.settle()
             log.info("model %s (%s) unloaded", name, model.version)
 
     async def _reconcile(self, doc: ControlDoc) -> None:

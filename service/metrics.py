@@ -85,6 +85,13 @@ SHADOW_CORRELATION = Histogram(
     buckets=(-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
 )
 
+GC_PAUSE = Histogram(
+    "unirank_gc_pause_seconds",
+    "Garbage collections of the worker by generation, and how long each stopped it",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+
 
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from service import heap
 from service.breaker import CircuitBreaker
 from service.bundle import LoadedBundle
 from service.cache import RankCache
@@ -49,6 +50,7 @@ class AppState:
     impressions: ImpressionLog | None = None
     embedded: EmbeddedRedis | None = None
     drain: Drain = field(init=False)
+    gc_pauses: heap.PauseRecorder = field(default_factory=heap.PauseRecorder)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,9 @@ class AppState:
     async def start(self) -> None:
         s = self.settings
         self.drain.install()
+        heap.tune()
+        self.gc_pauses.install()
+        self._tasks.append(asyncio.create_task(self.gc_pauses.run()))
         url = s.redis_url
         if not url:
             self.embedded = EmbeddedRedis()  # in this thread: it is tied to the thread that starts it
@@ -113,6 +118,7 @@ class AppState:
                 await client.aclose()
         if self.embedded is not None:
             self.embedded.close()
+        self.gc_pauses.uninstall()
 
     @property
     def ready(self) -> bool:
