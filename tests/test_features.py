@@ -131,13 +131,14 @@ def test_the_service_encoder_equals_the_batch_encoder(bundle_dir):
                 hist = rng.normal(size=(1, tables.item_factors.shape[1])).astype(np.float32)
                 hist_text = rng.normal(size=(1, tables.text_vec.shape[1])).astype(np.float32)
                 ctx = encoder.encode_contexts([unified], hist, hist_text=hist_text)
-                cand = np.concatenate([rng.integers(1, tables.n_model_entities + 1, 150), [0, 0], added])
-                batch = encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
-                one = encoder.encode_one(ctx, cand)
-                assert one.keys() == batch.keys()
-                for name, value in batch.items():
-                    np.testing.assert_array_equal(one[name], value, err_msg=f"{task} {query} {source}: {name}")
-                    assert one[name].dtype == value.dtype, name
-                looked_up |= (batch["cand_dense"][:, [3, 7]] > 0).any(0)
-                checked += 1
-    assert checked == 24 and looked_up.all()
+                trained = rng.integers(1, tables.n_model_entities + 1, 150)
+                for cand in (np.concatenate([trained, [0, 0], added]), trained):  # and the all-trained shortcut
+                    batch = encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
+                    one = encoder.encode_one(ctx, cand)
+                    assert one.keys() == batch.keys()
+                    for name, value in batch.items():
+                        np.testing.assert_array_equal(one[name], value, err_msg=f"{task} {query} {source}: {name}")
+                        assert one[name].dtype == value.dtype, name
+                    looked_up |= (batch["cand_dense"][:, [3, 7]] > 0).any(0)
+                    checked += 1
+    assert checked == 48 and looked_up.all()

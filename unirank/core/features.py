@@ -239,15 +239,20 @@ class FeatureEncoder:
         cand_ctx = np.zeros(n, np.int64)
         country, source, qid = int(ctx.ctx_ids[0, 1]), int(ctx.source[0]), int(ctx.query_ids[0])
         trained = cand < e1
-        model_cand = np.where(trained, cand, 0)
+        every_trained = bool(trained.all())  # the usual case: nothing to mask
+        model_cand = cand if every_trained else np.where(trained, cand, 0)
         clicks, impressions = _lookup_in_range(t.qe_keys, (t.qe_clicks, t.qe_impressions), qid, e1, model_cand)
-        clicks, impressions = np.where(trained, clicks, 0.0), np.where(trained, impressions, 0.0)
+        if not every_trained:
+            clicks, impressions = np.where(trained, clicks, 0.0), np.where(trained, impressions, 0.0)
         if source < e1:
             (co,) = _lookup_in_range(t.co_keys, (t.co_clicks,), source, e1, model_cand)
-            co = np.where(trained, co, 0.0)
+            if not every_trained:
+                co = np.where(trained, co, 0.0)
         else:
             co = np.zeros(n, np.float32)
-        inter, union = _genre_overlap(t.genre_bits[source], t.genre_bits[cand])
+        source_genres = t.genre_bits[source]
+        if source_genres.any():
+            inter, union = _genre_overlap(source_genres, t.genre_bits[cand])
         query = ctx.queries[0]
         dense = np.empty((n, len(DENSE_FEATURES)), np.float32)
         dense[:, 0] = t.pop[cand, 0]
@@ -263,7 +268,10 @@ class FeatureEncoder:
         else:  # prequery contexts have no query: nothing to match
             dense[:, 5:7] = 0.0
         dense[:, 7] = np.log1p(co)
-        dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        if source_genres.any():
+            dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        else:  # no source, or one without genres: no genre is shared, the Jaccard is 0 (as the batch path finds)
+            dense[:, 8] = 0.0
         items = t.item_factors[cand]
         # the context's one vector against every row: the same products and sums as the batch path's
         dense[:, 9] = np.einsum("f,nf->n", ctx.user_vec[0], items)
