@@ -2,12 +2,12 @@
 
 Contract: starts Redis and the service as the bench does (the service pinned to the first core, the load
 generator and Redis on the second), drives one POST scenario of the bench (`rank_200`, `keystroke_hit`,
-`keystroke_miss`) at concurrency 8, and reports the throughput, the p99 and the service process's CPU
-seconds (user + system, psutil) per request answered — a figure that moves far less than req/s between
-runs on a shared machine — and the time the service's garbage collections took (its
-`unirank_gc_pause_seconds`). `--runs N` repeats the measurement on the same server; `--py-spy OUT` then
-records a py-spy profile (raw stacks) while the load runs again (py-spy must be installed). Prints a
-table; `--out` also writes JSON.
+`keystroke_miss`, or `ceiling`: the no-op endpoint) at concurrency 8, and reports the throughput, the p99
+and the service process's CPU seconds (user + system, psutil) per request answered — a figure that moves
+far less than req/s between runs on a shared machine — and the time the service's garbage collections
+took (its `unirank_gc_pause_seconds`). `--runs N` repeats the measurement on the same server; `--py-spy
+OUT` then records a py-spy profile (raw stacks) while the load runs again (py-spy must be installed).
+Prints a table; `--out` also writes JSON.
 
     python -m loadtest.server_cpu --bundle artifacts/demo --scenario rank_200 --runs 3
 """
@@ -30,7 +30,7 @@ from loadtest.bench import _cpus, _drive, _write
 from loadtest.processes import AppServer, RedisServer
 from loadtest.scenarios import Scenarios
 
-SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss")
+SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss", "ceiling")
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -53,21 +53,26 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
     server_cpus, load_cpus = _cpus()
     sc = Scenarios(bundle)
     work = Path(tempfile.mkdtemp(prefix="unirank-server-cpu-"))
-    make = (lambda i: sc.keystroke_miss(i)) if scenario == "keystroke_miss" else (lambda i: getattr(sc, scenario)())
+    if scenario == "keystroke_miss":
+        make = sc.keystroke_miss
+    else:  # the ceiling posts the keystroke bodies to the no-op endpoint, as the bench does
+        make = lambda i: getattr(sc, "keystroke_hit" if scenario == "ceiling" else scenario)()  # noqa: E731
     bodies = _write(
         work / f"{scenario}.jsonl", [make(i) for i in range(60_000 if scenario == "keystroke_miss" else 500)]
     )
+    path = "/bench/noop" if scenario == "ceiling" else "/rank"
     redis = RedisServer(cpus=load_cpus)
-    service = AppServer("service.api:create_app", {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis.url}, server_cpus)
+    env = {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis.url, "UNIRANK_BENCH_ENDPOINTS": "1"}
+    service = AppServer("service.api:create_app", env, server_cpus)
     result: dict = {"scenario": scenario, "concurrency": 8, "seconds": seconds, "runs": []}
     try:
         service.wait_ready()
         proc = psutil.Process(service.proc.pid)
-        _drive(service.url, "/rank", bodies, 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
+        _drive(service.url, path, bodies, 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
         for _ in range(runs):
             gc_before = _gc_pauses(service.url)
             before = _cpu_seconds(proc)
-            run = _drive(service.url, "/rank", bodies, 8, seconds, 0.0, load_cpus)
+            run = _drive(service.url, path, bodies, 8, seconds, 0.0, load_cpus)
             cpu = _cpu_seconds(proc) - before
             gc_after = _gc_pauses(service.url)
             gc_ms = sum(gc_after[k] - gc_before.get(k, 0.0) for k in gc_after if k.startswith("sum_")) * 1e3
@@ -88,7 +93,7 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
             spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv/bin/py-spy")
             cmd = [spy, "record", "-p", str(proc.pid), "-o", str(py_spy), "-f", "raw", "-d", str(int(seconds))]
             recorder = subprocess.Popen([*cmd, "-r", "200", "--nonblocking"])
-            _drive(service.url, "/rank", bodies, 8, seconds + 2, 0.5, load_cpus)
+            _drive(service.url, path, bodies, 8, seconds + 2, 0.5, load_cpus)
             recorder.wait()
             result["py_spy"] = str(py_spy)
     finally:

@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         _configure_logging()
         await state.start()
-        yield
+        yield {"unirank": state}  # the lifespan state: the server hands each request a copy (`ready_state`)
         await state.stop()
 
     app = FastAPI(

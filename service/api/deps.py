@@ -24,8 +24,9 @@ def state_of(request: Request) -> AppState:
 
 
 def ready_state(request: Request) -> AppState:
-    """The state, once the routing's default model is loaded (else NotReady)."""
-    state = request.app.state.unirank
+    """The state, once the routing's default model is loaded (else NotReady). Read from the request's
+    lifespan state (a dict look-up) when the server passes it, as uvicorn does; else from the app."""
+    state = request.scope.get("state", {}).get("unirank") or request.app.state.unirank
     if not state.ready:
         raise NotReady(f"model not loaded: {state.load_error}")
     return state

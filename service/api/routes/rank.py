@@ -25,12 +25,16 @@ def _latency(task: str, model: str):
 
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+_TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 
 
 def request_budget_s(request: Request, budget_ms: float) -> float:
     """The service's budget, or less when the client asks for less (X-Request-Timeout-Ms)."""
-    asked = request.headers.get(TIMEOUT_HEADER)
-    if asked is None:
+    for name, value in request.scope["headers"]:  # the raw list (ASGI lower-cases names): no Headers object
+        if name == _TIMEOUT_HEADER:
+            asked = value.decode("latin-1")
+            break
+    else:
         return budget_ms / 1000
     try:
         ms = float(asked)
