@@ -251,7 +251,8 @@ class FeatureEncoder:
         else:
             co = np.zeros(n, np.float32)
         source_genres = t.genre_bits[source]
-        if source_genres.any():
+        source_has_genres = bool(source_genres.any())
+        if source_has_genres:
             inter, union = _genre_overlap(source_genres, t.genre_bits[cand])
         query = ctx.queries[0]
         dense = np.empty((n, len(DENSE_FEATURES)), np.float32)
@@ -268,7 +269,7 @@ class FeatureEncoder:
         else:  # prequery contexts have no query: nothing to match
             dense[:, 5:7] = 0.0
         dense[:, 7] = np.log1p(co)
-        if source_genres.any():
+        if source_has_genres:
             dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         else:  # no source, or one without genres: no genre is shared, the Jaccard is 0 (as the batch path finds)
             dense[:, 8] = 0.0
