@@ -100,9 +100,9 @@ class Fleet:
         await self._load_startup_model()
         while True:
             try:
-                doc = await self.control.read()
-                if doc.version != self.applied_version:
-                    async with self._lock:
+                async with self._lock:  # read under the lock: a document read before an admin change
+                    doc = await self.control.read()  # applied it would otherwise undo that change here
+                    if doc.version != self.applied_version:
                         await self._reconcile(doc)
                 await self._report()
             except STORE_ERRORS as exc:  # serve what is loaded; try again next poll
