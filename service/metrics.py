@@ -41,6 +41,11 @@ BATCH_CANDIDATES = Histogram(
     "Micro-batching: candidates per inference call",
     buckets=(10, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000),
 )
+REDIS_BATCH = Histogram(
+    "unirank_redis_batch_commands",
+    "Auto-pipelining: request-path Redis commands sent together (1: alone)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 ERRORS = Counter("unirank_errors_total", "Errors by type", ["type"])
 EVENTS = Counter("unirank_events_total", "Engagement events stored", ["action"])
 RUNTIME_ENTITIES = Gauge(

@@ -16,19 +16,27 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError
 
+from service.autopipeline import AutoPipeline
 from service.breaker import CircuitBreaker
 from unirank.core.redis_url import is_cluster as is_cluster_url
 from unirank.core.redis_url import node_url
 
 
 class GuardedRedis(aioredis.Redis):
-    """Every command and pipeline goes through the worker's circuit breaker."""
+    """Every command and pipeline goes through the worker's circuit breaker; with `auto_pipeline`,
+    concurrent commands go together (`service.autopipeline`)."""
 
-    def __init__(self, *args, breaker: CircuitBreaker | None = None, **kwargs):
+    def __init__(self, *args, breaker: CircuitBreaker | None = None, auto_pipeline: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.breaker = breaker or CircuitBreaker(failures=1 << 30)
+        self.auto = AutoPipeline(self._execute, lambda: self.pipeline(transaction=False)) if auto_pipeline else None
 
     async def execute_command(self, *args, **options):
+        if self.auto is not None:
+            return await self.auto.execute(*args, **options)
+        return await self._execute(*args, **options)
+
+    async def _execute(self, *args, **options):
         async with self.breaker:
             return await super().execute_command(*args, **options)
 
@@ -54,11 +62,14 @@ class GuardedRedisCluster(RedisCluster):
     at most `max_connections` calls or pipelines run at once (each holds at most one connection per
     node) and the others wait up to `wait_s` for their turn, as the single-server pool does."""
 
-    def __init__(self, *args, breaker: CircuitBreaker | None = None, wait_s: float = 1.0, **kwargs):
+    def __init__(
+        self, *args, breaker: CircuitBreaker | None = None, wait_s: float = 1.0, auto_pipeline: bool = False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.breaker = breaker or CircuitBreaker(failures=1 << 30)
         self.wait_s = wait_s
         self._turns = asyncio.Semaphore(kwargs.get("max_connections", 2**31))
+        self.auto = AutoPipeline(self._execute, self.pipeline) if auto_pipeline else None
 
     @asynccontextmanager
     async def turn(self):
@@ -75,6 +86,11 @@ class GuardedRedisCluster(RedisCluster):
             self._turns.release()
 
     async def execute_command(self, *args, **options):
+        if self.auto is not None:
+            return await self.auto.execute(*args, **options)
+        return await self._execute(*args, **options)
+
+    async def _execute(self, *args, **options):
         async with self.breaker, self.turn():
             return await super().execute_command(*args, **options)
 
@@ -107,16 +123,22 @@ class QuickBlockingPool(aioredis.BlockingConnectionPool):
 
 
 def connect(
-    url: str, timeout_s: float, max_connections: int, breaker: CircuitBreaker | None = None
+    url: str,
+    timeout_s: float,
+    max_connections: int,
+    breaker: CircuitBreaker | None = None,
+    auto_pipeline: bool = False,
 ) -> GuardedRedis | GuardedRedisCluster:
     """A client whose pool makes a request wait (up to `timeout_s`) for a free connection when all
     `max_connections` are busy, instead of failing at once: a burst of concurrent requests queues on the
     pool rather than turning into errors. With a breaker, no call is attempted while it is open. For a
-    cluster, `max_connections` bounds each node's pool."""
+    cluster, `max_connections` bounds each node's pool. `auto_pipeline`: concurrent commands are sent
+    together (the request path's reads)."""
     if is_cluster_url(url):
         return GuardedRedisCluster.from_url(
             node_url(url),
             breaker=breaker,
+            auto_pipeline=auto_pipeline,
             wait_s=timeout_s,
             max_connections=max_connections,
             socket_timeout=timeout_s,
@@ -130,7 +152,7 @@ def connect(
         socket_connect_timeout=max(timeout_s, 0.5),
         retry_on_timeout=False,
     )
-    return GuardedRedis(connection_pool=pool, breaker=breaker)
+    return GuardedRedis(connection_pool=pool, breaker=breaker, auto_pipeline=auto_pipeline)
 
 
 def is_cluster(client) -> bool:

@@ -69,7 +69,8 @@ class AppState:
         # the request path's clients share one circuit breaker: no call waits on a Redis known to be down;
         # the background readers (catalog, control) retry on their own and keep out of the breaker
         self.breaker = CircuitBreaker(s.redis_breaker_failures, s.redis_breaker_open_s)
-        self.redis = connect(url, s.redis_timeout_s, s.redis_max_connections, self.breaker)
+        # the request path's reads go to Redis together when requests run concurrently (auto-pipelining)
+        self.redis = connect(url, s.redis_timeout_s, s.redis_max_connections, self.breaker, auto_pipeline=True)
         self.events_redis = connect(url, s.events_timeout_s, s.redis_max_connections, self.breaker)
         self.catalog_redis = connect(url, s.catalog_block_s + 2.0, 64)  # one blocking reader per model
         self.control_redis = connect(url, 2.0, 8)
@@ -77,7 +78,7 @@ class AppState:
         if s.cache_redis_url:  # the evictable cache in a Redis of its own (README, "Redis memory")
             self.cache_breaker = CircuitBreaker(s.redis_breaker_failures, s.redis_breaker_open_s)
             self.cache_redis = connect(
-                s.cache_redis_url, s.redis_timeout_s, s.redis_max_connections, self.cache_breaker
+                s.cache_redis_url, s.redis_timeout_s, s.redis_max_connections, self.cache_breaker, auto_pipeline=True
             )
         self.events = EventStore(self.events_redis, s.history_ttl_s, s.feedback_stream, s.feedback_stream_max)
         self.cache = RankCache(self.cache_redis, s.cache_ttl_s, s.local_cache_size, s.local_cache_ttl_s)
