@@ -2,8 +2,13 @@
 
 The model takes B contexts and N candidates, each candidate pointing at its context (`cand_ctx`), so
 requests concatenate without padding: contexts and candidates are stacked, `cand_ctx` is offset, and
-the scores are split back by candidate counts. One inference runs at a time, in a worker thread (the
-event loop keeps parsing requests meanwhile). A batch is dispatched when
+the scores are split back by candidate counts (`concatenate`, `split`, `merged_scoring`). The batcher
+holds opaque requests: `run` scores a list of them (for the service, a request is one /rank's context,
+candidates and history, and `run` encodes the whole batch's features too: `LoadedBundle.score_batch`).
+One inference runs at a time: in a worker thread with `in_thread` (a GPU: the event loop keeps parsing
+requests meanwhile), else right in the event loop (one CPU core: a thread would only add switches). A
+batch is dispatched, at the earliest once the event-loop iteration in which its first request arrived
+is over (so the requests that reach the scorer in the same iteration share the call), when
 
 - the device is free and the oldest waiting request has waited `window_s` (0: at once), or
 - the device is free and the waiting requests hold `max_candidates` candidates or more, or
@@ -23,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,13 +39,10 @@ Inputs = dict[str, np.ndarray]
 
 @dataclass
 class _Waiting:
-    inputs: Inputs
+    item: Any
+    size: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
-
-    @property
-    def size(self) -> int:
-        return len(self.inputs["cand_ctx"])
 
 
 def concatenate(parts: list[Inputs]) -> tuple[Inputs, list[int]]:
@@ -55,18 +58,49 @@ def split(scores: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(scores, np.cumsum(sizes)[:-1])
 
 
-class MicroBatcher:
-    """Collects concurrent score() calls into one `run(inputs)` call; see the module docstring."""
+def merged_scoring(score: Callable[[Inputs], np.ndarray]) -> Callable[[list[Inputs]], list[np.ndarray]]:
+    """A batch's `run` from a scorer of model inputs: one call on the concatenated inputs, split back."""
 
-    def __init__(self, run: Callable[[Inputs], np.ndarray], window_s: float, max_candidates: int):
+    def run(parts: list[Inputs]) -> list[np.ndarray]:
+        if len(parts) == 1:
+            return [score(parts[0])]
+        merged, sizes = concatenate(parts)
+        return split(score(merged), sizes)
+
+    return run
+
+
+def _outcome(done: asyncio.Future) -> tuple[BaseException | None, list | None]:
+    error = done.exception()
+    return error, None if error is not None else done.result()
+
+
+def input_size(inputs: Inputs) -> int:
+    return len(inputs["cand_ctx"])
+
+
+class MicroBatcher:
+    """Collects concurrent score() calls into one `run(items)` call; see the module docstring.
+    `size(item)`: its candidates (what `max_candidates` bounds)."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], list[np.ndarray]],
+        window_s: float,
+        max_candidates: int,
+        size: Callable[[Any], int] = input_size,
+        in_thread: bool = True,
+    ):
         self.run = run
         self.window_s = window_s
         self.max_candidates = max_candidates
+        self.size = size
         self._waiting: list[_Waiting] = []
         self._waiting_candidates = 0
         self._busy = False
+        self._due_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unirank-inference")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unirank-inference") if in_thread else None
         self.in_flight = 0  # requests inside request(): those that may still join (0: callers don't say)
         self.batches = 0  # counters read by tests and /model
         self.requests = 0
@@ -82,15 +116,22 @@ class MicroBatcher:
             self.in_flight -= 1
             self._dispatch_if_due()
 
-    async def score(self, inputs: Inputs) -> np.ndarray:
+    async def score(self, item) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(inputs, loop.create_future())
+        waiting = _Waiting(item, self.size(item), loop.create_future())
         self._waiting.append(waiting)
         self._waiting_candidates += waiting.size
+        if not self._due_scheduled:  # once this iteration is over: who else arrives in it joins
+            self._due_scheduled = True
+            loop.call_soon(self._on_iteration_end)
+        return await waiting.future
+
+    def _on_iteration_end(self) -> None:
+        self._due_scheduled = False
         self._dispatch_if_due()
         if self._waiting and self._timer is None and not self._busy:
+            loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + self._time_left(), self._on_timer)
-        return await waiting.future
 
     def _time_left(self) -> float:
         return max(0.0, self.window_s - (time.perf_counter() - self._waiting[0].arrived))
@@ -125,23 +166,24 @@ class MicroBatcher:
         self.batches += 1
         self.requests += len(batch)
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._run_batch, [item.inputs for item in batch])
-        done.add_done_callback(lambda f: self._finished(batch, f))
+        items = [item.item for item in batch]
+        if self._executor is not None:
+            done = loop.run_in_executor(self._executor, self.run, items)
+            done.add_done_callback(lambda f: self._finished(batch, *_outcome(f)))
+            return
+        try:
+            results = self.run(items)
+        except Exception as exc:
+            self._finished(batch, exc, None)
+        else:
+            self._finished(batch, None, results)
 
-    def _run_batch(self, parts: list[Inputs]) -> list[np.ndarray]:
-        if len(parts) == 1:
-            return [self.run(parts[0])]
-        merged, sizes = concatenate(parts)
-        return split(self.run(merged), sizes)
-
-    def _finished(self, batch: list[_Waiting], done: asyncio.Future) -> None:
+    def _finished(self, batch: list[_Waiting], error: BaseException | None, results: list | None) -> None:
         self._busy = False
-        error = done.exception()
-        results = None if error else done.result()
         for i, item in enumerate(batch):
             if item.future.done():  # the request was cancelled (client went away)
                 continue
-            if error:
+            if error is not None:
                 item.future.set_exception(error)
             else:
                 item.future.set_result(results[i])
@@ -152,4 +194,5 @@ class MicroBatcher:
                 self._timer = loop.call_at(loop.time() + self._time_left(), self._on_timer)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

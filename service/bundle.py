@@ -3,25 +3,27 @@
 Contract: `LoadedBundle.load(path, settings)` raises `BundleMissing` while the directory holds no
 bundle, and anything else when it holds a broken one; a loaded bundle is warm (first calls made), and
 `check()` scores one real request of each of its tasks (a bundle that cannot is refused).
-`score` goes through the micro-batcher when it is on; `request_scope()` brackets one request so the
-batcher knows who may still join a batch.
+`score(job)` scores one request's candidates, through the micro-batcher when it is on (concurrent
+requests then share the feature encoding and one onnxruntime call: `score_batch`); `request_scope()`
+brackets one request so the batcher knows who may still join a batch.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, concatenate, split
 from service.bundle_store import BundleInvalid, read_manifest
 from service.catalog import RuntimeCatalog
 from service.context import RequestContext, build_request_context
 from service.display import Entities
-from service.features import ServingFeatures
+from service.features import ScoringJob, ServingFeatures
 from service.retrieval import Retriever
 from service.schemas import RankRequest
 from service.scoring import Scorer
@@ -53,11 +55,36 @@ class LoadedBundle:
     def __post_init__(self) -> None:
         self.entities = Entities(self.tables, self.catalog)
 
-    async def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Scores through the micro-batcher when it is on, else in one call right here."""
+    async def score(self, job: ScoringJob) -> np.ndarray:
+        """The job's scores, through the micro-batcher when it is on, else in one call right here."""
         if self.batcher is not None:
-            return await self.batcher.score(inputs)
-        return self.scorer.score(inputs)
+            return await self.batcher.score(job)
+        return self.score_batch([job])[0]
+
+    def score_batch(self, jobs: list[ScoringJob]) -> list[np.ndarray]:
+        """Each job's scores from one onnxruntime call: the features of each personalization level's jobs
+        encoded together, the levels' inputs concatenated. Each job records the batch's feature and
+        inference times."""
+        started = time.perf_counter()
+        if len(jobs) == 1:
+            order, inputs = [0], self.features.batch_inputs(jobs)
+        else:
+            levels: dict[str, list[int]] = {}
+            for i, job in enumerate(jobs):
+                levels.setdefault(job.ctx.level, []).append(i)
+            order = [i for group in levels.values() for i in group]
+            parts = [self.features.batch_inputs([jobs[i] for i in group]) for group in levels.values()]
+            inputs = parts[0] if len(parts) == 1 else concatenate(parts)[0]
+        encoded = time.perf_counter()
+        scores = self.scorer.score(inputs)
+        scored = time.perf_counter()
+        out: list[np.ndarray] = [scores] * len(jobs)
+        if len(jobs) > 1:
+            for i, part in zip(order, split(scores, [len(jobs[i].candidates) for i in order]), strict=True):
+                out[i] = part
+        for job in jobs:
+            job.features_s, job.inference_s = encoded - started, scored - encoded
+        return out
 
     def request_scope(self) -> AbstractContextManager:
         """Brackets one request that may call `score` (the micro-batcher waits only for such requests)."""
@@ -66,6 +93,9 @@ class LoadedBundle:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+            # the batcher runs this bundle's score_batch: a cycle the collector would have to find (and
+            # loaded models are frozen out of its scans, service.heap); a request still in flight scores alone
+            self.batcher = None
 
     @property
     def version(self) -> str:
@@ -150,11 +180,19 @@ class LoadedBundle:
             spec=spec,
         )
         bundle._warm_up()
-        batching = settings.micro_batch if settings.micro_batch is not None else bundle.scorer.device == "cuda"
-        if batching:
+        gpu = bundle.scorer.device == "cuda"
+        if settings.micro_batch is not False:
+            # unset on the CPU: no window, only the requests that reach the scorer in the same event-loop
+            # iteration share a call (free for a lone request; under load it amortises the per-call work)
+            window = settings.micro_batch_window_ms if settings.micro_batch or gpu else 0.0
             bundle.batcher = MicroBatcher(
-                bundle.scorer.score, settings.micro_batch_window_ms / 1000, settings.micro_batch_max_candidates
+                bundle.score_batch,
+                window / 1000,
+                settings.micro_batch_max_candidates,
+                size=lambda job: len(job.candidates),
+                in_thread=gpu,
             )
+        batching = bundle.batcher is not None
         log.info(
             "bundle %s loaded from %s (personalization %s, %s on %s, micro-batching %s)",
             bundle.version,

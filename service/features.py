@@ -2,7 +2,10 @@
 its candidates and the user's recent history (Redis first, then the bundle's snapshot).
 
 Contract: `inputs(ctx, candidates, history)` gives exactly the tensors training builds for the same
-request (the parity tests hold it to that), and only those the bundle's model reads.
+request (the parity tests hold it to that), and only those the bundle's model reads. `batch_inputs(jobs)`
+gives several requests' inputs in one set of tensors (contexts stacked, each candidate pointing at its
+own), value for value those of `inputs` for each: it is the training path's batch encoder, whose numpy
+work is per batch rather than per request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from unirank.core.features import FeatureEncoder, history_inputs, history_vector
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
+
+
+@dataclass(slots=True)
+class ScoringJob:
+    """One request's share of a scoring call: its context, candidates (entity indices) and history (None
+    below 'full'); the call records how long the features and the inference took (for the whole batch
+    the job was scored in)."""
+
+    ctx: RequestContext
+    candidates: np.ndarray
+    history: History | None = None
+    features_s: float = 0.0
+    inference_s: float = 0.0
 
 
 @dataclass
@@ -64,6 +80,42 @@ class ServingFeatures:
         text = history_vector(self.tables, entities, self.tables.text_vec) if self.text_features else None
         return History(entities, kinds, history_vector(self.tables, entities), text, n_live)
 
+    def batch_inputs(self, jobs: list[ScoringJob]) -> dict[str, np.ndarray]:
+        """The model's inputs for requests of one personalization level, contexts in the jobs' order (one
+        job: `inputs`, the single-context encoder)."""
+        if len(jobs) == 1:
+            return self.inputs(jobs[0].ctx, jobs[0].candidates, jobs[0].history)
+        level = jobs[0].ctx.level
+        full = level == "full"
+        histories = [j.history if full else None for j in jobs]
+        F = self.tables.item_factors.shape[1]
+        hist_vec = np.stack([np.zeros(F, np.float32) if h is None else h.vector for h in histories]) if full else None
+        hist_text = None
+        if full and self.text_features:
+            width = self.tables.text_vec.shape[1]
+            hist_text = np.stack(
+                [np.zeros(width, np.float32) if h is None or h.text is None else h.text for h in histories]
+            )
+        unified = [j.ctx.unified for j in jobs]
+        contexts = self.encoder.encode_contexts(unified, hist_vec, level=level, hist_text=hist_text)
+        sizes = [len(j.candidates) for j in jobs]
+        cand_ctx = np.repeat(np.arange(len(jobs), dtype=np.int64), sizes)
+        inputs = self.encoder.encode_candidates(contexts, np.concatenate([j.candidates for j in jobs]), cand_ctx)
+        if self.history_encoder:
+            rows = [self._history_rows(h, level) for h in histories]
+            inputs["ctx_hist"] = np.concatenate([r[0] for r in rows])
+            inputs["ctx_hist_kind"] = np.concatenate([r[1] for r in rows])
+        return inputs
+
+    def _history_rows(self, history: History | None, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """One context's history tensors, (1, length) each (zeros without a history or below 'full')."""
+        if history is not None and level == "full":
+            # entities added at run time are unknown to the model
+            known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)
+            return history_inputs(known, history.kinds, self.history_length)
+        empty = np.zeros((1, self.history_length), np.int64)
+        return empty, empty
+
     def inputs(
         self, ctx: RequestContext, candidates: np.ndarray, history: History | None = None
     ) -> dict[str, np.ndarray]:
@@ -72,12 +124,6 @@ class ServingFeatures:
         hist_text = None if history is None or history.text is None else history.text[None, :]
         contexts = self.encoder.encode_contexts([ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text)
         inputs = self.encoder.encode_one(contexts, candidates)
-        if not self.history_encoder:
-            return inputs
-        if history is not None and ctx.level == "full":
-            # entities added at run time are unknown to the model
-            known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)
-            inputs["ctx_hist"], inputs["ctx_hist_kind"] = history_inputs(known, history.kinds, self.history_length)
-        else:
-            inputs["ctx_hist"] = inputs["ctx_hist_kind"] = np.zeros((1, self.history_length), np.int64)
+        if self.history_encoder:
+            inputs["ctx_hist"], inputs["ctx_hist_kind"] = self._history_rows(history, ctx.level)
         return inputs

@@ -4,7 +4,8 @@ the runtime catalog.
 Contract: `load_model(name, location, ...)` fetches the bundle (local directory or object-store URL),
 checks it (content hash, ONNX inputs, one scored request per task; `ModelLoadError` says why it is
 refused) and replays the runtime catalog into it, all off the event loop where it is heavy; nothing
-serving changes until the caller installs the result. `ServedModel.close()` stops its follower; the
+serving changes until the caller installs the result. `ServedModel.close()` stops its follower and its
+bundle's batcher (in-flight requests then score alone); the
 bundle's memory goes when the last in-flight request that holds it ends.
 """
 
@@ -76,6 +77,7 @@ class ServedModel:
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
+        self.bundle.close()
         MODEL_INFO.labels(
             model=self.name,
             version=self.version,

@@ -24,7 +24,7 @@ from service.cache import RankCache
 from service.context import PersonalizationError, RequestContext, build_request_context
 from service.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
 from service.events import recent_history
-from service.features import History
+from service.features import History, ScoringJob
 from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY
 from service.schemas import RankRequest
 from service.settings import Settings
@@ -43,6 +43,9 @@ class Timings:
         now = time.perf_counter()
         self.stages[stage] = self.stages.get(stage, 0.0) + (now - since)
         return now
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def finish(self, observe: bool = True) -> None:
         self.stages["total"] = time.perf_counter() - self.started
@@ -295,13 +298,16 @@ class Ranker:
             _candidates_histogram(ctx.unified.task).observe(len(candidates))
         if len(candidates) == 0:
             return np.zeros(0, np.float32)
-        inputs = self.bundle.features.inputs(ctx, candidates, history)
-        started = timings.add("features", started)
+        job = ScoringJob(ctx, candidates, history)
         try:
-            scores = await self.bundle.score(inputs)
+            scores = await self.bundle.score(job)
         except Exception as exc:  # a model that cannot score: the caller ranks without it
             raise ModelFailure(f"{type(exc).__name__}: {exc}") from exc
-        timings.add("inference", started)
+        waited = time.perf_counter() - started - job.features_s - job.inference_s
+        if self.bundle.batcher is not None:
+            timings.record("batch", waited)  # waiting for the batch to start (and for its other requests)
+        timings.record("features", job.features_s)
+        timings.record("inference", job.inference_s)
         return scores
 
     async def _blended(

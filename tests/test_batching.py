@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher, concatenate, split
+from service.batching import MicroBatcher, concatenate, merged_scoring, split
 from service.bundle import LoadedBundle
 from service.context import build_request_context
 from service.schemas import RankRequest
@@ -80,7 +80,7 @@ def test_batcher_returns_each_request_its_own_scores_in_fewer_calls(bundle):
     parts = request_inputs(bundle, 48, seed=1)
     alone = [bundle.scorer.score(p) for p in parts]
     recorder = RecordingScorer(bundle.scorer)
-    batcher = MicroBatcher(recorder, window_s=0.005, max_candidates=100_000)
+    batcher = MicroBatcher(merged_scoring(recorder), window_s=0.005, max_candidates=100_000)
     results = asyncio.run(_submit_all(batcher, parts, spread_s=0.0))
     batcher.close()
     for a, (_, _, scores) in zip(alone, results, strict=True):
@@ -92,7 +92,7 @@ def test_a_request_waits_at_most_the_window_plus_one_running_inference(bundle):
     window = 0.004
     parts = request_inputs(bundle, 60, seed=2)
     recorder = RecordingScorer(bundle.scorer)
-    batcher = MicroBatcher(recorder, window_s=window, max_candidates=2_000)
+    batcher = MicroBatcher(merged_scoring(recorder), window_s=window, max_candidates=2_000)
     results = asyncio.run(_submit_all(batcher, parts, spread_s=0.1))  # arrivals spread over 100 ms
     batcher.close()
     longest = max(end - start for start, end, _ in recorder.calls)
@@ -110,7 +110,7 @@ def test_a_request_waits_at_most_the_window_plus_one_running_inference(bundle):
 
 def test_window_zero_dispatches_a_lone_request_at_once(bundle):
     recorder = RecordingScorer(bundle.scorer)
-    batcher = MicroBatcher(recorder, window_s=0.0, max_candidates=10_000)
+    batcher = MicroBatcher(merged_scoring(recorder), window_s=0.0, max_candidates=10_000)
     ((arrived, answered, scores),) = asyncio.run(_submit_all(batcher, request_inputs(bundle, 1, seed=3), spread_s=0.0))
     batcher.close()
     assert len(recorder.calls) == 1 and len(scores) == recorder.calls[0][2]
@@ -120,7 +120,7 @@ def test_inference_errors_reach_every_request_of_the_batch(bundle):
     def broken(inputs):
         raise RuntimeError("device lost")
 
-    batcher = MicroBatcher(broken, window_s=0.002, max_candidates=10_000)
+    batcher = MicroBatcher(merged_scoring(broken), window_s=0.002, max_candidates=10_000)
 
     async def go():
         return await asyncio.gather(
@@ -143,7 +143,9 @@ def test_live_server_with_micro_batching_answers_like_one_without(server, bundle
         model = batched.client.get("/model").json()
         assert model["micro_batching"]["on"] is True and model["micro_batching"]["window_ms"] == 2.0
         default = server.client.get("/model").json()
-        assert default["micro_batching"]["on"] is (default["device"] == "cuda")  # by default: on with CUDA only
+        # by default: on, with the window on CUDA only (on the CPU, the requests of one event-loop iteration)
+        assert default["micro_batching"]["on"] is True
+        assert default["micro_batching"]["window_ms"] == (1.0 if default["device"] == "cuda" else 0.0)
         entity_ids = [f"e{n:06d}" for n in range(1, 301)]
         bodies = [
             {
@@ -199,7 +201,7 @@ def test_cuda_requested_without_cuda_falls_back_to_the_cpu(bundle_dir, redis_url
 def test_a_lone_request_in_flight_pays_no_window(bundle):
     """Inside request() (what /rank does), nobody else in flight means dispatch now, not after the window."""
     recorder = RecordingScorer(bundle.scorer)
-    batcher = MicroBatcher(recorder, window_s=30.0, max_candidates=10_000)
+    batcher = MicroBatcher(merged_scoring(recorder), window_s=30.0, max_candidates=10_000)
     first, second = request_inputs(bundle, 2, seed=5)
 
     async def go():
@@ -225,7 +227,9 @@ def test_window_timers_that_fire_early_still_dispatch():
     """uvloop's millisecond timers may fire just before the window ends; the batch must still go."""
     import uvloop
 
-    batcher = MicroBatcher(lambda x: x["cand_ctx"].astype(np.float32), window_s=0.0013, max_candidates=10_000)
+    batcher = MicroBatcher(
+        merged_scoring(lambda x: x["cand_ctx"].astype(np.float32)), window_s=0.0013, max_candidates=10_000
+    )
     inputs = {"ctx_ids": np.zeros((1, 1), np.int64), "cand_ctx": np.zeros(3, np.int64)}
 
     async def go():

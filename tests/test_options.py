@@ -233,3 +233,38 @@ def test_service_serves_an_all_options_bundle_ranked_by_play(option_bundles, red
             assert len(scores) == 5 and scores == sorted(scores, reverse=True)
     finally:
         live.stop()
+
+
+def test_a_batch_of_mixed_requests_scores_exactly_as_each_alone(option_bundles, bundle_dir):
+    """`score_batch` (what concurrent requests share) against one request at a time: the plain bundle and
+    the one with every option (history encoder, text features), every task, three personalization levels,
+    with and without live history, an unknown candidate."""
+    from service.context import build_request_context
+    from service.features import ScoringJob
+    from service.schemas import RankRequest
+
+    for path in (bundle_dir, option_bundles["all"]):
+        bundle = LoadedBundle.load(path, Settings(micro_batch=False))
+        t = bundle.tables
+        rng = np.random.default_rng(11)
+        jobs = []
+        for i in range(12):
+            task = ("search", "prequery", "more_like_this")[i % 3]
+            request = RankRequest(
+                task=task,
+                country=("US", "FR")[i % 2],
+                user_id=t.user_ids[1 + i],
+                query=t.norm_titles[3 + i][: 1 + i % 4] if task == "search" else None,
+                source_entity_id=t.entity_ids[2 + i] if task == "more_like_this" else None,
+                personalization=("none", "cluster", "full", "full")[i % 4],
+            )
+            ctx = build_request_context(request, t, bundle.level)
+            cand = np.append(rng.choice(np.arange(1, t.n_entities + 1), int(rng.integers(1, 80)), replace=False), 0)
+            live = [f"{t.entity_ids[e]}|{1 + e % 3}".encode() for e in cand[: i % 3]]
+            history = bundle.features.history(live, ctx.user) if ctx.level == "full" else None
+            jobs.append(ScoringJob(ctx, cand, history))
+        alone = [bundle.score_batch([job])[0] for job in jobs]
+        together = bundle.score_batch(jobs)
+        assert [len(s) for s in together] == [len(j.candidates) for j in jobs]
+        for a, b in zip(alone, together, strict=True):
+            assert np.array_equal(a, b)  # bit for bit
