@@ -19,7 +19,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.metrics import REDIS_BATCH
+from service.metrics import REDIS_BATCH, buffered
+
+_REDIS_BATCH = buffered(REDIS_BATCH)
 
 _Waiting = tuple[tuple, dict, asyncio.Future]
 
@@ -66,7 +68,7 @@ class AutoPipeline:
     async def _send(self, batch: list[_Waiting]) -> None:
         self.pipelines += 1
         self.commands += len(batch)
-        REDIS_BATCH.observe(len(batch))
+        _REDIS_BATCH.observe(len(batch))
         try:
             if len(batch) == 1:
                 args, options, future = batch[0]

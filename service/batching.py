@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from service.metrics import BATCH_CANDIDATES, BATCH_REQUESTS, BATCH_WAIT
+from service.metrics import BATCH_CANDIDATES, BATCH_REQUESTS, BATCH_WAIT, buffered
+
+_BATCH_WAIT, _BATCH_REQUESTS, _BATCH_CANDIDATES = (buffered(h) for h in (BATCH_WAIT, BATCH_REQUESTS, BATCH_CANDIDATES))
 
 Inputs = dict[str, np.ndarray]
 
@@ -160,9 +162,9 @@ class MicroBatcher:
         self._busy = True
         now = time.perf_counter()
         for item in batch:
-            BATCH_WAIT.observe(now - item.arrived)
-        BATCH_REQUESTS.observe(len(batch))
-        BATCH_CANDIDATES.observe(taken)
+            _BATCH_WAIT.observe(now - item.arrived)
+        _BATCH_REQUESTS.observe(len(batch))
+        _BATCH_CANDIDATES.observe(taken)
         self.batches += 1
         self.requests += len(batch)
         loop = asyncio.get_running_loop()

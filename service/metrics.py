@@ -1,12 +1,19 @@
 """Prometheus metrics; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (`unirank serve --workers N`).
 
-Contract: every metric of the service is defined here (the README lists them).
+Contract: every metric of the service is defined here (the README lists them). The request path's
+histograms are observed through `buffered(child)`: an observation is a list append, and `flush()` adds
+the buffered ones to the histogram in bulk (bucket counts by numpy, one increment per bucket); `render()`
+flushes first, so a scrape of this worker never misses one, and the worker flushes every second
+(`flush_every`), so with several workers the others' are at most that late. prometheus-client's own
+observe costs ~1.5 us (two locks and a bucket loop in Python), and /rank observes ten a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -98,7 +105,59 @@ GC_PAUSE = Histogram(
 )
 
 
+class Observations:
+    """One histogram child's observations waiting to be added to it (at most `limit`: then at once)."""
+
+    __slots__ = ("child", "bounds", "values", "limit")
+
+    def __init__(self, child, limit: int = 4096):
+        self.child = child
+        self.bounds = np.asarray(child._upper_bounds, np.float64)
+        self.values: list[float] = []
+        self.limit = limit
+
+    def observe(self, value: float) -> None:
+        values = self.values
+        values.append(value)
+        if len(values) >= self.limit:  # nobody flushes (a process without the worker's task): stay bounded
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.values:
+            return
+        values = np.asarray(self.values, np.float64)
+        self.values.clear()
+        # the bucket prometheus-client's observe picks: the first upper bound >= the value
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds))
+        self.child._sum.inc(float(values.sum()))
+        for bucket in np.flatnonzero(counts).tolist():
+            self.child._buckets[bucket].inc(int(counts[bucket]))
+
+
+_buffers: dict[int, Observations] = {}
+
+
+def buffered(child) -> Observations:
+    """The buffer of a histogram (or a labelled child of one); one per child."""
+    found = _buffers.get(id(child))
+    if found is None or found.child is not child:
+        found = _buffers[id(child)] = Observations(child)
+    return found
+
+
+def flush() -> None:
+    for observations in list(_buffers.values()):
+        observations.flush()
+
+
+async def flush_every(period_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        flush()
+
+
 def render() -> tuple[bytes, str]:
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from service import heap
+from service import heap, metrics
 from service.breaker import CircuitBreaker
 from service.bundle import LoadedBundle
 from service.cache import RankCache
@@ -62,6 +62,7 @@ class AppState:
         heap.tune()
         self.gc_pauses.install()
         self._tasks.append(asyncio.create_task(self.gc_pauses.run()))
+        self._tasks.append(asyncio.create_task(metrics.flush_every(1.0)))  # the request path's histograms
         url = s.redis_url
         if not url:
             self.embedded = EmbeddedRedis()  # in this thread: it is tied to the thread that starts it

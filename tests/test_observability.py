@@ -185,3 +185,37 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, redis_url):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_buffered_observations_land_in_the_buckets_prometheus_client_would_pick():
+    """`service.metrics.buffered`: values on, just below and just above every bound, and far out, give the
+    same bucket counts and count as prometheus-client's own observe (the sum up to rounding); a scrape
+    flushes first."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from service.metrics import LATENCY_BUCKETS, buffered
+
+    registry = CollectorRegistry()
+    direct = Histogram("direct_seconds", "d", ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+    later = Histogram("later_seconds", "b", ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+    values = [0.0, 5.0, 1e9] + [b * f for b in LATENCY_BUCKETS for f in (0.999, 1.0, 1.001)]
+    buffer = buffered(later.labels(stage="s"))
+    for v in values:
+        direct.labels(stage="s").observe(v)
+        buffer.observe(v)
+    assert buffer.values  # not in the histogram yet ...
+    buffer.flush()
+    assert not buffer.values  # ... now it is
+
+    def samples(name):
+        text = generate_latest(registry).decode()
+        return {
+            line.split(" ")[0].replace(name, ""): float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith(f"{name}_created")
+        }
+
+    got, want = samples("later_seconds"), samples("direct_seconds")
+    assert set(got) == set(want) and len(want) == len(LATENCY_BUCKETS) + 3  # buckets, +Inf, count, sum
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-12) if key.startswith("_sum") else got[key] == value

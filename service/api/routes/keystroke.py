@@ -23,7 +23,7 @@ from service.api.payloads import JSON
 from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
 from service.errors import InvalidInput, problem, pydantic_problems
-from service.metrics import REQUEST_LATENCY
+from service.metrics import REQUEST_LATENCY, buffered
 from service.schemas import RankRequest
 from service.serving import serve_rank
 from service.state import AppState
@@ -64,7 +64,7 @@ RESPONSES = (
 
 @functools.cache
 def _latency(endpoint: str, task: str, model: str):
-    return REQUEST_LATENCY.labels(endpoint=endpoint, task=task, model=model)
+    return buffered(REQUEST_LATENCY.labels(endpoint=endpoint, task=task, model=model))
 
 
 def _level(state: AppState) -> str:

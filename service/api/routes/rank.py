@@ -12,7 +12,7 @@ from service.api.deps import ready_state
 from service.api.payloads import JSON, json_body, parse
 from service.api.responses import RankResponse, errors, ok
 from service.errors import InvalidInput, problem
-from service.metrics import REQUEST_LATENCY
+from service.metrics import REQUEST_LATENCY, buffered
 from service.schemas import RankRequest
 from service.serving import serve_rank
 
@@ -21,7 +21,7 @@ router = APIRouter()
 
 @functools.cache
 def _latency(task: str, model: str):
-    return REQUEST_LATENCY.labels(endpoint="/rank", task=task, model=model)  # labels() costs microseconds
+    return buffered(REQUEST_LATENCY.labels(endpoint="/rank", task=task, model=model))  # labels() costs microseconds
 
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
