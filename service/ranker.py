@@ -140,16 +140,23 @@ class Ranker:
         return ctx
 
     async def rank(
-        self, request: RankRequest, started: float | None = None, tail: bytes = b"", deadline: float = float("inf")
+        self,
+        request: RankRequest,
+        timings: Timings | None = None,
+        tail: bytes = b"",
+        deadline: float = float("inf"),
     ) -> RankResult:
-        """`tail`: more members for the response object (`,"key":value...`). Raises DeadlineExceeded when
+        """`timings`: the request's, from when it arrived (the caller may have recorded its parsing);
+        `tail`: more members for the response object (`,"key":value...`). Raises DeadlineExceeded when
         `deadline` (a perf_counter time) passes before the scoring starts, ModelFailure when the model
         call fails; a cached answer is served whatever the deadline."""
-        timings = Timings(started or time.perf_counter())
+        timings = timings or Timings()
+        at = time.perf_counter()
         ctx = self.context(request)
-        timings.add("context", timings.started)
+        timings.add("context", at)
         with self.bundle.request_scope():
             items, status, available, unknown = await self._items(request, ctx, timings, deadline)
+        at = time.perf_counter()
         if self.observe:
             self._cache_results[status].inc()
         shown = self.bundle.entities.decorate(items) if request.display else items
@@ -169,6 +176,7 @@ class Ranker:
         )
         if request.explain:
             body += b',"context":' + orjson.dumps(ctx.explain())
+        timings.add("encode", at)
         timings.finish(self.observe)
         return RankResult(body + tail + b"}", status, timings, items, ctx.level)
 
@@ -338,7 +346,11 @@ class Ranker:
         deadline: float = float("inf"),
         weight: float | None = None,
     ) -> bytes:
-        return top_k(await self._blended(ctx, candidates, history, timings, deadline, weight), ids, k)
+        scores = await self._blended(ctx, candidates, history, timings, deadline, weight)
+        at = time.perf_counter()
+        items = top_k(scores, ids, k)
+        timings.add("topk", at)
+        return items
 
     async def _compute_and_store(
         self, ctx: RequestContext, k: int, key: str, timings: Timings, deadline: float = float("inf")
@@ -377,12 +389,12 @@ class Ranker:
         return candidates[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
 
     def fallback(
-        self, request: RankRequest, reason: str, started: float | None = None, tail: bytes = b""
+        self, request: RankRequest, reason: str, timings: Timings | None = None, tail: bytes = b""
     ) -> RankResult:
         """The answer without the model (its deadline passed, or it failed): the cluster-level list this
         worker has in memory for a `full` request, else the candidates by query match (search) and
         popularity in the country. Scores are the fallback order's (1 down to 1/n), not probabilities."""
-        timings = Timings(started or time.perf_counter())
+        timings = timings or Timings()
         ctx = self.context(request)
         tables = self.bundle.tables
         if request.candidates is not None:

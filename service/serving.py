@@ -1,7 +1,7 @@
 """One /rank request through the fleet: the routing picks the model (or two, interleaved), the model's
 ranker answers, the shadow gets a copy.
 
-Contract: `serve_rank(fleet, shadow, impressions, request, started, budget_s)` never fails for the model's
+Contract: `serve_rank(fleet, shadow, impressions, request, timings, budget_s)` never fails for the model's
 sake: when the budget runs out before the model scored, or the model call fails, the answer is the
 ranker's fallback (`"degraded": true`, counted in `unirank_degraded_total{reason}`). It records the answer
 in the impression log (when on) and returns the response body (the ranker's, plus
@@ -14,6 +14,7 @@ variants rank the same candidates (the union of what each retrieves, or the requ
 from __future__ import annotations
 
 import secrets
+import time
 
 import orjson
 
@@ -35,9 +36,11 @@ async def serve_rank(
     shadow: ShadowScorer,
     impressions: ImpressionLog | None,
     request: RankRequest,
-    started: float,
+    timings: Timings,
     budget_s: float = float("inf"),
 ) -> tuple[bytes, str, Timings]:
+    """`timings`: the request's, started when it arrived (the budget counts from then)."""
+    deadline = timings.started + budget_s
     request_id = request.request_id or secrets.token_hex(8)
     routing = fleet.routing
     assignment = assign(routing, request.user_id, request_id)
@@ -59,22 +62,22 @@ async def serve_rank(
         partner = fleet.serving(assignment.partner)
         try:
             body, items, level, timings = await _interleave(
-                model, partner, request, request_id, started, tail, started + budget_s
+                model, partner, request, request_id, timings, tail, deadline
             )
         except (DeadlineExceeded, ModelFailure) as exc:
             reason = "deadline" if isinstance(exc, DeadlineExceeded) else "model_error"
             DEGRADED.labels(reason=reason).inc()
-            result = model.ranker.fallback(request, reason, started, tail)
+            result = model.ranker.fallback(request, reason, timings, tail)
             body, items, level, timings = result.body, result.items, result.level, result.timings
         name, version = INTERLEAVED, f"{model.version}+{partner.version}"
     else:
         model.requests += 1
         try:
-            result = await model.ranker.rank(request, started, tail, deadline=started + budget_s)
+            result = await model.ranker.rank(request, timings, tail, deadline=deadline)
         except (DeadlineExceeded, ModelFailure) as exc:
             reason = "deadline" if isinstance(exc, DeadlineExceeded) else "model_error"
             DEGRADED.labels(reason=reason).inc()
-            result = model.ranker.fallback(request, reason, started, tail)
+            result = model.ranker.fallback(request, reason, timings, tail)
         if routing.shadow and routing.shadow != model.name:
             shadow.offer(routing.shadow, request, result.body)
         body, items, level, timings = result.body, result.items, result.level, result.timings
@@ -102,11 +105,11 @@ async def _interleave(
     second: ServedModel,
     request: RankRequest,
     seed: str,
-    started: float,
+    timings: Timings,
     tail: bytes,
     deadline: float = float("inf"),
 ) -> tuple[bytes, bytes, str, Timings]:
-    timings = Timings(started)
+    started = time.perf_counter()
     first.requests += 1
     second.requests += 1
     pool = await first.ranker.candidate_ids(request)

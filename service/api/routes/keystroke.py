@@ -24,6 +24,7 @@ from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
 from service.errors import InvalidInput, problem, pydantic_problems
 from service.metrics import REQUEST_LATENCY, buffered
+from service.ranker import Timings
 from service.schemas import RankRequest
 from service.serving import serve_rank
 from service.state import AppState
@@ -116,18 +117,19 @@ def _parse(request: Request, task: str, level: str) -> RankRequest:
 
 
 async def _answer(request: Request, task: str) -> Response:
-    started = time.perf_counter()
+    timings = Timings()
     state = ready_state(request)
     body = _parse(request, task, _level(state))
     if problems := body.task_input_problems():
         raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems])
+    timings.add("parse", timings.started)
     etag = _etag(state)
     cache_control = f"{'private' if body.user_id else 'public'}, max-age={state.settings.cache_max_age_s}"
     if etag and _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, started, budget)
-    _latency(f"/{task}", body.task, model).observe(time.perf_counter() - started)
+    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
+    _latency(f"/{task}", body.task, model).observe(time.perf_counter() - timings.started)
     # the ranker writes this member exactly so; inside an encoded id the quotes would be escaped
     degraded = b',"degraded":true' in payload
     headers = {"Server-Timing": timings.header()}

@@ -13,6 +13,7 @@ from service.api.payloads import JSON, json_body, parse
 from service.api.responses import RankResponse, errors, ok
 from service.errors import InvalidInput, problem
 from service.metrics import REQUEST_LATENCY, buffered
+from service.ranker import Timings
 from service.schemas import RankRequest
 from service.serving import serve_rank
 
@@ -50,12 +51,13 @@ def request_budget_s(request: Request, budget_ms: float) -> float:
 @router.post("/rank", openapi_extra=json_body(RankRequest), responses=ok(RankResponse) | errors(413, 422, 503))
 async def rank(request: Request) -> Response:
     """Rank candidates (given, or retrieved) for the unified context; see the README for the fields."""
-    started = time.perf_counter()
+    timings = Timings()
     body = parse(await request.body(), RankRequest)
     if problems := body.task_input_problems():
         raise InvalidInput(problems)
+    timings.add("parse", timings.started)
     state = ready_state(request)
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, started, budget)
-    _latency(body.task, model).observe(time.perf_counter() - started)
+    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
+    _latency(body.task, model).observe(time.perf_counter() - timings.started)
     return Response(payload, media_type=JSON, headers={"Server-Timing": timings.header()})
