@@ -77,7 +77,10 @@ def _match(query: str, title: str) -> tuple[float, float]:
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    if keys.size == 0:
+    if keys.size == 0 or query.size == 0:
+        return np.zeros(query.shape, np.float32)
+    lo, hi = np.searchsorted(keys, (query.min(), query.max()), side="right")
+    if lo == hi and (lo == 0 or keys[lo - 1] != query.min()):  # no key in [min, max] (prequery: no query id)
         return np.zeros(query.shape, np.float32)
     pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
@@ -210,23 +213,21 @@ class FeatureEncoder:
             match[with_query] = np.array([_match(queries[c], titles[e]) for c, e in pairs], np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
         items = t.item_factors[cand]
-        dense = np.stack(
-            [
-                t.pop[cand, 0],
-                t.pop[cand, country],
-                t.year_feature[cand],
-                np.log1p(clicks),
-                np.where(impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0),
-                match[:, 0],
-                match[:, 1],
-                np.log1p(co),
-                np.where(union > 0, inter / np.maximum(union, 1), 0.0),
-                np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items),
-                np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items),
-                np.minimum(qlen, 40.0) / 20.0,
-            ],
-            axis=1,
-        ).astype(np.float32)
+        # each column cast to float32 as it is written: the values np.stack(...).astype(np.float32) gives
+        dense = np.empty((len(cand), len(DENSE_FEATURES)), np.float32)
+        dense[:, 0] = t.pop[cand, 0]
+        dense[:, 1] = t.pop[cand, country]
+        dense[:, 2] = t.year_feature[cand]
+        dense[:, 3] = np.log1p(clicks)
+        dense[:, 4] = np.where(
+            impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0
+        )
+        dense[:, 5:7] = match
+        dense[:, 7] = np.log1p(co)
+        dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        dense[:, 9] = np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items)
+        dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
+        dense[:, 11] = np.minimum(qlen, 40.0) / 20.0
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
