@@ -137,8 +137,9 @@ def _candidates_scored(url: str, task: str) -> tuple[float, float]:
 
 
 def stage_profile(url: str, bodies: Path, n: int = 300) -> dict:
-    """Mean milliseconds per stage of sequential requests, from their Server-Timing headers; `other` is
-    what the header does not name (HTTP, parsing the body, routing, top-k and encoding the answer)."""
+    """Mean milliseconds per stage of sequential requests, from their Server-Timing headers (parse, context,
+    history, batch, features, inference, topk, encode, ...); `other` is what the header does not name (the
+    HTTP/ASGI stack, routing, reading the body, the metrics)."""
     lines = [b for b in bodies.read_bytes().splitlines() if b.strip()]
     totals: dict[str, float] = {}
     with httpx.Client(base_url=url, timeout=10) as client:

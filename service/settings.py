@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(1, description="onnxruntime intra-op threads per worker")
     cuda_io_binding: bool = Field(False, description="On CUDA, copy inputs into device buffers allocated once per size")
     micro_batch: bool | None = Field(
-        None, description="Score concurrent requests in one call; unset: on with CUDA only"
+        None,
+        description="Score concurrent requests in one call; unset: on, windowed with CUDA, on the CPU only "
+        "the requests that reach the scorer in the same event-loop iteration; false: off",
     )
     micro_batch_window_ms: float = Field(
         1.0, ge=0, description="How long a request may wait for others to join its batch"
