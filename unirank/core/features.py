@@ -100,6 +100,21 @@ def _lookup_in_range(
     return [np.where(found, values[pos], 0.0).astype(np.float32) for values in columns]
 
 
+def _dense_with_statistics(
+    t: FeatureTables, cand: np.ndarray, country: int | np.ndarray, clicks: np.ndarray, impressions: np.ndarray
+) -> np.ndarray:
+    """The dense feature array of `cand`, its first five columns written (popularity, popularity in the
+    country, year, log clicks, smoothed CTR; `country` an index or one per candidate), each cast to
+    float32 as it is written; the encoders fill in the rest."""
+    dense = np.empty((len(cand), len(DENSE_FEATURES)), np.float32)
+    dense[:, 0] = t.pop[cand, 0]
+    dense[:, 1] = t.pop[cand, country]
+    dense[:, 2] = t.year_feature[cand]
+    dense[:, 3] = np.log1p(clicks)
+    dense[:, 4] = np.where(impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0)
+    return dense
+
+
 def _genre_overlap(bits_a: np.ndarray, bits_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shared and combined genre counts of packed genre rows (`FeatureTables.genre_bits`)."""
     return np.bitwise_count(bits_a & bits_b).sum(-1), np.bitwise_count(bits_a | bits_b).sum(-1)
@@ -213,15 +228,7 @@ class FeatureEncoder:
             match[with_query] = np.array([_match(queries[c], titles[e]) for c, e in pairs], np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
         items = t.item_factors[cand]
-        # each column cast to float32 as it is written: the values np.stack(...).astype(np.float32) gives
-        dense = np.empty((len(cand), len(DENSE_FEATURES)), np.float32)
-        dense[:, 0] = t.pop[cand, 0]
-        dense[:, 1] = t.pop[cand, country]
-        dense[:, 2] = t.year_feature[cand]
-        dense[:, 3] = np.log1p(clicks)
-        dense[:, 4] = np.where(
-            impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0
-        )
+        dense = _dense_with_statistics(t, cand, country, clicks, impressions)
         dense[:, 5:7] = match
         dense[:, 7] = np.log1p(co)
         dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
@@ -256,14 +263,7 @@ class FeatureEncoder:
         if source_has_genres:
             inter, union = _genre_overlap(source_genres, t.genre_bits[cand])
         query = ctx.queries[0]
-        dense = np.empty((n, len(DENSE_FEATURES)), np.float32)
-        dense[:, 0] = t.pop[cand, 0]
-        dense[:, 1] = t.pop[cand, country]
-        dense[:, 2] = t.year_feature[cand]
-        dense[:, 3] = np.log1p(clicks)
-        dense[:, 4] = np.where(
-            impressions > 0, (clicks + CTR_SMOOTHING * t.ctr_prior) / (impressions + CTR_SMOOTHING), 0.0
-        )
+        dense = _dense_with_statistics(t, cand, country, clicks, impressions)
         if query:
             titles = t.norm_titles
             dense[:, 5:7] = np.array([_match(query, titles[e]) for e in cand.tolist()], np.float32).reshape(-1, 2)
