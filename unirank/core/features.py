@@ -79,9 +79,8 @@ def _match(query: str, title: str) -> tuple[float, float]:
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
     if keys.size == 0 or query.size == 0:
         return np.zeros(query.shape, np.float32)
-    lo, hi = np.searchsorted(keys, (query.min(), query.max()), side="right")
-    if lo == hi and (lo == 0 or keys[lo - 1] != query.min()):  # no key in [min, max] (prequery: no query id)
-        return np.zeros(query.shape, np.float32)
+    if np.searchsorted(keys, query.min()) == np.searchsorted(keys, query.max(), side="right"):
+        return np.zeros(query.shape, np.float32)  # no key in [min, max] (prequery: no query id)
     pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
 
