@@ -145,10 +145,27 @@ class MMoE(nn.Module):
 
 
 def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """Mean of non-padding embeddings (id 0 is padding); written out so it exports to plain ONNX ops."""
+    """Mean of non-padding embeddings (id 0 is padding); written out so it exports to plain ONNX ops.
+    For the query's tokens: one row per context."""
+    return (_bag_weights(ids, table).unsqueeze(1) @ table(ids)).squeeze(1)  # a batched matmul
+
+
+def _candidate_bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """`_bag` for one row per candidate (the genres), as a sum of weighted columns: onnxruntime's CPU MatMul
+    of N (1 x 3) @ (3 x dim) products, or a ReduceSum over the middle axis, costs per candidate about
+    what the model's 64 x 164 layer does; a Mul and an Add per column a third of it. The same values bit
+    for bit (tests/test_model.py); not for the query's tokens, whose 8-term sums round differently and
+    run once per context anyway."""
+    rows, weights = table(ids), _bag_weights(ids, table)
+    bag = rows[:, 0] * weights[:, :1]
+    for k in range(1, ids.shape[1]):
+        bag = bag + rows[:, k] * weights[:, k : k + 1]
+    return bag
+
+
+def _bag_weights(ids: torch.Tensor, table: nn.Embedding) -> torch.Tensor:
     mask = (ids > 0).to(table.weight.dtype)
-    weights = mask / mask.sum(1, keepdim=True).clamp(min=1.0)
-    return (weights.unsqueeze(1) @ table(ids)).squeeze(1)  # a batched matmul, cheaper than multiply-and-sum
+    return mask / mask.sum(1, keepdim=True).clamp(min=1.0)
 
 
 class UnifiedRanker(nn.Module):
@@ -215,13 +232,14 @@ class UnifiedRanker(nn.Module):
 
     def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, *optional):
         """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
-        ctx = self.context(ctx_ids, ctx_query).index_select(0, cand_ctx)
+        # split per context, then gathered per candidate: no (N, width) slice copies
+        ctx = self.context(ctx_ids, ctx_query)
         dense = (cand_dense - self.dense_mean) / self.dense_std
         entity = self.entity(cand_ids[:, 0])
-        parts = [ctx[:, : self.arch.ctx_dim], entity]
+        parts = [ctx[:, : self.arch.ctx_dim].index_select(0, cand_ctx), entity]
         if self.arch.interaction:
-            parts.append(ctx[:, self.arch.ctx_dim :] * entity)
-        parts += [self.kind(cand_ids[:, 1]), _bag(self.genre, cand_genres), dense]
+            parts.append(ctx[:, self.arch.ctx_dim :].index_select(0, cand_ctx) * entity)
+        parts += [self.kind(cand_ids[:, 1]), _candidate_bag(self.genre, cand_genres), dense]
         optional = list(optional)  # in spec.input_names() order: history tensors, then text features
         if self.history is not None:
             ctx_hist, ctx_hist_kind = optional.pop(0), optional.pop(0)

@@ -2,15 +2,22 @@
 
 import json
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+import model_export.model as model_module
 from model_export.data import Dataset
 from model_export.export import DYNAMIC_AXES, ParityError, check_parity, held_out_batch
+from model_export.model import UnifiedRanker
 from model_export.splits import encode_split
 from model_export.train import TrainConfig, fit
-from unirank.core.features import FeatureEncoder
-from unirank.core.tables import FeatureTables
+from unirank.core.context import N_TASKS
+from unirank.core.features import DENSE_FEATURES, FeatureEncoder
+from unirank.core.spec import ModelSpec
+from unirank.core.tables import KINDS, FeatureTables
+from unirank.core.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
 
 def test_trained_bundle_beats_popularity_on_every_task(bundle_dir):
@@ -66,3 +73,76 @@ def test_onnx_parity_check_passes_and_catches_a_mismatch(bundle_dir, data_dir, t
         model.head.bias += 0.5
     with pytest.raises(ParityError):
         check_parity(model, path, batch)
+
+
+def _matmul_bag(table, ids):
+    """The genre bag as the model computed it before `_candidate_bag`: one batched (1 x K) @ (K x dim)."""
+    mask = (ids > 0).to(table.weight.dtype)
+    weights = mask / mask.sum(1, keepdim=True).clamp(min=1.0)
+    return (weights.unsqueeze(1) @ table(ids)).squeeze(1)
+
+
+def _random_inputs(spec, tables, rng, contexts: int, candidates: int) -> dict[str, np.ndarray]:
+    """Inputs over the whole vocabulary; the genres are the catalogue's own rows and random ones."""
+    v = spec.vocabulary
+    genres = np.asarray(tables.genre_ids)[rng.integers(0, len(tables.genre_ids), candidates)]
+    shuffled = rng.integers(0, v.n_genres + 1, genres.shape) * (rng.random(genres.shape) < 0.7)
+    genres = np.where(rng.random((candidates, 1)) < 0.5, genres, shuffled)
+    tokens = rng.integers(0, TOKEN_BUCKETS, (contexts, MAX_QUERY_TOKENS))
+    return {
+        "ctx_ids": np.stack(
+            [
+                rng.integers(0, N_TASKS, contexts),
+                rng.integers(0, v.n_countries + 1, contexts),
+                rng.integers(0, v.n_clusters + 1, contexts),
+                rng.integers(0, v.n_entities + 1, contexts),
+                rng.integers(0, v.n_users + 1, contexts),
+            ],
+            1,
+        ),
+        "ctx_query": tokens * (np.arange(MAX_QUERY_TOKENS) < rng.integers(0, MAX_QUERY_TOKENS + 1, (contexts, 1))),
+        "cand_ids": np.stack(
+            [rng.integers(0, v.n_entities + 1, candidates), rng.integers(0, len(KINDS) + 1, candidates)], 1
+        ),
+        "cand_genres": genres.astype(np.int64),
+        "cand_dense": rng.normal(0, 3, (candidates, len(DENSE_FEATURES))).astype(np.float32),
+        "cand_ctx": rng.integers(0, contexts, candidates),
+    }
+
+
+def test_the_candidate_genre_bag_scores_as_the_batched_matmul_did_bit_for_bit(bundle_dir, tmp_path, monkeypatch):
+    """The speed work's export change (per-candidate genre bag as weighted columns) changes no score:
+    the bundle's weights exported both ways, in torch and through onnxruntime, on 10,000 candidates."""
+    checkpoint = torch.load(bundle_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    spec = ModelSpec.from_dict(checkpoint["spec"])
+    model = UnifiedRanker(spec)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    tables = FeatureTables.load(bundle_dir / "tables")
+    rng = np.random.default_rng(11)
+    batches = [_random_inputs(spec, tables, rng, b, n) for b, n in ((1, 200), (7, 1800), (1, 1), (16, 8000))]
+    names = spec.input_names()
+
+    def scores(path):
+        example = batches[0]
+        torch.onnx.export(
+            model,
+            tuple(torch.from_numpy(example[k]) for k in names),
+            str(path),
+            input_names=list(names),
+            output_names=["score"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k == "score"},
+        )
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            eager = [model(*(torch.from_numpy(b[k]) for k in names)).numpy() for b in batches]
+        return eager, [session.run(["score"], {k: b[k] for k in names})[0] for b in batches]
+
+    eager, onnx = scores(tmp_path / "columns.onnx")
+    monkeypatch.setattr(model_module, "_candidate_bag", _matmul_bag)
+    eager_before, onnx_before = scores(tmp_path / "matmul.onnx")
+    assert sum(len(s) for s in onnx) == 10_001
+    for now, before in zip(eager + onnx, eager_before + onnx_before, strict=True):
+        assert np.array_equal(now, before)
