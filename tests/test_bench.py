@@ -128,3 +128,19 @@ def test_bench_train_targets_and_table_name_what_failed():
     assert targets(oom) == {"every size trained": False}
     rendered = table(oom | {"targets": targets(oom)})
     assert "failed (exit -9)" in rendered and "failed (exit 1)" in rendered and "MISSED" in rendered
+
+
+def test_onnx_node_profile_accounts_for_every_profiled_node_of_the_bundle(bundle_dir):
+    import onnx
+
+    from loadtest.onnx_nodes import profile
+
+    result = profile(bundle_dir, candidates=64, runs=5)
+    ns = result["ns_per_candidate"]
+    assert result["candidates"] == 64
+    # the model's own layers are there, each with time, and the per-operator sums add up to the total
+    assert ns["ops"]["Gemm"] + ns["ops"].get("FusedGemm", 0.0) > 0
+    assert all(v >= 0 for v in ns["nodes"].values()) and len(ns["nodes"]) >= 20
+    assert sum(ns["ops"].values()) == pytest.approx(result["total_ns_per_candidate"])
+    exported_ops = {node.op_type for node in onnx.load(str(bundle_dir / "model.onnx")).graph.node}
+    assert {"Gather", "Concat"} <= exported_ops & set(ns["ops"])
