@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from cachetools import TTLCache
 
 from service.errors import store_failures_tolerated
-from service.metrics import CACHE_LAYER
+from service.metrics import CACHE_LAYER, buffered_counter
 
 log = logging.getLogger("unirank.cache")
 
@@ -28,8 +28,8 @@ class RankCache:
         self.ttl_s = ttl_s
         self.local: TTLCache | None = TTLCache(local_size, local_ttl_s) if local_size > 0 and local_ttl_s > 0 else None
         self._inflight: dict[str, asyncio.Future] = {}
-        self._local_hits = CACHE_LAYER.labels(layer="local")
-        self._redis_hits = CACHE_LAYER.labels(layer="redis")
+        self._local_hits = buffered_counter(CACHE_LAYER.labels(layer="local"))
+        self._redis_hits = buffered_counter(CACHE_LAYER.labels(layer="redis"))
 
     def local_get(self, key: str) -> bytes | None:
         """This worker's in-memory layer only (no Redis round trip)."""

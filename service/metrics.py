@@ -134,7 +134,26 @@ class Observations:
             self.child._buckets[bucket].inc(int(counts[bucket]))
 
 
-_buffers: dict[int, Observations] = {}
+class Increments:
+    """One counter child's increments waiting to be added to it (flushed with the histograms): a
+    prometheus-client `inc()` takes a lock and costs a few microseconds, this one adds to an int."""
+
+    __slots__ = ("child", "count")
+
+    def __init__(self, child):
+        self.child = child
+        self.count = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.count += amount
+
+    def flush(self) -> None:
+        if self.count:
+            count, self.count = self.count, 0
+            self.child.inc(count)
+
+
+_buffers: dict[int, Observations | Increments] = {}
 
 
 def buffered(child) -> Observations:
@@ -142,6 +161,14 @@ def buffered(child) -> Observations:
     found = _buffers.get(id(child))
     if found is None or found.child is not child:
         found = _buffers[id(child)] = Observations(child)
+    return found
+
+
+def buffered_counter(child) -> Increments:
+    """The buffer of a counter (or a labelled child of one); one per child."""
+    found = _buffers.get(id(child))
+    if found is None or found.child is not child:
+        found = _buffers[id(child)] = Increments(child)
     return found
 
 

@@ -25,7 +25,7 @@ from service.context import PersonalizationError, RequestContext, build_request_
 from service.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
 from service.events import recent_history
 from service.features import History, ScoringJob
-from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY, buffered
+from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY, buffered, buffered_counter
 from service.schemas import RankRequest
 from service.settings import Settings
 from unirank.core.context import blend_personalization
@@ -126,7 +126,8 @@ class Ranker:
         self._head = (
             b',"model":' + orjson.dumps(name) + b',"model_version":' + orjson.dumps(bundle.version) + b',"task":"'
         )
-        self._cache_results = {r: CACHE.labels(result=r, model=name) for r in ("hit", "miss", "bypass")}
+        results = ("hit", "miss", "bypass")
+        self._cache_results = {r: buffered_counter(CACHE.labels(result=r, model=name)) for r in results}
 
     def context(self, request: RankRequest) -> RequestContext:
         try:

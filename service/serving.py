@@ -13,7 +13,8 @@ variants rank the same candidates (the union of what each retrieves, or the requ
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 import time
 
 import orjson
@@ -30,6 +31,15 @@ from service.shadow import ShadowScorer
 
 _NO_EXPERIMENT = b',"experiment":null,"variant":null'
 
+# Request ids need to be unique, not unguessable: 64 bits from a generator seeded from os.urandom once per
+# process (again in a forked child), not a system call per request as secrets.token_hex makes.
+_request_ids = random.Random()
+os.register_at_fork(after_in_child=_request_ids.seed)
+
+
+def new_request_id() -> str:
+    return f"{_request_ids.getrandbits(64):016x}"
+
 
 async def serve_rank(
     fleet: Fleet,
@@ -41,7 +51,7 @@ async def serve_rank(
 ) -> tuple[bytes, str, Timings]:
     """`timings`: the request's, started when it arrived (the budget counts from then)."""
     deadline = timings.started + budget_s
-    request_id = request.request_id or secrets.token_hex(8)
+    request_id = request.request_id or new_request_id()
     routing = fleet.routing
     assignment = assign(routing, request.user_id, request_id)
     if assignment.experiment is None:

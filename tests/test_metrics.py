@@ -104,3 +104,30 @@ def test_tie_audit_shows_the_row_order_bias_it_documents():
     assert row_order_metric(group, scores, labels[::-1])[0] == pytest.approx(1 / np.log2(11))
     for stored in (labels, labels[::-1]):
         assert ranking_metrics(group, scores, stored)["ndcg@10"][0] == pytest.approx(random_ndcg)
+
+
+def test_a_buffered_counter_reaches_the_counter_once_flushed():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from service.metrics import buffered_counter, flush
+
+    counter = Counter("unirank_test_buffered_total", "test", ["kind"], registry=CollectorRegistry())
+    child = counter.labels(kind="a")
+    buffer = buffered_counter(child)
+    assert buffered_counter(child) is buffer  # one buffer per child
+    for _ in range(5):
+        buffer.inc()
+    buffer.inc(2)
+    assert child._value.get() == 0  # not yet: the service flushes every second and before /metrics
+    flush()
+    assert child._value.get() == 7
+    flush()  # nothing new: nothing added twice
+    assert child._value.get() == 7
+
+
+def test_generated_request_ids_are_64_bit_hex_and_distinct():
+    from service.serving import new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
