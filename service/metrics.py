@@ -156,20 +156,21 @@ class Increments:
 _buffers: dict[int, Observations | Increments] = {}
 
 
-def buffered(child) -> Observations:
-    """The buffer of a histogram (or a labelled child of one); one per child."""
+def _buffer_of(child, kind):
     found = _buffers.get(id(child))
     if found is None or found.child is not child:
-        found = _buffers[id(child)] = Observations(child)
+        found = _buffers[id(child)] = kind(child)
     return found
+
+
+def buffered(child) -> Observations:
+    """The buffer of a histogram (or a labelled child of one); one per child."""
+    return _buffer_of(child, Observations)
 
 
 def buffered_counter(child) -> Increments:
     """The buffer of a counter (or a labelled child of one); one per child."""
-    found = _buffers.get(id(child))
-    if found is None or found.child is not child:
-        found = _buffers[id(child)] = Increments(child)
-    return found
+    return _buffer_of(child, Increments)
 
 
 def flush() -> None:
