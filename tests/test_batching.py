@@ -137,7 +137,18 @@ def test_live_server_with_micro_batching_answers_like_one_without(server, bundle
 
     import httpx
 
-    batched = LiveServer(bundle_dir, redis_url, {"UNIRANK_MICRO_BATCH": "true", "UNIRANK_MICRO_BATCH_WINDOW_MS": "2"})
+    # this test is about answers, not load shedding: on a busy CI machine 16 requests of 120 candidates at once
+    # can make the event loop run late long enough to shed (max_queue_delay_ms), so both bounds are set out of reach
+    batched = LiveServer(
+        bundle_dir,
+        redis_url,
+        {
+            "UNIRANK_MICRO_BATCH": "true",
+            "UNIRANK_MICRO_BATCH_WINDOW_MS": "2",
+            "UNIRANK_MAX_QUEUE_DELAY_MS": "60000",
+            "UNIRANK_MAX_IN_FLIGHT": "1000",
+        },
+    )
     try:
         batched.wait_ready()
         model = batched.client.get("/model").json()
