@@ -57,9 +57,16 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
         make = sc.keystroke_miss
     else:  # the ceiling posts the keystroke bodies to the no-op endpoint, as the bench does
         make = lambda i: getattr(sc, "keystroke_hit" if scenario == "ceiling" else scenario)()  # noqa: E731
-    bodies = _write(
-        work / f"{scenario}.jsonl", [make(i) for i in range(60_000 if scenario == "keystroke_miss" else 500)]
-    )
+    n = 60_000 if scenario == "keystroke_miss" else 500
+    drives = iter(range(runs + 2))
+
+    def bodies() -> Path:
+        """The next drive's bodies: for keystroke_miss, keys no earlier drive used (the loader starts each
+        drive at the first line, so one file would make every drive after the first one of cache hits)."""
+        d = next(drives) if scenario == "keystroke_miss" else 0
+        path = work / f"{scenario}.{d}.jsonl"
+        return path if path.exists() else _write(path, [make(d * n + i) for i in range(n)])
+
     path = "/bench/noop" if scenario == "ceiling" else "/rank"
     redis = RedisServer(cpus=load_cpus)
     env = {"UNIRANK_BUNDLE": str(bundle), "REDIS_URL": redis.url, "UNIRANK_BENCH_ENDPOINTS": "1"}
@@ -68,11 +75,11 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
     try:
         service.wait_ready()
         proc = psutil.Process(service.proc.pid)
-        _drive(service.url, path, bodies, 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
+        _drive(service.url, path, bodies(), 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
         for _ in range(runs):
             gc_before = _gc_pauses(service.url)
             before = _cpu_seconds(proc)
-            run = _drive(service.url, path, bodies, 8, seconds, 0.0, load_cpus)
+            run = _drive(service.url, path, bodies(), 8, seconds, 0.0, load_cpus)
             cpu = _cpu_seconds(proc) - before
             gc_after = _gc_pauses(service.url)
             gc_ms = sum(gc_after[k] - gc_before.get(k, 0.0) for k in gc_after if k.startswith("sum_")) * 1e3
@@ -93,7 +100,7 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
             spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv/bin/py-spy")
             cmd = [spy, "record", "-p", str(proc.pid), "-o", str(py_spy), "-f", "raw", "-d", str(int(seconds))]
             recorder = subprocess.Popen([*cmd, "-r", "200", "--nonblocking"])
-            _drive(service.url, path, bodies, 8, seconds + 2, 0.5, load_cpus)
+            _drive(service.url, path, bodies(), 8, seconds + 2, 0.5, load_cpus)
             recorder.wait()
             result["py_spy"] = str(py_spy)
     finally:
