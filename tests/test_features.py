@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_export.data import Dataset
 from model_export.splits import click_log, encode_split
@@ -12,7 +14,7 @@ from tests.helpers import spec_for
 from unirank.core.context import build_context
 from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH
-from unirank.core.lexical import TitleIndex
+from unirank.core.lexical import TitleIndex, match_features, match_features_many
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text import normalize
 
@@ -57,6 +59,28 @@ def test_title_index_prefixes_and_typos():
 @pytest.fixture(scope="module")
 def tables(bundle_dir) -> FeatureTables:
     return FeatureTables.load(bundle_dir / "tables")
+
+
+def _reference_match(query: str, title: str) -> tuple[float, float]:
+    """The match features by their definition: token lists and startswith."""
+    if not query:
+        return 0.0, 0.0
+    qt, tt = query.split(), title.split()
+    hits = sum(1 for q in qt if any(t.startswith(q) for t in tt))
+    return float(title.startswith(query)), hits / len(qt)
+
+
+_WORDS = st.text(alphabet="abcst12 -'É", max_size=14)  # spaces, punctuation and an accent for normalize to fold
+
+
+@settings(max_examples=400, deadline=None)
+@given(_WORDS, st.lists(_WORDS, max_size=6))
+def test_match_features_equal_their_definition_on_normalised_text(raw_query, raw_titles):
+    query = normalize(raw_query)
+    titles = [normalize(t) for t in raw_titles] + ["", query, query + "x", "x" + query]
+    want = [_reference_match(query, t) for t in titles]
+    assert [match_features(query, t) for t in titles] == want
+    assert match_features_many(query, titles) == want
 
 
 def test_training_and_serving_build_identical_tensors(tables, data_dir):

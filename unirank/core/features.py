@@ -9,14 +9,13 @@ these functions with B=1 (or with several requests when micro-batching).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import repeat
 
 import numpy as np
 
 from unirank.core.context import TASK_INDEX, UnifiedContext, personalization_rank
 from unirank.core.history import HISTORY_LENGTH
-from unirank.core.lexical import match_features
+from unirank.core.lexical import match_features_many
 from unirank.core.tables import FeatureTables
 from unirank.core.text import MAX_QUERY_TOKENS, token_ids
 
@@ -69,11 +68,6 @@ class EncodedContexts:
     hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
     source: np.ndarray  # (B,) source entity index (ctx_ids[:, 3] holds 0 for one added after training)
     hist_text: np.ndarray | None  # (B, TEXT_DIM) mean title text vector of the recent history (None: no text features)
-
-
-@lru_cache(maxsize=500_000)
-def _match(query: str, title: str) -> tuple[float, float]:
-    return match_features(query, title)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -223,8 +217,14 @@ class FeatureEncoder:
         match = np.zeros((len(cand), 2), np.float32)
         with_query = np.flatnonzero(np.array([bool(q) for q in queries], bool)[cand_ctx])
         if with_query.size:  # prequery contexts have no query: nothing to match
-            pairs = zip(cand_ctx[with_query].tolist(), cand[with_query].tolist(), strict=True)
-            match[with_query] = np.array([_match(queries[c], titles[e]) for c, e in pairs], np.float32).reshape(-1, 2)
+            rows = with_query[np.argsort(cand_ctx[with_query], kind="stable")]  # each context's rows together
+            of = cand_ctx[rows]
+            ends = [*(np.flatnonzero(of[1:] != of[:-1]) + 1).tolist(), len(rows)]
+            of, entities, values, start = of.tolist(), cand[rows].tolist(), [], 0
+            for end in ends:
+                values += match_features_many(queries[of[start]], [titles[e] for e in entities[start:end]])
+                start = end
+            match[rows] = np.array(values, np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
         items = t.item_factors[cand]
         dense = _dense_with_statistics(t, cand, country, clicks, impressions)
@@ -265,7 +265,9 @@ class FeatureEncoder:
         dense = _dense_with_statistics(t, cand, country, clicks, impressions)
         if query:
             titles = t.norm_titles
-            dense[:, 5:7] = np.array([_match(query, titles[e]) for e in cand.tolist()], np.float32).reshape(-1, 2)
+            dense[:, 5:7] = np.array(
+                match_features_many(query, [titles[e] for e in cand.tolist()]), np.float32
+            ).reshape(-1, 2)
         else:  # prequery contexts have no query: nothing to match
             dense[:, 5:7] = 0.0
         dense[:, 7] = np.log1p(co)

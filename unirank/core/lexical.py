@@ -93,10 +93,29 @@ class TitleIndex:
 
 
 def match_features(query: str, title: str) -> tuple[float, float]:
-    """(title starts with the query, share of query tokens that prefix a title token)."""
+    """(title starts with the query, share of query tokens that prefix a title token), for a normalised
+    query and title (`unirank.core.text.normalize`: tokens of letters and digits, one space apart). A query
+    token prefixes a title token exactly when " token" occurs in " title": the token holds no space, and
+    every space in " title" starts a token."""
     if not query:
         return 0.0, 0.0
+    spaced = " " + title
     qt = tokens(query)
-    tt = tokens(title)
-    hits = sum(1 for q in qt if any(t.startswith(q) for t in tt))
+    hits = sum(1 for q in qt if " " + q in spaced)
     return float(title.startswith(query)), hits / len(qt)
+
+
+def match_features_many(query: str, titles: list[str]) -> list[tuple[float, float]]:
+    """`match_features(query, title)` for each title, value for value, the query split once."""
+    if not query:
+        return [(0.0, 0.0)] * len(titles)
+    qt = [" " + q for q in tokens(query)]
+    if len(qt) == 1:  # most keystrokes: one token, so the share is 0 or 1
+        (q,) = qt
+        return [(float(title.startswith(query)), float(q in " " + title)) for title in titles]
+    n = len(qt)
+    out = []
+    for title in titles:
+        spaced = " " + title
+        out.append((float(title.startswith(query)), sum(1 for q in qt if q in spaced) / n))
+    return out
