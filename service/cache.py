@@ -5,6 +5,13 @@ a small per-worker in-memory TTL cache in front of Redis (a hit there skips the 
 which is most of the cost of a keystroke), and Redis, shared by every worker and replica. Keys hold
 the model version, so neither layer can serve a ranking of another model. Redis failures never fail a
 ranking: the cache is bypassed and the error counted.
+
+`store(key, value)` never waits: the value is in this worker's layer at once, and goes to Redis behind
+the response: the writes of one event-loop iteration together in one pipeline, one pipeline at a time
+(those issued meanwhile wait for the next), `max_pending` keys waiting at most (beyond, and when Redis
+fails a pipeline, the writes are dropped and counted: `unirank_cache_writes_total{result}`; it is a
+cache). A ranking request awaiting its own write paid ~50 us of a keystroke miss's ~300 us of CPU.
+`close()` writes what waits, once.
 """
 
 from __future__ import annotations
@@ -17,19 +24,33 @@ import redis.asyncio as aioredis
 from cachetools import TTLCache
 
 from service.errors import store_failures_tolerated
-from service.metrics import CACHE_LAYER, buffered_counter
+from service.metrics import CACHE_LAYER, CACHE_WRITES, buffered_counter
 
 log = logging.getLogger("unirank.cache")
 
 
 class RankCache:
-    def __init__(self, client: aioredis.Redis, ttl_s: int, local_size: int = 0, local_ttl_s: float = 0.0):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl_s: int,
+        local_size: int = 0,
+        local_ttl_s: float = 0.0,
+        max_pending: int = 10_000,
+    ):
         self.client = client
         self.ttl_s = ttl_s
         self.local: TTLCache | None = TTLCache(local_size, local_ttl_s) if local_size > 0 and local_ttl_s > 0 else None
+        self.max_pending = max_pending
         self._inflight: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, bytes] = {}  # writes behind, not yet sent (the latest value of each key)
+        self._writing: asyncio.Task | None = None
+        self._sending: dict[str, bytes] = {}  # the writes of the pipeline on its way
+        self._scheduled = False
         self._local_hits = buffered_counter(CACHE_LAYER.labels(layer="local"))
         self._redis_hits = buffered_counter(CACHE_LAYER.labels(layer="redis"))
+        self._written = buffered_counter(CACHE_WRITES.labels(result="written"))
+        self._dropped = buffered_counter(CACHE_WRITES.labels(result="dropped"))
 
     def local_get(self, key: str) -> bytes | None:
         """This worker's in-memory layer only (no Redis round trip)."""
@@ -42,17 +63,67 @@ class RankCache:
         value = None
         with store_failures_tolerated("redis"):
             value = await self.client.get(key)
-        if value is not None:
-            self._redis_hits.inc()
-            if self.local is not None:
-                self.local[key] = value
-        return value
-
-    async def set(self, key: str, value: bytes) -> None:
+        if value is None:  # computed in this worker while the look-up was on its way, not yet in Redis?
+            value = self._written_behind(key)
+            if value is not None:
+                self._local_hits.inc()
+            return value
+        self._redis_hits.inc()
         if self.local is not None:
             self.local[key] = value
-        with store_failures_tolerated("redis"):
-            await self.client.set(key, value, ex=self.ttl_s)
+        return value
+
+    def _written_behind(self, key: str) -> bytes | None:
+        value = self.local.get(key) if self.local is not None else None
+        if value is None:
+            value = self._pending.get(key)
+        if value is None:
+            value = self._sending.get(key)
+        return value
+
+    def store(self, key: str, value: bytes) -> None:
+        """In this worker's layer now, in Redis behind the response (see the module docstring)."""
+        if self.local is not None:
+            self.local[key] = value
+        if len(self._pending) >= self.max_pending and key not in self._pending:
+            self._dropped.inc()
+            return
+        self._pending[key] = value
+        if not self._scheduled and self._writing is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        self._scheduled = False
+        if self._pending and self._writing is None:
+            batch, self._pending = self._pending, {}
+            self._writing = asyncio.get_running_loop().create_task(self._write(batch))
+
+    async def _write(self, batch: dict[str, bytes]) -> None:
+        self._sending = batch
+        try:
+            written = False
+            with store_failures_tolerated("redis"):
+                pipe = self.client.pipeline(transaction=False)
+                for key, value in batch.items():
+                    pipe.set(key, value, ex=self.ttl_s)
+                await pipe.execute()
+                written = True
+            (self._written if written else self._dropped).inc(len(batch))
+        finally:
+            self._writing, self._sending = None, {}
+            if self._pending:  # issued while this pipeline was on its way
+                self._write_pending()
+
+    async def close(self) -> None:
+        """Writes what waits: the pipeline on its way, then one more for what was issued meanwhile."""
+        for _ in range(3):
+            if self._writing is not None:
+                await asyncio.gather(self._writing, return_exceptions=True)
+            elif self._pending:
+                self._write_pending()
+            else:
+                return
 
     async def single_flight(self, key: str, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         """Concurrent identical misses in this worker share one computation."""

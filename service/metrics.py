@@ -35,6 +35,9 @@ CANDIDATES = Histogram(
 )
 CACHE = Counter("unirank_cache_total", "Keystroke cache look-ups by result and model", ["result", "model"])
 CACHE_LAYER = Counter("unirank_cache_layer_hits_total", "Cache hits by layer (local: this worker's memory)", ["layer"])
+CACHE_WRITES = Counter(
+    "unirank_cache_writes_total", "Rankings written behind to the Redis cache, by result", ["result"]
+)
 BATCH_WAIT = Histogram(
     "unirank_batch_wait_seconds",
     "Micro-batching: time a request waited for its batch to start",

@@ -359,7 +359,7 @@ class Ranker:
         candidates = self._retrieve(ctx, timings)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
         value = with_available(await self._score(ctx, candidates, ids, k, None, timings, deadline), len(ids))
-        await self.cache.set(key, value)
+        self.cache.store(key, value)
         return value
 
     async def _stage_one(
@@ -375,7 +375,7 @@ class Ranker:
 
         async def compute() -> bytes:
             value = (await self.cluster_candidates(ctx, timings, deadline)).astype(np.int32).tobytes()
-            await self.cache.set(key, value)
+            self.cache.store(key, value)
             return value
 
         value = await self.cache.single_flight(key, compute)

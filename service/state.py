@@ -115,6 +115,8 @@ class AppState:
             await _within(self.impressions.stop(), "impression log")
         if self.fleet is not None:
             await _within(self.fleet.close(), "models")
+        if self.cache is not None:
+            await _within(self.cache.close(), "cache writes")
         for client in {self.redis, self.events_redis, self.catalog_redis, self.control_redis, self.cache_redis}:
             if client is not None:
                 await client.aclose()

@@ -1,0 +1,117 @@
+"""The ranking cache against a real Redis (or the Redis Cluster): a stored ranking is in the worker's
+memory at once and in Redis behind the caller (one pipeline for the writes of one event-loop
+iteration, with the TTL); a look-up that finds nothing in Redis still finds what this worker wrote
+behind; writes beyond `max_pending`, and those Redis fails, are dropped and counted, never raised;
+`close()` writes what waits."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from service.breaker import CircuitBreaker
+from service.cache import RankCache
+from service.metrics import CACHE_WRITES, flush
+from service.redis_client import connect
+
+
+def _run(coro):
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def _writes(result: str) -> float:
+    flush()
+    return CACHE_WRITES.labels(result=result)._value.get()
+
+
+def _keys(n: int) -> list[str]:
+    tag = uuid.uuid4().hex
+    return [f"ur:test:cache:{tag}:{i}" for i in range(n)]
+
+
+def test_stored_rankings_reach_redis_behind_the_caller_with_their_ttl(redis_url):
+    keys = _keys(12)
+    written = _writes("written")
+
+    async def go():
+        client = connect(redis_url, 2.0, 8)
+        cache = RankCache(client, ttl_s=300, local_size=100, local_ttl_s=5.0)
+        for i, key in enumerate(keys):
+            cache.store(key, f"v{i}".encode())
+        in_redis_at_once = [await client.exists(keys[0])]  # the store did not wait for Redis
+        local = [cache.local_get(k) for k in keys]
+        for _ in range(200):  # then, behind: within a few event-loop iterations
+            if all(await asyncio.gather(*(client.exists(k) for k in keys))):
+                break
+            await asyncio.sleep(0.01)
+        values = [await client.get(k) for k in keys]
+        ttls = [await client.ttl(k) for k in keys]
+        for k in keys:
+            await client.delete(k)
+        await client.aclose()
+        return in_redis_at_once, local, values, ttls
+
+    in_redis_at_once, local, values, ttls = _run(go())
+    assert in_redis_at_once == [0]
+    assert local == [f"v{i}".encode() for i in range(12)]
+    assert values == [f"v{i}".encode() for i in range(12)]
+    assert all(0 < t <= 300 for t in ttls)
+    assert _writes("written") - written == 12
+
+
+def test_a_lookup_finds_what_this_worker_wrote_behind_without_a_local_layer(redis_url):
+    (key,) = _keys(1)
+
+    async def go():
+        client = connect(redis_url, 2.0, 8)
+        cache = RankCache(client, ttl_s=60)  # no local layer
+        cache.store(key, b"ranked")
+        found_before_the_write = await cache.get(key)  # Redis has it only once the pipeline went
+        await cache.close()
+        in_redis = await client.get(key)
+        await client.delete(key)
+        await client.aclose()
+        return found_before_the_write, in_redis
+
+    assert _run(go()) == (b"ranked", b"ranked")
+
+
+def test_writes_beyond_max_pending_are_dropped_and_counted(redis_url):
+    keys = _keys(5)
+    dropped, written = _writes("dropped"), _writes("written")
+
+    async def go():
+        client = connect(redis_url, 2.0, 8)
+        cache = RankCache(client, ttl_s=60, max_pending=2)
+        for key in keys:  # one iteration: the first two wait, the rest do not fit
+            cache.store(key, b"x")
+        cache.store(keys[0], b"newer")  # a key already waiting takes its newer value, no more room
+        await cache.close()
+        values = [await client.get(k) for k in keys]
+        for k in keys:
+            await client.delete(k)
+        await client.aclose()
+        return values
+
+    assert _run(go()) == [b"newer", b"x", None, None, None]
+    assert _writes("dropped") - dropped == 3
+    assert _writes("written") - written == 2
+
+
+def test_a_redis_that_fails_drops_the_writes_and_never_raises():
+    dropped = _writes("dropped")
+
+    async def go():
+        # nothing listens on port 1: every write fails; the breaker opens after the first failure
+        client = connect("redis://127.0.0.1:1/0", 0.2, 8, CircuitBreaker(1, 30.0))
+        cache = RankCache(client, ttl_s=60, local_size=10, local_ttl_s=5.0)
+        cache.store("ur:test:cache:down", b"x")
+        await cache.close()
+        again = await cache.get("ur:test:cache:down")  # the worker's own layer still answers
+        await client.aclose()
+        return again
+
+    assert _run(go()) == b"x"
+    assert _writes("dropped") - dropped == 1
