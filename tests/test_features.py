@@ -16,7 +16,7 @@ from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, h
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.lexical import TitleIndex, match_features, match_features_many
 from unirank.core.tables import FeatureTables, RuntimeEntity
-from unirank.core.text import normalize
+from unirank.core.text import normalize, normalize_unicode
 
 TITLES = {"e1": "Stranger Things", "e2": "The Crown"}
 
@@ -59,6 +59,12 @@ def test_title_index_prefixes_and_typos():
 @pytest.fixture(scope="module")
 def tables(bundle_dir) -> FeatureTables:
     return FeatureTables.load(bundle_dir / "tables")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_normalising_ascii_takes_a_shortcut_to_the_same_text(text):
+    assert normalize.__wrapped__(text) == normalize_unicode(text)
 
 
 def _reference_match(query: str, title: str) -> tuple[float, float]:
