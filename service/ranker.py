@@ -96,14 +96,15 @@ def split_available(value: bytes) -> tuple[bytes, int | None]:
 
 def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
     """Items by score descending, ties broken by entity id, encoded as a JSON array."""
-    if k < len(scores):
-        threshold = np.partition(scores, len(scores) - k)[len(scores) - k]
-        keep = np.flatnonzero(scores >= threshold).tolist()  # k, or a few more when scores tie
+    n = len(scores)
+    if k < n:
+        threshold = np.partition(scores, n - k)[n - k]
+        keep = np.flatnonzero(scores >= threshold)  # k, or a few more when scores tie
+        pairs = zip(scores[keep].tolist(), keep.tolist(), strict=True)  # only those become Python floats
     else:
-        keep = range(len(scores))
-    values = scores.tolist()
-    order = sorted(keep, key=lambda i: (-values[i], ids[i]))[:k]
-    return orjson.dumps([{"entity_id": ids[i], "score": values[i]} for i in order])
+        pairs = zip(scores.tolist(), range(n), strict=True)
+    ranked = sorted(pairs, key=lambda p: (-p[0], ids[p[1]]))[:k]
+    return orjson.dumps([{"entity_id": ids[i], "score": v} for v, i in ranked])
 
 
 class Ranker:
