@@ -29,7 +29,7 @@ from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY, buffered, buffered
 from service.schemas import RankRequest
 from service.settings import Settings
 from unirank.core.context import blend_personalization
-from unirank.core.lexical import match_features
+from unirank.core.lexical import match_features_many
 
 
 @dataclass
@@ -436,7 +436,8 @@ class Ranker:
         tables = self.bundle.tables
         pop = tables.pop[candidates, ctx.country].tolist()
         query = ctx.unified.query if ctx.unified.task == "search" else ""
-        match = [match_features(query, tables.norm_titles[c]) if c > 0 else (0.0, 0.0) for c in candidates.tolist()]
+        titles = tables.norm_titles
+        match = match_features_many(query, [titles[c] if c > 0 else "" for c in candidates.tolist()])
         return sorted(range(len(ids)), key=lambda i: (-match[i][0], -match[i][1], -pop[i], ids[i]))
 
     async def _history(self, ctx: RequestContext, timings: Timings) -> History:

@@ -94,19 +94,14 @@ class TitleIndex:
 
 def match_features(query: str, title: str) -> tuple[float, float]:
     """(title starts with the query, share of query tokens that prefix a title token), for a normalised
-    query and title (`unirank.core.text.normalize`: tokens of letters and digits, one space apart). A query
-    token prefixes a title token exactly when " token" occurs in " title": the token holds no space, and
-    every space in " title" starts a token."""
-    if not query:
-        return 0.0, 0.0
-    spaced = " " + title
-    qt = tokens(query)
-    hits = sum(1 for q in qt if " " + q in spaced)
-    return float(title.startswith(query)), hits / len(qt)
+    query and title (`unirank.core.text.normalize`: tokens of letters and digits, one space apart)."""
+    return match_features_many(query, [title])[0]
 
 
 def match_features_many(query: str, titles: list[str]) -> list[tuple[float, float]]:
-    """`match_features(query, title)` for each title, value for value, the query split once."""
+    """`match_features(query, title)` for each title, the query split once. A query token prefixes a title
+    token exactly when " token" occurs in " title": the token holds no space, and every space in " title"
+    starts a token."""
     if not query:
         return [(0.0, 0.0)] * len(titles)
     qt = [" " + q for q in tokens(query)]
