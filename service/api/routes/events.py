@@ -10,13 +10,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.deps import check_bearer, state_of
+from service.api.direct_route import DirectRoute
 from service.api.payloads import json_body, json_response, parse
 from service.api.responses import BEARER_IF_SET, EventsAccepted, errors, ok
 from service.errors import STORE_ERRORS, StoreUnavailable
 from service.metrics import EVENTS, EXPERIMENT_EVENTS, FEEDBACK, REQUEST_LATENCY
 from service.schemas import EventBatch
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 
 @router.post(

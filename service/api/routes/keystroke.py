@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service.api.deps import ready_state
+from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON
 from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
@@ -30,7 +31,7 @@ from service.serving import serve_rank
 from service.state import AppState
 from unirank.core.context import personalization_rank
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 SERVICE_VERSION = "0.1.0"
 PARAM_OF = {"query": "q"}  # a RankRequest field -> its query parameter, for error messages

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.deps import ready_state
+from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON, json_body, parse
 from service.api.responses import RankResponse, errors, ok
 from service.errors import InvalidInput, problem
@@ -17,7 +18,7 @@ from service.ranker import Timings
 from service.schemas import RankRequest
 from service.serving import serve_rank
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 
 
 @functools.cache
