@@ -113,3 +113,34 @@ def test_a_redis_that_fails_drops_the_writes_and_never_raises():
 
     assert _run(go()) == b"x"
     assert _writes("dropped") - dropped == 1
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_local_layer_keeps_values_for_their_ttl_and_evicts_the_soonest_to_expire():
+    from service.cache import LocalLayer
+
+    clock = _Clock()
+    layer = LocalLayer(3, ttl_s=10.0, clock=clock)
+    layer["a"] = b"1"
+    clock.now += 4
+    layer["b"] = b"2"
+    layer["c"] = b"3"
+    assert (layer.get("a"), layer.get("b"), layer.get("c"), layer.get("d")) == (b"1", b"2", b"3", None)
+    clock.now += 1
+    layer["a"] = b"1'"  # set again: its TTL starts again, so "b" is now the soonest to expire
+    layer["d"] = b"4"  # full: "b" goes
+    assert (layer.get("a"), layer.get("b"), layer.get("c"), layer.get("d"), len(layer)) == (
+        b"1'", None, b"3", b"4", 3
+    )
+    clock.now += 9  # "c" was set 10 s ago: expired; "a" and "d" 9 s ago
+    assert (layer.get("c"), layer.get("a"), layer.get("d")) == (None, b"1'", b"4")
+    clock.now += 1.5  # all expired; a new value clears them from the front
+    layer["e"] = b"5"
+    assert (len(layer), layer.get("e"), layer.get("a")) == (1, b"5", None)
