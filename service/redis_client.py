@@ -29,7 +29,11 @@ class GuardedRedis(aioredis.Redis):
     def __init__(self, *args, breaker: CircuitBreaker | None = None, auto_pipeline: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.breaker = breaker or CircuitBreaker(failures=1 << 30)
-        self.auto = AutoPipeline(self._execute, lambda: self.pipeline(transaction=False)) if auto_pipeline else None
+        self.auto = (
+            AutoPipeline(self._execute, lambda: self.pipeline(transaction=False), merge_gets=True)
+            if auto_pipeline
+            else None
+        )
 
     async def execute_command(self, *args, **options):
         if self.auto is not None:

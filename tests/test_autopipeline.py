@@ -11,7 +11,7 @@ import pytest
 from redis.exceptions import ConnectionError, ResponseError
 
 from service.breaker import CircuitBreaker
-from service.redis_client import connect
+from service.redis_client import connect, is_cluster
 
 
 def _run(coro):
@@ -90,3 +90,37 @@ def test_a_caller_that_gives_up_loses_nothing_for_the_others(redis_url):
 
     got, again = _run(go())
     assert got == [b"x"] * 5 and again == b"x"
+
+
+def test_concurrent_gets_go_as_one_mget_beside_the_other_commands(redis_url):
+    async def go():
+        client = connect(redis_url, 2.0, 8, auto_pipeline=True)
+        tag = uuid.uuid4().hex
+        keys = [f"ur:test:ap:{{{tag}}}:{i}" for i in range(6)]
+        listed = f"ur:test:ap:{{{tag}}}:list"
+        for i, k in enumerate(keys[:4]):
+            await client.set(k, f"v{i}")
+        await client.rpush(listed, "a", "b")
+        single = not is_cluster(client)
+        mgets = (await client.info("commandstats")).get("cmdstat_mget", {}).get("calls", 0) if single else 0
+        before = client.auto.pipelines
+        got = await asyncio.gather(
+            *(client.get(k) for k in keys),  # four present, two missing
+            client.lrange(listed, 0, -1),
+            client.execute_command("INCR", listed),  # WRONGTYPE: its own error
+            return_exceptions=True,
+        )
+        sent = client.auto.pipelines - before
+        only_gets = await asyncio.gather(*(client.get(k) for k in reversed(keys)))
+        if single:  # one MGET beside the others, one alone (a cluster keeps GETs: its keys span slots)
+            assert (await client.info("commandstats"))["cmdstat_mget"]["calls"] - mgets == 2
+        await asyncio.gather(*(client.delete(k) for k in [*keys, listed]))
+        await client.aclose()
+        return got, sent, only_gets
+
+    got, sent, only_gets = _run(go())
+    assert got[:6] == [b"v0", b"v1", b"v2", b"v3", None, None]
+    assert got[6] == [b"a", b"b"]
+    assert isinstance(got[7], ResponseError) and "WRONGTYPE" in str(got[7])
+    assert sent == 1
+    assert only_gets == [None, None, b"v3", b"v2", b"v1", b"v0"]
