@@ -10,8 +10,10 @@ ranking: the cache is bypassed and the error counted.
 the response: the writes of one event-loop iteration together in one pipeline, one pipeline at a time
 (those issued meanwhile wait for the next), `max_pending` keys waiting at most (beyond, and when Redis
 fails a pipeline, the writes are dropped and counted: `unirank_cache_writes_total{result}`; it is a
-cache). A ranking request awaiting its own write paid ~50 us of a keystroke miss's ~300 us of CPU.
-`close()` writes what waits, once.
+cache). On one Redis server the pipeline is one script call (EVALSHA) that sets every key of it, up to
+1,000 a call: ~140 us of client CPU for eight rankings, against ~225 us as eight pipelined SETs; a
+cluster, whose keys span slots, gets the SETs. A ranking request awaiting its own write paid ~50 us of
+a keystroke miss's ~300 us of CPU. `close()` writes what waits, once.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ import redis.asyncio as aioredis
 
 from service.errors import store_failures_tolerated
 from service.metrics import CACHE_LAYER, CACHE_WRITES, buffered_counter
+from service.redis_client import is_cluster
 
 log = logging.getLogger("unirank.cache")
+
+# KEYS: the rankings' keys; ARGV: the TTL in seconds, then the values in the keys' order
+_SET_ALL = "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) end return #KEYS"
+_SET_ALL_MAX = 1000  # keys per script call: one call holds Redis for its duration
 
 
 class LocalLayer:
@@ -84,6 +91,7 @@ class RankCache:
         self._redis_hits = buffered_counter(CACHE_LAYER.labels(layer="redis"))
         self._written = buffered_counter(CACHE_WRITES.labels(result="written"))
         self._dropped = buffered_counter(CACHE_WRITES.labels(result="dropped"))
+        self._set_all = None if is_cluster(client) else client.register_script(_SET_ALL)
 
     def local_get(self, key: str) -> bytes | None:
         """This worker's in-memory layer only (no Redis round trip)."""
@@ -137,10 +145,16 @@ class RankCache:
         try:
             written = False
             with store_failures_tolerated("redis"):
-                pipe = self.client.pipeline(transaction=False)
-                for key, value in batch.items():
-                    pipe.set(key, value, ex=self.ttl_s)
-                await pipe.execute()
+                if self._set_all is not None:
+                    keys, values = list(batch), list(batch.values())
+                    for at in range(0, len(keys), _SET_ALL_MAX):
+                        chunk = slice(at, at + _SET_ALL_MAX)
+                        await self._set_all(keys=keys[chunk], args=[self.ttl_s, *values[chunk]])
+                else:
+                    pipe = self.client.pipeline(transaction=False)
+                    for key, value in batch.items():
+                        pipe.set(key, value, ex=self.ttl_s)
+                    await pipe.execute()
                 written = True
             (self._written if written else self._dropped).inc(len(batch))
         finally:

@@ -59,6 +59,27 @@ def test_stored_rankings_reach_redis_behind_the_caller_with_their_ttl(redis_url)
     assert _writes("written") - written == 12
 
 
+def test_more_writes_at_once_than_one_script_call_takes_all_reach_redis(redis_url):
+    keys = _keys(2_500)  # one batch; on one server, three script calls of at most 1,000 keys
+
+    async def go():
+        client = connect(redis_url, 2.0, 8)
+        cache = RankCache(client, ttl_s=120)
+        for i, key in enumerate(keys):
+            cache.store(key, b"r%d" % i)
+        await cache.close()
+        values = [await client.get(k) for k in keys]
+        ttls = {await client.ttl(k) for k in keys[::250]}
+        for k in keys:
+            await client.delete(k)
+        await client.aclose()
+        return values, ttls
+
+    values, ttls = _run(go())
+    assert values == [b"r%d" % i for i in range(2_500)]
+    assert all(0 < t <= 120 for t in ttls)
+
+
 def test_a_lookup_finds_what_this_worker_wrote_behind_without_a_local_layer(redis_url):
     (key,) = _keys(1)
 
