@@ -5,7 +5,8 @@ generator and Redis on the second), drives one POST scenario of the bench (`rank
 `keystroke_miss`, or `ceiling`: the no-op endpoint) at concurrency 8, and reports the throughput, the p99
 and the service process's CPU seconds (user + system, psutil) per request answered — a figure that moves
 far less than req/s between runs on a shared machine — and the time the service's garbage collections
-took (its `unirank_gc_pause_seconds`). `--runs N` repeats the measurement on the same server; `--py-spy
+took (its `unirank_gc_pause_seconds`) and how many requests shared an inference call on average (its
+`unirank_batch_requests`). `--runs N` repeats the measurement on the same server; `--py-spy
 OUT` then records a py-spy profile (raw stacks) while the load runs again (py-spy must be installed).
 Prints a table; `--out` also writes JSON.
 
@@ -39,6 +40,14 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 
 _GC = re.compile(r'^unirank_gc_pause_seconds_(sum|count)\{generation="(\d)"\} (\S+)$', re.M)
+
+
+_BATCHES = re.compile(r"^unirank_batch_requests_(sum|count) (\S+)$", re.M)
+
+
+def _batches(url: str) -> dict[str, float]:
+    """Inference calls so far and the requests they scored: {"sum": requests, "count": calls}."""
+    return {kind: float(value) for kind, value in _BATCHES.findall(httpx.get(f"{url}/metrics", timeout=10).text)}
 
 
 def _gc_pauses(url: str) -> dict[str, float]:
@@ -78,10 +87,12 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
         _drive(service.url, path, bodies(), 8, 2.0, 1.0, load_cpus)  # warm: caches, allocator, JIT-free paths
         for _ in range(runs):
             gc_before = _gc_pauses(service.url)
+            batches_before = _batches(service.url)
             before = _cpu_seconds(proc)
             run = _drive(service.url, path, bodies(), 8, seconds, 0.0, load_cpus)
             cpu = _cpu_seconds(proc) - before
             gc_after = _gc_pauses(service.url)
+            batches = {k: v - batches_before.get(k, 0.0) for k, v in _batches(service.url).items()}
             gc_ms = sum(gc_after[k] - gc_before.get(k, 0.0) for k in gc_after if k.startswith("sum_")) * 1e3
             requests = max(run["requests"], 1)
             result["runs"].append(
@@ -90,6 +101,7 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
                     "p99_ms": run["p99_ms"],
                     "errors": run["errors"],
                     "server_cpu_us_per_request": cpu / requests * 1e6,
+                    "requests_per_inference_call": batches["sum"] / batches["count"] if batches.get("count") else None,
                     # None: the service does not publish its collections
                     "gc_ms_per_1000_requests": gc_ms / requests * 1000 if gc_after else None,
                     "full_collections": gc_after["count_2"] - gc_before.get("count_2", 0.0) if gc_after else None,
@@ -110,13 +122,17 @@ def measure(bundle: Path, scenario: str, runs: int, seconds: float, py_spy: Path
     return result
 
 
+def _or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def table(result: dict) -> str:
     lines = [
         f"{result['scenario']}, concurrency {result['concurrency']}, {result['seconds']:.0f} s per run",
         "",
         "| run | req/s | p99 ms | errors | server CPU µs per request | GC ms per 1,000 requests "
-        "| full collections (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| full collections (ms) | requests per inference call |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(result["runs"], 1):
         gc = "n/a" if r["gc_ms_per_1000_requests"] is None else f"{r['gc_ms_per_1000_requests']:.1f}"
@@ -125,7 +141,7 @@ def table(result: dict) -> str:
         )
         lines.append(
             f"| {i} | {r['rps']:.0f} | {r['p99_ms']:.1f} | {r['errors']} | {r['server_cpu_us_per_request']:.0f} "
-            f"| {gc} | {full} |"
+            f"| {gc} | {full} | {_or_na(r.get('requests_per_inference_call'))} |"
         )
     return "\n".join(lines) + "\n"
 
