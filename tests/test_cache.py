@@ -157,9 +157,7 @@ def test_the_local_layer_keeps_values_for_their_ttl_and_evicts_the_soonest_to_ex
     clock.now += 1
     layer["a"] = b"1'"  # set again: its TTL starts again, so "b" is now the soonest to expire
     layer["d"] = b"4"  # full: "b" goes
-    assert (layer.get("a"), layer.get("b"), layer.get("c"), layer.get("d"), len(layer)) == (
-        b"1'", None, b"3", b"4", 3
-    )
+    assert (layer.get("a"), layer.get("b"), layer.get("c"), layer.get("d"), len(layer)) == (b"1'", None, b"3", b"4", 3)
     clock.now += 9  # "c" was set 10 s ago: expired; "a" and "d" 9 s ago
     assert (layer.get("c"), layer.get("a"), layer.get("d")) == (None, b"1'", b"4")
     clock.now += 1.5  # all expired; a new value clears them from the front
