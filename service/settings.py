@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     cuda_io_binding: bool = Field(False, description="On CUDA, copy inputs into device buffers allocated once per size")
     micro_batch: bool | None = Field(
         None,
-        description="Score concurrent requests in one call; unset: on, windowed with CUDA, on the CPU only "
-        "the requests that reach the scorer in the same event-loop iteration; false: off",
+        description="Score concurrent requests in one call; unset or true: on (in a window; on the CPU in the "
+        "event loop, with CUDA in a worker thread); false: off",
     )
     micro_batch_window_ms: float = Field(
         1.0, ge=0, description="How long a request may wait for others to join its batch"

@@ -154,9 +154,9 @@ def test_live_server_with_micro_batching_answers_like_one_without(server, bundle
         model = batched.client.get("/model").json()
         assert model["micro_batching"]["on"] is True and model["micro_batching"]["window_ms"] == 2.0
         default = server.client.get("/model").json()
-        # by default: on, with the window on CUDA only (on the CPU, the requests of one event-loop iteration)
+        # by default: on, with the default window on the CPU as with CUDA
         assert default["micro_batching"]["on"] is True
-        assert default["micro_batching"]["window_ms"] == (1.0 if default["device"] == "cuda" else 0.0)
+        assert default["micro_batching"]["window_ms"] == 1.0
         entity_ids = [f"e{n:06d}" for n in range(1, 301)]
         bodies = [
             {
