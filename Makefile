@@ -37,7 +37,7 @@ serve: venv $(BUNDLE)/manifest.json
 # The service's tests that touch Redis, run a second time against a three-master Redis Cluster
 REDIS_CLUSTER_TESTS := tests/test_service.py tests/test_entities.py tests/test_loop.py tests/test_rollout.py \
 	tests/test_routing.py tests/test_api_contract.py tests/test_frontend_api.py tests/test_redis_pool.py \
-	tests/test_rank_scores.py tests/test_autopipeline.py tests/test_cache.py
+	tests/test_rank_scores.py tests/test_autopipeline.py tests/test_cache.py tests/test_impressions.py
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider

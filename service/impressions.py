@@ -3,7 +3,8 @@
 Contract: `record()` costs a tuple append: it never waits and never fails a request; when the buffer
 holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
 (`unirank_impressions_total{result="dropped"}`). A background task encodes and appends the buffer to the
-impressions stream in batches (one entry per batch of up to 500 records, the stream capped at about
+impressions stream every `UNIRANK_IMPRESSION_FLUSH_MS`: what it holds then, in batches (one entry per
+batch of up to 500 records, the stream capped at about
 `UNIRANK_IMPRESSION_STREAM_MAX` entries), and for requests in an experiment writes `ur:req:<rid>` (its
 experiment, variant and interleaving teams, kept `UNIRANK_REQUEST_TTL_S`) so that /events can credit
 feedback to a variant. Records the store refuses stay buffered and are retried. The format is
@@ -49,6 +50,7 @@ class ImpressionLog:
         self._dropped = IMPRESSIONS.labels(result="dropped")
         self._written = IMPRESSIONS.labels(result="written")
         self._task: asyncio.Task | None = None
+        self._flushing: asyncio.Task | None = None  # the periodic flush on its way
         self._experiment_counters: dict[tuple, object] = {}
 
     def _experiment_counter(self, experiment: str, variant: str):
@@ -70,10 +72,14 @@ class ImpressionLog:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Flushes what is buffered (one try), then stops."""
+        """Flushes what is buffered (one try), then stops. A flush on its way finishes first: cancelled
+        between its XADD and trimming the buffer, it would have its records appended twice."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+            self._flushing = None
         try:
             while self._buffer:
                 await self._flush()
@@ -84,13 +90,19 @@ class ImpressionLog:
         while True:
             await asyncio.sleep(self.flush_s)
             try:
-                while self._buffer:
-                    await self._flush()
+                # what was buffered when the period ended, in batches; what arrives meanwhile waits for the
+                # next period (draining until empty, a busy worker flushed back to back: an XADD of a
+                # dozen records every round trip, ~15 us of CPU per keystroke hit instead of ~3)
+                due = len(self._buffer)
+                while due > 0 and self._buffer:
+                    self._flushing = asyncio.ensure_future(self._flush())
+                    due -= await asyncio.shield(self._flushing)
+                    self._flushing = None
             except STORE_ERRORS as exc:  # keep them; the buffer bounds what waits
                 count_error("impressions", exc)
                 await asyncio.sleep(1.0)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> int:
         """One stream entry per batch (a JSON array of records): per-command client overhead, not Redis,
         is what a record per entry would cost the worker."""
         batch = self._buffer[: self.batch]
@@ -106,6 +118,7 @@ class ImpressionLog:
         await pipe.execute()
         del self._buffer[: len(batch)]
         self._written.inc(len(batch))
+        return len(batch)
 
 
 def teams_of(items_json: bytes) -> dict[str, str]:
