@@ -144,3 +144,13 @@ def test_onnx_node_profile_accounts_for_every_profiled_node_of_the_bundle(bundle
     assert sum(ns["ops"].values()) == pytest.approx(result["total_ns_per_candidate"])
     exported_ops = {node.op_type for node in onnx.load(str(bundle_dir / "model.onnx")).graph.node}
     assert {"Gather", "Concat"} <= exported_ops & set(ns["ops"])
+
+
+def test_the_in_process_cpu_measure_answers_every_request_and_counts_inference_calls(bundle_dir):
+    from loadtest.asgi_cpu import measure
+
+    miss = measure(bundle_dir, "keystroke_miss", 160)
+    ceiling = measure(bundle_dir, "ceiling", 160)
+    assert miss["statuses"] == {200: 160} and ceiling["statuses"] == {200: 160}
+    assert 1.0 <= miss["requests_per_inference_call"] <= 8.0 and ceiling["requests_per_inference_call"] is None
+    assert miss["cpu_us_per_request"] > 0 and ceiling["cpu_us_per_request"] > 0
