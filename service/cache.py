@@ -85,11 +85,10 @@ class RankCache:
         self._inflight: dict[str, asyncio.Future] = {}
         self._pending: dict[str, bytes] = {}  # writes behind, not yet sent (the latest value of each key)
         self._writing: asyncio.Task | None = None
-        self._sending: dict[str, bytes] = {}  # the writes of the pipeline on its way
-        # the last pipeline's writes, for a second once written: a look-up that Redis answered before
-        # they landed may read its reply only after they did
-        self._sent: dict[str, bytes] = {}
-        self._sent_until = 0.0
+        # the last pipeline's writes: while on their way, and for a second once written (a look-up that
+        # Redis answered before they landed may read its reply only after they did)
+        self._batch: dict[str, bytes] = {}
+        self._batch_until = 0.0
         self._scheduled = False
         self._local_hits = buffered_counter(CACHE_LAYER.labels(layer="local"))
         self._redis_hits = buffered_counter(CACHE_LAYER.labels(layer="redis"))
@@ -122,10 +121,8 @@ class RankCache:
         value = self.local.get(key) if self.local is not None else None
         if value is None:
             value = self._pending.get(key)
-        if value is None:
-            value = self._sending.get(key)
-        if value is None and time.monotonic() < self._sent_until:
-            value = self._sent.get(key)
+        if value is None and time.monotonic() < self._batch_until:
+            value = self._batch.get(key)
         return value
 
     def store(self, key: str, value: bytes) -> None:
@@ -147,7 +144,7 @@ class RankCache:
             self._writing = asyncio.get_running_loop().create_task(self._write(batch))
 
     async def _write(self, batch: dict[str, bytes]) -> None:
-        self._sending = batch
+        self._batch, self._batch_until = batch, float("inf")
         try:
             written = False
             with store_failures_tolerated("redis"):
@@ -164,8 +161,7 @@ class RankCache:
                 written = True
             (self._written if written else self._dropped).inc(len(batch))
         finally:
-            self._writing, self._sending, self._sent = None, {}, batch
-            self._sent_until = time.monotonic() + 1.0
+            self._writing, self._batch_until = None, time.monotonic() + 1.0
             if self._pending:  # issued while this pipeline was on its way
                 self._write_pending()
 
