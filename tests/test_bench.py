@@ -25,9 +25,11 @@ COMPLETE = {
         "rank_200_p99_log_on_vs_off": 1.0,
         "rank_200_vs_limit": 0.3,
         "keystroke_miss_vs_limit": 0.4,
+        "rank_200_vs_onnxruntime_limit": 0.5,
     },
     "scoring_efficiency": 0.5,
-    "limits": {"rank_200_rps": 2000.0, "keystroke_miss_rps": 2500.0},
+    "limits": {"rank_200_rps": 2000.0, "keystroke_miss_rps": 2500.0, "rank_200_onnxruntime_rps": 1500.0},
+    "rank_200_split": {"per_request_us": 800.0, "ceiling_us": 60.0, "onnxruntime_us": 250.0, "service_us": 490.0},
     "rank_200_stages": {"requests": 1, "total_ms": 2.0, "ms": {"inference": 1.0, "other": 1.0}, "share": {}},
 }
 
@@ -154,3 +156,17 @@ def test_the_in_process_cpu_measure_answers_every_request_and_counts_inference_c
     assert miss["statuses"] == {200: 160} and ceiling["statuses"] == {200: 160}
     assert 1.0 <= miss["requests_per_inference_call"] <= 8.0 and ceiling["requests_per_inference_call"] is None
     assert miss["cpu_us_per_request"] > 0 and ceiling["cpu_us_per_request"] > 0
+
+
+def test_the_onnxruntime_probe_times_the_bundles_call_and_the_split_adds_up(bundle_dir):
+    from loadtest.bench import ONNXRUNTIME_REQUESTS_PER_CALL, onnxruntime_probe, split_rank_200
+
+    probe = onnxruntime_probe(bundle_dir.resolve(), None)
+    batched = probe["onnxruntime_us_per_request_when_batched"]
+    assert set(batched) == {"1", "2", "4", "8"} and all(us > 0 for us in batched.values())
+    assert probe["us"]["onnxruntime"] > 0 and probe["us"]["parse (200 ids)"] > 0
+    split = split_rank_200(1000.0, 1 / 10_000, 50e-6, probe)  # 1,000 µs a request, a 100 µs ceiling
+    assert split["per_request_us"] == pytest.approx(1000.0) and split["ceiling_us"] == pytest.approx(100.0)
+    assert split["onnxruntime_us"] == batched[str(ONNXRUNTIME_REQUESTS_PER_CALL)]
+    assert split["ceiling_us"] + split["onnxruntime_us"] + split["service_us"] == pytest.approx(1000.0)
+    assert split["model_at_matmul_rate_us"] == pytest.approx(50.0)
