@@ -220,7 +220,7 @@ class Ranker:
         """The candidates this model would rank for the request: the given ones, or its retrieval."""
         ctx = self.context(request)
         if request.candidates is not None:
-            return self._explicit_ids(request, ctx)
+            return self._explicit_candidates(request, ctx)[0]
         ids = self.bundle.tables.entity_ids
         return [ids[i] for i in self.bundle.retriever.candidates(ctx).tolist()]
 
@@ -242,8 +242,7 @@ class Ranker:
         """The ranked items as JSON, how the cache was used, how many candidates they came from, and the
         given candidates the model does not know."""
         if request.candidates is not None:
-            ids = self._explicit_ids(request, ctx)
-            candidates = self.bundle.features.encoder.entity_indices(ids)
+            ids, candidates = self._explicit_candidates(request, ctx)
             history = await self._history(ctx, timings) if ctx.level == "full" else None
             weight = request.personalization_weight
             items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
@@ -280,12 +279,11 @@ class Ranker:
         related = self.bundle.retriever.related(history.entities[: history.live], ctx.country, exclude=candidates)
         return np.concatenate([candidates, related[:n]]) if related.size else candidates
 
-    @staticmethod
-    def _explicit_ids(request: RankRequest, ctx: RequestContext) -> list[str]:
-        ids = list(dict.fromkeys(request.candidates))
-        if ctx.unified.task == "more_like_this":
-            ids = [i for i in ids if i != ctx.unified.source_entity_id]
-        return ids
+    def _explicit_candidates(self, request: RankRequest, ctx: RequestContext) -> tuple[list[str], np.ndarray]:
+        """The request's candidates once each (the source entity left out of more-like-this), and their
+        entity indices."""
+        source = ctx.unified.source_entity_id if ctx.unified.task == "more_like_this" else None
+        return self.bundle.features.encoder.unique_entity_indices(request.candidates, source)
 
     def _retrieve(self, ctx: RequestContext, timings: Timings) -> np.ndarray:
         started = time.perf_counter()
@@ -400,7 +398,7 @@ class Ranker:
         ctx = self.context(request)
         tables = self.bundle.tables
         if request.candidates is not None:
-            candidates = self.bundle.features.encoder.entity_indices(self._explicit_ids(request, ctx))
+            ids, candidates = self._explicit_candidates(request, ctx)
         else:
             cached = self.cache.local_get(ctx.stage_one_key(self.bundle.cache_version)) if ctx.level == "full" else None
             candidates = (
@@ -408,11 +406,7 @@ class Ranker:
                 if cached is not None
                 else self.bundle.retriever.candidates(ctx)
             )
-        ids = (
-            self._explicit_ids(request, ctx)
-            if request.candidates is not None
-            else [tables.entity_ids[i] for i in candidates.tolist()]
-        )
+            ids = [tables.entity_ids[i] for i in candidates.tolist()]
         order = self._fallback_order(
             ctx, candidates, ids, keep_given=request.candidates is None and ctx.level == "full"
         )

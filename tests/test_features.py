@@ -89,6 +89,22 @@ def test_match_features_equal_their_definition_on_normalised_text(raw_query, raw
     assert match_features_many(query, titles) == want
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_unique_candidates_are_the_first_occurrences_without_the_source(tables, data):
+    """`unique_entity_indices` against its definition (dict.fromkeys, then the source dropped): known and
+    unknown ids, repeats of either, the source known, unknown, absent or none."""
+    known = tables.entity_ids[1:40]
+    pool = st.sampled_from(known + ["nobody-1", "nobody-2"])
+    ids = data.draw(st.lists(pool, max_size=30) | st.lists(st.sampled_from(known), unique=True, max_size=30))
+    exclude = data.draw(st.none() | pool)
+    encoder = FeatureEncoder(tables, "full")
+    want = [i for i in dict.fromkeys(ids) if i != exclude]
+    got, indices = encoder.unique_entity_indices(ids, exclude)
+    assert got == want
+    assert indices.tolist() == [tables.entity_index.get(i, 0) for i in want]
+
+
 def test_training_and_serving_build_identical_tensors(tables, data_dir):
     encoder = FeatureEncoder(tables, "full")
     dataset = Dataset.load(data_dir)

@@ -157,6 +157,18 @@ class FeatureEncoder:
         ids = entity_ids if isinstance(entity_ids, list) else list(entity_ids)
         return np.fromiter(map(self.tables.entity_index.get, ids, repeat(0, len(ids))), np.int64, len(ids))
 
+    def unique_entity_indices(self, entity_ids: list[str], exclude: str | None = None) -> tuple[list[str], np.ndarray]:
+        """The ids without repeats (each where it first appears) and without `exclude`, and their indices.
+        The usual list (every id known, none repeated) is checked on the indices, without a dict of the ids."""
+        indices = self.entity_indices(entity_ids)
+        ordered = np.sort(indices)
+        dropped = self.tables.entity_index.get(exclude, 0) if exclude is not None else 0
+        if ordered.size and ordered[0] > 0 and not (ordered[1:] == ordered[:-1]).any():
+            if not dropped or not (indices == dropped).any():
+                return entity_ids, indices
+        ids = [i for i in dict.fromkeys(entity_ids) if i != exclude]
+        return ids, self.entity_indices(ids)
+
     def encode_contexts(
         self,
         contexts: list[UnifiedContext],
