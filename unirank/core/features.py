@@ -163,9 +163,9 @@ class FeatureEncoder:
         indices = self.entity_indices(entity_ids)
         ordered = np.sort(indices)
         dropped = self.tables.entity_index.get(exclude, 0) if exclude is not None else 0
-        if ordered.size and ordered[0] > 0 and not (ordered[1:] == ordered[:-1]).any():
-            if not dropped or not (indices == dropped).any():
-                return entity_ids, indices
+        every_known_once = ordered.size > 0 and ordered[0] > 0 and not (ordered[1:] == ordered[:-1]).any()
+        if every_known_once and not (dropped and (indices == dropped).any()):
+            return entity_ids, indices
         ids = [i for i in dict.fromkeys(entity_ids) if i != exclude]
         return ids, self.entity_indices(ids)
 
