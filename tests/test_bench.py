@@ -165,8 +165,23 @@ def test_the_onnxruntime_probe_times_the_bundles_call_and_the_split_adds_up(bund
     batched = probe["onnxruntime_us_per_request_when_batched"]
     assert set(batched) == {"1", "2", "4", "8"} and all(us > 0 for us in batched.values())
     assert probe["us"]["onnxruntime"] > 0 and probe["us"]["parse (200 ids)"] > 0
+    assert probe["us"]["onnxruntime, IO binding"] > 0
     split = split_rank_200(1000.0, 1 / 10_000, 50e-6, probe)  # 1,000 µs a request, a 100 µs ceiling
     assert split["per_request_us"] == pytest.approx(1000.0) and split["ceiling_us"] == pytest.approx(100.0)
     assert split["onnxruntime_us"] == batched[str(ONNXRUNTIME_REQUESTS_PER_CALL)]
     assert split["ceiling_us"] + split["onnxruntime_us"] + split["service_us"] == pytest.approx(1000.0)
     assert split["model_at_matmul_rate_us"] == pytest.approx(50.0)
+
+
+def test_the_io_bound_call_the_profile_times_gives_the_plain_calls_scores(bundle_dir):
+    import numpy as np
+
+    from loadtest.onnx_nodes import rank_200_inputs
+    from loadtest.rank_profile import _bound_call
+    from service.bundle import LoadedBundle
+    from service.settings import Settings
+
+    bundle = LoadedBundle.load(bundle_dir, Settings(bundle=str(bundle_dir)))
+    inputs = rank_200_inputs(bundle, bundle_dir, 64)
+    call = _bound_call(bundle.scorer, inputs)
+    assert np.array_equal(call(), bundle.scorer.score(inputs)) and np.array_equal(call(), call())
