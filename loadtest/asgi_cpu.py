@@ -8,6 +8,8 @@ no-op endpoint), 8 at a time, and reports the process's CPU seconds per request 
 1,000) and the requests per inference call. It runs on uvloop, the server's loop. Against
 `loadtest.server_cpu` (the real server over HTTP) it leaves out uvicorn and the sockets, so it resolves
 changes of a few microseconds inside the app; `--py-spy OUT` also records a py-spy profile (raw stacks).
+`--without-model` replaces the onnxruntime call by pseudo-random scores (no ties, the same top-k work):
+what the rest of the request costs when the model's call no longer takes the core's caches.
 
     python -m loadtest.asgi_cpu --bundle artifacts/demo --scenario keystroke_hit --requests 20000
 """
@@ -115,8 +117,24 @@ async def _measure(bundle: Path, scenario: str, requests: int, redis_url: str) -
     }
 
 
-def measure(bundle: Path, scenario: str, requests: int) -> dict:
+def _without_model() -> None:
+    """Every Scorer answers pseudo-random scores instead of calling onnxruntime."""
+    import numpy as np
+
+    from service.scoring import Scorer
+
+    def score(self, inputs):
+        n = len(inputs["cand_ctx"])
+        return np.random.default_rng(n).random(n, dtype=np.float32)
+
+    Scorer.score = score
+
+
+def measure(bundle: Path, scenario: str, requests: int, without_model: bool = False) -> dict:
     import uvloop
+
+    if without_model:
+        _without_model()
 
     redis = RedisServer()
     try:
@@ -131,13 +149,15 @@ def main() -> None:
     ap.add_argument("--scenario", choices=SCENARIOS, default="keystroke_hit")
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--py-spy", type=Path, default=None, help="record a py-spy profile (raw stacks) of the run here")
+    ap.add_argument("--without-model", action="store_true", help="pseudo-random scores instead of onnxruntime")
     args = ap.parse_args()
     if args.py_spy is not None:  # the same command under py-spy, which must be installed
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         own = [sys.executable, "-m", "loadtest.asgi_cpu", "--bundle", str(args.bundle), "--scenario", args.scenario]
         cmd = [spy, "record", "-r", "997", "-f", "raw", "-o", str(args.py_spy), "--", *own]
-        raise SystemExit(subprocess.call([*cmd, "--requests", str(args.requests)]))
-    r = measure(args.bundle, args.scenario, args.requests)
+        extra = ["--without-model"] if args.without_model else []
+        raise SystemExit(subprocess.call([*cmd, "--requests", str(args.requests), *extra]))
+    r = measure(args.bundle, args.scenario, args.requests, args.without_model)
     per_call = r["requests_per_inference_call"]
     print(
         f"{r['scenario']}: {r['cpu_us_per_request']:.1f} us of CPU per request over {r['requests']} requests "

@@ -158,6 +158,16 @@ def test_the_in_process_cpu_measure_answers_every_request_and_counts_inference_c
     assert miss["cpu_us_per_request"] > 0 and ceiling["cpu_us_per_request"] > 0
 
 
+def test_the_in_process_cpu_measure_runs_without_the_model_in_a_process_of_its_own(bundle_dir):
+    import subprocess
+    import sys
+
+    # its own process: the stub replaces Scorer.score for the whole interpreter
+    run = [sys.executable, "-m", "loadtest.asgi_cpu", "--bundle", str(bundle_dir), "--scenario", "rank_200"]
+    out = subprocess.run([*run, "--requests", "80", "--without-model"], capture_output=True, text=True, check=True)
+    assert "statuses {200: 80}" in out.stdout and "requests per inference call" in out.stdout
+
+
 def test_the_onnxruntime_probe_times_the_bundles_call_and_the_split_adds_up(bundle_dir):
     from loadtest.bench import ONNXRUNTIME_REQUESTS_PER_CALL, onnxruntime_probe, split_rank_200
 
