@@ -24,12 +24,12 @@ from tqdm import tqdm
 from loadtest.bench import _drive, _write, machine, save_results
 from loadtest.processes import AppServer, RedisServer
 from loadtest.scenarios import Scenarios
-from service.batching import concatenate
-from service.bundle import LoadedBundle
-from service.context import build_request_context
-from service.schemas import RankRequest
-from service.scoring import Scorer
-from service.settings import Settings
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.batching import concatenate
+from service.model.bundle import LoadedBundle
+from service.model.context import build_request_context
+from service.model.scoring import Scorer
 
 SIZES = (1, 10, 100, 1_000, 10_000, 100_000)
 CONCURRENCY = (1, 4, 16, 64)

@@ -80,7 +80,7 @@ async def _drive(app, path: str, bodies: list[bytes], start: int, count: int, st
 
 async def _measure(bundle: Path, scenario: str, requests: int, redis_url: str) -> dict:
     from service.api import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     app = create_app(Settings(bundle=str(bundle), redis_url=redis_url, bench_endpoints=True))
     state: dict = {}
@@ -121,7 +121,7 @@ def _without_model() -> None:
     """Every Scorer answers pseudo-random scores instead of calling onnxruntime."""
     import numpy as np
 
-    from service.scoring import Scorer
+    from service.model.scoring import Scorer
 
     def score(self, inputs):
         n = len(inputs["cand_ctx"])

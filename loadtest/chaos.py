@@ -39,8 +39,8 @@ import redis
 
 from loadtest.processes import AppServer, RedisServer
 from loadtest.scenarios import Scenarios
-from service.redis_server import free_port, redis_server_binary
-from service.settings import Settings
+from service.core.settings import Settings
+from service.store.redis_server import free_port, redis_server_binary
 from unirank.core.history import history_key
 
 TOKEN = "chaos-admin-token"

@@ -22,10 +22,10 @@ import numpy as np
 import onnxruntime as ort
 
 from loadtest.scenarios import Scenarios
-from service.bundle import LoadedBundle
-from service.context import build_request_context
-from service.schemas import RankRequest
-from service.settings import Settings
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
+from service.model.context import build_request_context
 
 
 def rank_200_inputs(bundle: LoadedBundle, bundle_dir: Path, candidates: int) -> dict[str, np.ndarray]:

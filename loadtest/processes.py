@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from service.redis_server import EmbeddedRedis, free_port
+from service.store.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

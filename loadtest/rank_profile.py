@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.scenarios import Scenarios
-from service.batching import concatenate
-from service.bundle import LoadedBundle
-from service.context import build_request_context
-from service.ranker import top_k
-from service.schemas import RankRequest
-from service.settings import Settings
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.batching import concatenate
+from service.model.bundle import LoadedBundle
+from service.model.context import build_request_context
+from service.ranking.ranker import top_k
 
 
 def _time(fn, n: int, repeats: int) -> float:

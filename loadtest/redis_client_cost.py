@@ -1,5 +1,5 @@
 """What one request-path Redis read costs the worker's CPU: the service's client one command at a time and
-8 at once, each plain and auto-pipelined (`service.autopipeline`).
+8 at once, each plain and auto-pipelined (`service.store.autopipeline`).
 
 Contract: starts its own redis-server (on the second core where there is one; the client process on the
 first), reads a user's history (LRANGE of 20 entries, what /rank with `full` does) `--n` times per way,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loadtest.bench import _cpus
 from loadtest.processes import RedisServer
-from service.redis_client import connect
+from service.store.redis_client import connect
 
 WAYS = ("one at a time", "one at a time, auto-pipelined", "8 at once", "8 at once, auto-pipelined")
 

@@ -26,12 +26,13 @@ from tqdm import tqdm
 
 from model_export.data import SPLIT_BOUNDS, Dataset, Requests
 from model_export.metrics import ranking_metrics
-from service.bundle import LoadedBundle
-from service.context import build_request_context
-from service.ranker import Ranker, Timings
-from service.schemas import RankRequest
-from service.settings import Settings
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
+from service.model.context import build_request_context
+from service.ranking.ranker import Ranker, Timings
 from unirank.core.history import HISTORY_LENGTH, event_kind
+from unirank.core.vocab import Task
 
 K = 10
 
@@ -53,9 +54,9 @@ def _requests_after_a_click(
     test_from = np.quantile(requests.timestamp, SPLIT_BOUNDS["test"][0])
     for r in order.tolist():
         user = requests.user_id[r]
-        if requests.task[r] == "prequery" and requests.timestamp[r] >= test_from and previous_clicked.get(user):
+        if requests.task[r] == Task.PREQUERY and requests.timestamp[r] >= test_from and previous_clicked.get(user):
             out.append((r, list(live.get(user, []))))
-        previous_clicked[user] = bool(clicked[r]) and (requests.task[r] == "search" or not search_only)
+        previous_clicked[user] = bool(clicked[r]) and (requests.task[r] == Task.SEARCH or not search_only)
         if requests.timestamp[r] >= first_live_ms:
             for row in rows_of[r].tolist():
                 if clicked_rows[row]:

@@ -9,6 +9,7 @@ import numpy as np
 from model_export.splits import Encoded
 from unirank.core.tables import FeatureTables
 from unirank.core.text import normalize
+from unirank.core.vocab import Task
 
 
 def bm25_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:
@@ -23,7 +24,7 @@ def bm25_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:
     queries = enc.requests.query
     rows_of: dict[str, list[int]] = {}
     for row, req in enumerate(enc.inputs["cand_ctx"].tolist()):
-        if enc.row_task[row] == "search" and queries[req]:
+        if enc.row_task[row] == Task.SEARCH.value and queries[req]:
             rows_of.setdefault(normalize(queries[req]), []).append(row)
     cand = enc.inputs["cand_ids"][:, 0]
     for query, rows in rows_of.items():
@@ -47,9 +48,9 @@ def als_scores(tables: FeatureTables, enc: Encoded) -> np.ndarray:
     items = tables.item_factors[x["cand_ids"][:, 0]]
     user = np.einsum("nf,nf->n", tables.user_factors[ctx[:, 4]], items)
     source = np.einsum("nf,nf->n", tables.item_factors[ctx[:, 3]], items)
-    return np.select([enc.row_task == "prequery", enc.row_task == "more_like_this"], [user, source], 0.0).astype(
-        np.float32
-    )
+    return np.select(
+        [enc.row_task == Task.PREQUERY.value, enc.row_task == Task.MORE_LIKE_THIS.value], [user, source], 0.0
+    ).astype(np.float32)
 
 
 def _lgbm_features(enc: Encoded) -> np.ndarray:

@@ -25,8 +25,8 @@ from model_export.splits import click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
 from unirank.core.features import FeatureEncoder
-from unirank.core.schema import TASKS
 from unirank.core.spec import ModelOptions
+from unirank.core.vocab import TASKS
 
 NEW_ENTITY_RATE = 0.2
 ROWS = {

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from unirank.core.lexical import TitleIndex
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
 from unirank.core.text import normalize, tokens
+from unirank.core.vocab import Task
 
 COUNTRY = "US"
 ARTICLES = {"the", "a", "an", "le", "la", "les", "el", "il", "der", "die", "das"}
@@ -208,7 +209,7 @@ def import_movielens(src: Path, out: Path, params: MovieLensParams = MovieLensPa
         negatives: list[int] = []
         want = params.impressions - 1
         if pool is not None and len(pool):
-            share = want if task == "more_like_this" else max(1, int(round(want * 0.7)))
+            share = want if task == Task.MORE_LIKE_THIS else max(1, int(round(want * 0.7)))
             negatives += page.allowed(sampler.draw(4 * share, pool), negatives)[:share]
         for _ in range(20):  # popular titles fill the page
             if len(negatives) >= want:

@@ -19,7 +19,7 @@ import numpy as np
 
 from model_export.evaluate import per_task
 from unirank.core.context import blend_personalization
-from unirank.core.schema import TASKS
+from unirank.core.vocab import TASKS
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -14,7 +14,7 @@ from model_export.data import Dataset, Requests
 from unirank.core.context import build_context, personalization_rank
 from unirank.core.features import FeatureEncoder, history_matrices, history_vectors
 from unirank.core.history import event_kinds
-from unirank.core.schema import TASKS
+from unirank.core.vocab import TASKS
 
 _TASKS = np.array(sorted(TASKS))
 ENCODED_HISTORY = 20  # history events per context kept in the encoded splits (the encoder's maximum)

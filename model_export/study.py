@@ -31,8 +31,8 @@ from model_export.splits import Encoded, click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
 from unirank.core.features import FeatureEncoder
-from unirank.core.schema import TASKS
 from unirank.core.spec import Architecture, ModelOptions
+from unirank.core.vocab import TASKS, Level
 
 REFERENCE = "unified (full)"
 
@@ -124,9 +124,9 @@ class Study:
         key = (level, impute)
         if key not in self._encoded:
             encoder = FeatureEncoder(self.tables, level)
-            if level == "full" and self._clicks is None:
+            if level == Level.FULL and self._clicks is None:
                 self._clicks = click_log(encoder, self.dataset)
-            clicks = self._clicks if level == "full" else None
+            clicks = self._clicks if level == Level.FULL else None
             self._encoded[key] = tuple(
                 encode_split(encoder, self.dataset, s, TASKS, impute, clicks)  # type: ignore[assignment]
                 for s in ("fit", "validation", "test")

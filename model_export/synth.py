@@ -33,6 +33,7 @@ from tqdm import tqdm
 from unirank.core.lexical import TitleIndex
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
 from unirank.core.text import normalize
+from unirank.core.vocab import Task
 
 COUNTRIES = ("US", "GB", "CA", "DE", "FR", "ES", "IT", "BR", "MX", "IN", "JP", "KR")
 COUNTRY_WEIGHTS = (0.34, 0.1, 0.06, 0.08, 0.07, 0.05, 0.04, 0.08, 0.05, 0.07, 0.04, 0.02)
@@ -492,10 +493,10 @@ def _events_part(
             start = rng.uniform(window[0], window[1], session.max() + 1)
             first = np.searchsorted(session, session, side="left")
             ts = start[session] + 0.3 * (np.arange(R) - first)
-        if task == "search":
+        if task == Task.SEARCH:
             rows_c, cols_c = np.nonzero(clicked)
             last_search = (users[rows_c], ts[rows_c], ents[rows_c, cols_c])
-        elif task == "prequery" and p.continuation > 0:  # its own generator: without it the data is unchanged
+        elif task == Task.PREQUERY and p.continuation > 0:  # its own generator: without it the data is unchanged
             ents, clicked, played = _continue_franchises(
                 cat, last_search, users, country, ts, ents, clicked, played, np.random.default_rng(continuation_seed)
             )

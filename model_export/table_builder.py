@@ -19,6 +19,7 @@ from unirank.core.history import HISTORY_LENGTH, event_kinds
 from unirank.core.tables import KINDS, FeatureTables
 from unirank.core.text import normalize
 from unirank.core.text_features import TEXT_DIM, TextProjection
+from unirank.core.vocab import Task
 
 FAVOURITES = 100  # entities kept per user cluster (prequery retrieval)
 
@@ -91,7 +92,7 @@ class WindowStatistics:
         np.add.at(self.pop, (tgt, ctry), clicked)
         # query-entity statistics: search queries as typed, normalised (once per distinct query of the batch)
         task = np.asarray(f.column("task").to_pylist(), dtype=object)
-        is_search = task == "search"
+        is_search = task == Task.SEARCH.value
         raw, inverse = np.unique(
             np.asarray(f.column("query").fill_null("").to_pylist(), dtype=object), return_inverse=True
         )
@@ -103,7 +104,7 @@ class WindowStatistics:
         pairs = pa.table({"q": pa.array(qnorm[sel], pa.string()), "e": tgt[sel], "c": clicked[sel]})
         self.query_entity.append(pairs.group_by(["q", "e"]).aggregate([("c", "sum"), ("c", "count")]))
         # source-target co-engagement from more_like_this clicks
-        mlt = (task == "more_like_this") & (clicked > 0)
+        mlt = (task == Task.MORE_LIKE_THIS.value) & (clicked > 0)
         src = v.entities_of(f.column("source_entity_id").filter(pa.array(mlt)))
         self.co_keys.append(src * E1 + tgt[mlt])
         c = clicked > 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.metrics import K, ranking_metrics
+from unirank.core.vocab import TASKS
 
 
 def row_order_metric(group: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int = K) -> np.ndarray:
@@ -51,12 +52,12 @@ def audit(data_dir: Path, seed: int = 0, model: bool = False) -> dict:
     _, _, test = study.encoded("full", True)
     rng = np.random.default_rng(seed)
     scorers = {
-        "popularity": (popularity_scores(study.tables, test), ("search", "prequery", "more_like_this")),
+        "popularity": (popularity_scores(study.tables, test), TASKS),
         "bm25": (bm25_scores(study.tables, test), ("search",)),
         "implicit als": (als_scores(study.tables, test), ("prequery", "more_like_this")),
     }
     if model:
-        scorers[REFERENCE] = (study.scores(VARIANTS[REFERENCE], seed), ("search", "prequery", "more_like_this"))
+        scorers[REFERENCE] = (study.scores(VARIANTS[REFERENCE], seed), TASKS)
     out = {}
     for name, (scores, tasks) in scorers.items():
         for task in tasks:

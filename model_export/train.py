@@ -28,11 +28,11 @@ from model_export.event_log import CHUNK_ROWS, IN_MEMORY_ROWS, EventLog, count_e
 from model_export.model import UnifiedRanker
 from model_export.splits import Encoded, EncodedChunks, click_log, concat_encoded, encode_events, encode_split
 from model_export.table_builder import ClickLog, Vocabularies, WindowStatistics, build_tables, tables_from
-from unirank.core.context import PERSONALIZATION_LEVELS, personalization_rank
+from unirank.core.context import personalization_rank
 from unirank.core.features import DENSE_FEATURES, FeatureEncoder
-from unirank.core.schema import TASKS
 from unirank.core.spec import Architecture, ModelOptions, ModelSpec, Vocabulary
 from unirank.core.tables import FeatureTables
+from unirank.core.vocab import PERSONALIZATION_LEVELS, TASKS
 
 # Above this many user + entity rows, the id tables are updated sparsely by default: a dense AdamW step's
 # cost grows with the tables (`python -m loadtest.optimizer_step`: 34 vs 20 ms per step at 35k rows, 132

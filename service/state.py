@@ -16,19 +16,19 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from service import heap, metrics
-from service.breaker import CircuitBreaker
-from service.bundle import LoadedBundle
-from service.cache import RankCache
-from service.control import ControlStore
-from service.drain import Drain
-from service.events import EventStore
-from service.fleet import Fleet
-from service.impressions import ImpressionLog
-from service.redis_client import connect
-from service.redis_server import EmbeddedRedis
-from service.settings import Settings
-from service.shadow import ShadowScorer
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
+from service.ops import heap, metrics
+from service.ops.drain import Drain
+from service.ranking.fleet import Fleet
+from service.ranking.shadow import ShadowScorer
+from service.store.breaker import CircuitBreaker
+from service.store.cache import RankCache
+from service.store.control import ControlStore
+from service.store.events import EventStore
+from service.store.impressions import ImpressionLog
+from service.store.redis_client import connect
+from service.store.redis_server import EmbeddedRedis
 
 log = logging.getLogger("unirank.state")
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.helpers import fields_of, metric
 
 TOKEN = "contract-token"

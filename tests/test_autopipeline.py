@@ -10,8 +10,8 @@ import uuid
 import pytest
 from redis.exceptions import ConnectionError, ResponseError
 
-from service.breaker import CircuitBreaker
-from service.redis_client import connect, is_cluster
+from service.store.breaker import CircuitBreaker
+from service.store.redis_client import connect, is_cluster
 
 
 def _run(coro):

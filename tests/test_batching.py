@@ -10,11 +10,11 @@ import uuid
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher, concatenate, merged_scoring, split
-from service.bundle import LoadedBundle
-from service.context import build_request_context
-from service.schemas import RankRequest
-from service.settings import Settings
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.batching import MicroBatcher, concatenate, merged_scoring, split
+from service.model.bundle import LoadedBundle
+from service.model.context import build_request_context
 from tests.helpers import LiveServer
 
 

@@ -188,8 +188,8 @@ def test_the_io_bound_call_the_profile_times_gives_the_plain_calls_scores(bundle
 
     from loadtest.onnx_nodes import rank_200_inputs
     from loadtest.rank_profile import _bound_call
-    from service.bundle import LoadedBundle
-    from service.settings import Settings
+    from service.core.settings import Settings
+    from service.model.bundle import LoadedBundle
 
     bundle = LoadedBundle.load(bundle_dir, Settings(bundle=str(bundle_dir)))
     inputs = rank_200_inputs(bundle, bundle_dir, 64)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from service.breaker import CircuitBreaker
-from service.cache import RankCache
-from service.metrics import CACHE_WRITES, flush
-from service.redis_client import connect
+from service.ops.metrics import CACHE_WRITES, flush
+from service.store.breaker import CircuitBreaker
+from service.store.cache import RankCache
+from service.store.redis_client import connect
 
 
 def _run(coro):
@@ -150,7 +150,7 @@ class _Clock:
 
 
 def test_the_local_layer_keeps_values_for_their_ttl_and_evicts_the_soonest_to_expire():
-    from service.cache import LocalLayer
+    from service.store.cache import LocalLayer
 
     clock = _Clock()
     layer = LocalLayer(3, ttl_s=10.0, clock=clock)

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.30.0"

@@ -12,8 +12,8 @@ import numpy as np
 
 from model_export.distributed import launch
 from model_export.train import TrainConfig
-from service.bundle import LoadedBundle
-from service.settings import Settings
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
 from tests.test_deploy import K8S_VERSION, ROOT, _by_kind, render_kustomization
 
 

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from model_export.data import Dataset
 from model_export.splits import click_log, encode_split
-from service.context import build_request_context
-from service.features import History, ServingFeatures
-from service.schemas import RankRequest
+from service.core.schemas import RankRequest
+from service.model.context import build_request_context
+from service.model.features import History, ServingFeatures
 from tests.helpers import spec_for
 from unirank.core.context import build_context
 from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector

@@ -10,7 +10,7 @@ import weakref
 
 from prometheus_client import REGISTRY
 
-from service import heap
+from service.ops import heap
 
 
 class _Model:

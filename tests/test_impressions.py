@@ -11,8 +11,8 @@ import uuid
 
 import orjson
 
-from service.impressions import ImpressionLog
-from service.redis_client import connect
+from service.store.impressions import ImpressionLog
+from service.store.redis_client import connect
 from unirank.core.impression_log import decode_batch
 
 

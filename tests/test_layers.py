@@ -14,8 +14,8 @@ import pytest
     [
         "import service.api, sys; assert 'torch' not in sys.modules",
         # building the app and loading a bundle (feature tables, onnxruntime, retrieval) stay torch-free
-        "import sys; from service.api import create_app; from service.bundle import LoadedBundle; "
-        "from service.settings import Settings; create_app(); LoadedBundle.load(sys.argv[1], Settings()); "
+        "import sys; from service.api import create_app; from service.model.bundle import LoadedBundle; "
+        "from service.core.settings import Settings; create_app(); LoadedBundle.load(sys.argv[1], Settings()); "
         "assert 'torch' not in sys.modules, 'torch was imported'",
         "import unirank.core.features, unirank.core.spec, unirank.core.tables, sys; assert 'torch' not in sys.modules",
     ],

@@ -109,7 +109,7 @@ def test_tie_audit_shows_the_row_order_bias_it_documents():
 def test_a_buffered_counter_reaches_the_counter_once_flushed():
     from prometheus_client import CollectorRegistry, Counter
 
-    from service.metrics import buffered_counter, flush
+    from service.ops.metrics import buffered_counter, flush
 
     counter = Counter("unirank_test_buffered_total", "test", ["kind"], registry=CollectorRegistry())
     child = counter.labels(kind="a")
@@ -126,7 +126,7 @@ def test_a_buffered_counter_reaches_the_counter_once_flushed():
 
 
 def test_generated_request_ids_are_64_bit_hex_and_distinct():
-    from service.serving import new_request_id
+    from service.ranking.serving import new_request_id
 
     ids = [new_request_id() for _ in range(10_000)]
     assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.redis_server import free_port
+from service.store.redis_server import free_port
 from tests.helpers import LiveServer, fields_of
 
 TOKEN = "store-token"

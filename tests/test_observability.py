@@ -188,12 +188,12 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, redis_url):
 
 
 def test_buffered_observations_land_in_the_buckets_prometheus_client_would_pick():
-    """`service.metrics.buffered`: values on, just below and just above every bound, and far out, give the
+    """`service.ops.metrics.buffered`: values on, just below and just above every bound, and far out, give the
     same bucket counts and count as prometheus-client's own observe (the sum up to rounding); a scrape
     flushes first."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from service.metrics import LATENCY_BUCKETS, buffered
+    from service.ops.metrics import LATENCY_BUCKETS, buffered
 
     registry = CollectorRegistry()
     direct = Histogram("direct_seconds", "d", ["stage"], buckets=LATENCY_BUCKETS, registry=registry)

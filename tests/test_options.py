@@ -15,8 +15,8 @@ from model_export.export import export_bundle
 from model_export.splits import encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit
-from service.bundle import LoadedBundle
-from service.settings import Settings
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
 from tests.helpers import LiveServer
 from unirank.core.features import FeatureEncoder
 from unirank.core.spec import ModelOptions
@@ -72,8 +72,8 @@ def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundl
     path = option_bundles["all"]
     by_click = LoadedBundle.load(path, Settings(rank_by="click"))
     by_play = LoadedBundle.load(path, Settings(rank_by="play"))
-    from service.context import build_request_context
-    from service.schemas import RankRequest
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
 
     rc = build_request_context(RankRequest(task="prequery", country="US"), by_click.tables, "cluster")
     cand = np.arange(1, by_click.tables.n_entities + 1)
@@ -87,9 +87,9 @@ def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundl
 
 def test_history_encoder_reads_the_sequence_itself(option_bundles):
     """Same context and history vector, different event sequence: the exported model's scores move."""
-    from service.context import build_request_context
-    from service.features import History
-    from service.schemas import RankRequest
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
+    from service.model.features import History
 
     bundle = LoadedBundle.load(option_bundles["history"], Settings())
     t = bundle.tables
@@ -106,8 +106,8 @@ def test_history_encoder_reads_the_sequence_itself(option_bundles):
 
 def test_text_features_link_a_title_to_its_sequels(option_bundles):
     """The text table comes from MiniLM: titles sharing words are close; the model reads the features."""
-    from service.context import build_request_context
-    from service.schemas import RankRequest
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
 
     bundle = LoadedBundle.load(option_bundles["text"], Settings())
     t = bundle.tables
@@ -141,8 +141,8 @@ def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles
     """The service's encoder (ONNX MiniLM + tokenizer + the bundle's projection, no torch) gives an entity
     added at run time the text features training gave the catalog; a sequel added at run time is close
     to its original, and the model reads that."""
-    from service.context import build_request_context
-    from service.schemas import RankRequest
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
 
     bundle = LoadedBundle.load(option_bundles["text"], Settings())
     t, catalog = bundle.tables, bundle.catalog
@@ -239,9 +239,9 @@ def test_a_batch_of_mixed_requests_scores_exactly_as_each_alone(option_bundles, 
     """`score_batch` (what concurrent requests share) against one request at a time: the plain bundle and
     the one with every option (history encoder, text features), every task, three personalization levels,
     with and without live history, an unknown candidate."""
-    from service.context import build_request_context
-    from service.features import ScoringJob
-    from service.schemas import RankRequest
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
+    from service.model.features import ScoringJob
 
     for path in (bundle_dir, option_bundles["all"]):
         bundle = LoadedBundle.load(path, Settings(micro_batch=False))

@@ -19,8 +19,8 @@ from model_export.event_log import EventLog
 from model_export.model import UnifiedRanker
 from model_export.table_builder import ClickLog, Vocabularies, WindowStatistics, build_tables, tables_from
 from model_export.train import SPARSE_ID_ROWS, TrainConfig, _Optimizer, sparse_embeddings, train_bundle
-from service.bundle import LoadedBundle
-from service.settings import Settings
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
 from tests.helpers import shuffled_partitioned_copy
 
 SLICE = 7_000  # rows per time slice: the test log (~80k events) in a dozen slices

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.context import build_request_context
-from service.schemas import RankRequest
+from service.core.schemas import RankRequest
+from service.model.context import build_request_context
 from tests.helpers import rank
 from unirank.core.features import FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH, counters_key, history_key

@@ -14,9 +14,9 @@ from redis.crc import key_slot
 from typer.testing import CliRunner
 
 from loadtest.processes import RedisClusterServer, RedisServer
-from service.events import EventStore
-from service.redis_client import connect, is_cluster
-from service.schemas import Event
+from service.core.schemas import Event
+from service.store.events import EventStore
+from service.store.redis_client import connect, is_cluster
 from tests.conftest import redis_cluster_binaries
 from unirank.cli import app
 from unirank.core.history import HISTORY_LENGTH, counters_key, history_key

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.redis_client import QuickBlockingPool, connect, is_cluster
+from service.store.redis_client import QuickBlockingPool, connect, is_cluster
 
 
 def open_connections(client) -> list[int]:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from loadtest.processes import RedisServer
 from service.api import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.helpers import LiveServer, fields_of, metric
 from unirank.core.history import history_key
 

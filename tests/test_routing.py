@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.routing import Experiment, Routing, Variant, assign, team_draft, unit_hash
-from service.settings import Settings
+from service.core.rollout import Experiment, Routing, Variant
+from service.core.settings import Settings
+from service.ranking.routing import assign, team_draft, unit_hash
 
 
 def experiment(mode="ab", unit="user", shares=(0.5, 0.5), models=("a", "b")) -> Routing:
@@ -24,7 +25,7 @@ def experiment(mode="ab", unit="user", shares=(0.5, 0.5), models=("a", "b")) -> 
 
 def test_the_unit_hash_is_the_same_in_every_process():
     here = unit_hash("exp", "user-1")
-    code = "from service.routing import unit_hash; print(repr(unit_hash('exp', 'user-1')))"
+    code = "from service.ranking.routing import unit_hash; print(repr(unit_hash('exp', 'user-1')))"
     there = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert here == there and 0 <= here < 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from service.ranker import top_k
+from service.ranking.ranker import top_k
 
 
 def _ids(body: bytes) -> list[str]:

@@ -8,7 +8,7 @@ whole 100 ms (requests are queueing in the loop before they even reach this chec
 drains the queue, as CoDel does). The work admitted stays bounded, so its latency does, and /healthz,
 /readyz and /metrics (never guarded) wait behind at most that much work. A body over `max_body` bytes is
 a 413 in the error shape: at once when its Content-Length says so, else as soon as that many bytes have
-arrived. While the worker drains (`service.drain`), every response closes its connection.
+arrived. While the worker drains (`service.ops.drain`), every response closes its connection.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import asyncio
 
 import orjson
 
-from service.drain import Drain
-from service.metrics import REJECTED
+from service.ops.drain import Drain
+from service.ops.metrics import REJECTED
 
 
 class _TooLarge(Exception):

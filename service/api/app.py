@@ -15,9 +15,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.admission import Admission
 from service.api.docs import install_docs
+from service.api.errors import install_error_handlers
 from service.api.routes import admin, demo, entities, events, keystroke, ops, rank
-from service.errors import install_error_handlers
-from service.settings import Settings, get_settings
+from service.core.settings import Settings, get_settings
 from service.state import AppState
 
 

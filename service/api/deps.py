@@ -1,7 +1,7 @@
 """Typed dependencies of the routes: the app state, the ranker and bundle (503 until loaded), the admin
 token.
 
-Contract: each raises a `service.errors` kind, never returns a response. `state_of` and `ready_state`
+Contract: each raises a `service.core.errors` kind, never returns a response. `state_of` and `ready_state`
 are plain functions that /rank and /events call directly: resolving a `Depends` costs ~15-20 us per request
 in FastAPI 0.165, a quarter of a keystroke cache hit. The other routes take the `Depends` forms (which
 are `async`: FastAPI runs plain functions in a thread pool).
@@ -14,8 +14,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.bundle import LoadedBundle
-from service.errors import Forbidden, NotReady, Unauthorized
+from service.core.errors import Forbidden, NotReady, Unauthorized
+from service.model.bundle import LoadedBundle
 from service.state import AppState
 
 

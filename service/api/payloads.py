@@ -13,7 +13,7 @@ import orjson
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, pydantic_problems
+from service.core.errors import InvalidInput, pydantic_problems
 
 JSON = "application/json"
 M = TypeVar("M", bound=BaseModel)

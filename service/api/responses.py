@@ -3,7 +3,7 @@
 Contract: the routes encode their bodies themselves (orjson; the keystroke path never builds these
 objects), so these models only document them; `tests/test_openapi.py` holds the service to them by
 running schemathesis against a live server. `errors(...)` documents the one error body every error has
-(`service.errors`), per status code.
+(`service.core.errors`), per status code.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from unirank.core.vocab import TaskName
 
 
 class Problem(BaseModel):
@@ -46,7 +48,7 @@ class RankResponse(BaseModel):
     items: list[RankItem] = Field(description="Best first, at most k")
     model: str | None = Field(description="The model that answered (null: interleaved)")
     model_version: str
-    task: Literal["search", "prequery", "more_like_this"]
+    task: TaskName
     cache: Literal["hit", "miss", "bypass"]
     returned: int | None = Field(None, description="How many items (fewer than k when fewer candidates exist)")
     available: int | None = Field(None, description="How many candidates the items were chosen from")

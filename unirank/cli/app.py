@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from unirank.core.context import PERSONALIZATION_LEVELS
 from unirank.core.schema import TASKS, SchemaError
+from unirank.core.vocab import PERSONALIZATION_LEVELS
 
 app = typer.Typer(
     help="unirank: one learned model for search and recommendations.",

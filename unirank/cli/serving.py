@@ -28,7 +28,7 @@ def serve(
 
     import uvicorn
 
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     settings = Settings()
     bundle, host = bundle or Path(settings.bundle), host or settings.host
@@ -42,7 +42,7 @@ def serve(
     embedded = None
     if workers > 1:
         if not (os.environ.get("REDIS_URL") or os.environ.get("UNIRANK_REDIS_URL")):
-            from service.redis_server import EmbeddedRedis
+            from service.store.redis_server import EmbeddedRedis
 
             embedded = EmbeddedRedis()  # one server shared by every worker
             os.environ["REDIS_URL"] = embedded.url

@@ -19,7 +19,7 @@ from unirank.cli.app import (
     parse_tasks,
     user_errors,
 )
-from unirank.core.schema import TASKS
+from unirank.core.vocab import TASKS
 
 DataDir = Annotated[Path, typer.Option(help="Dataset directory in the event schema", callback=dataset_dir)]
 BundleDir = Annotated[Path, typer.Option(help="Bundle directory", callback=bundle_dir)]

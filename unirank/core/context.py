@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from unirank.core.text import normalize
+from unirank.core.vocab import PERSONALIZATION_LEVELS, TASKS, Task
 
-TASK_INDEX = {"search": 1, "prequery": 2, "more_like_this": 3}  # 0: unknown
+TASK_INDEX = {task: i for i, task in enumerate(TASKS, start=1)}  # 0: unknown
 N_TASKS = len(TASK_INDEX) + 1
-PERSONALIZATION_LEVELS = ("none", "cluster", "full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +41,9 @@ def build_context(
 ) -> UnifiedContext:
     """Apply the imputation rules. source_title(entity_id) returns a title or None when unknown."""
     country = country.upper() if country else None
-    if task == "search":
+    if task == Task.SEARCH:
         return UnifiedContext(task, country, user_id, normalize(query), None)
-    if task == "prequery":
+    if task == Task.PREQUERY:
         return UnifiedContext(task, country, user_id, "", None)
     normalized = normalize(query)
     if not normalized and impute and source_entity_id is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unirank.core.vocab import Task
+
 HISTORY_LENGTH = 50
 HISTORY_KINDS = 5  # 0 unknown, then (search | recommendation) x (click | play)
 
@@ -32,7 +34,7 @@ LEGACY_HISTORY_PREFIX, LEGACY_COUNTERS_PREFIX = "ur:hist:", "ur:cnt:"
 def event_kind(task: str, played: bool) -> int:
     """Kind of a history event: where it came from (a search, or a recommendation surface) and how far
     it went (click, or play): 1 search-click, 2 search-play, 3 rec-click, 4 rec-play."""
-    return (1 if task == "search" else 3) + bool(played)
+    return (1 if task == Task.SEARCH else 3) + bool(played)
 
 
 def event_kinds(tasks, played) -> np.ndarray:

@@ -30,7 +30,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TASKS = ("search", "prequery", "more_like_this")
+from unirank.core.vocab import TASKS
+
 KINDS = ("video", "game")
 
 EVENT_SCHEMA = pa.schema(

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from unirank.core.context import N_TASKS, PERSONALIZATION_LEVELS, personalization_rank
+from unirank.core.context import N_TASKS, personalization_rank
 from unirank.core.features import CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES, TEXT_INPUTS
 from unirank.core.text_features import TEXT_DIM
+from unirank.core.vocab import PERSONALIZATION_LEVELS, Level
 
 RANK_BY = ("click", "play")
 
@@ -59,7 +60,7 @@ class ModelOptions:
             out.append("rank_by 'play' needs the play head (--play-head)")
         if self.mmoe_experts < 0:
             out.append("mmoe_experts must be 0 (off) or more")
-        if self.history_encoder and personalization != "full":
+        if self.history_encoder and personalization != Level.FULL:
             out.append(f"the history encoder needs personalization 'full', not {personalization!r}")
         if not self.text_vector and not self.text_features:
             out.append("--no-text-vector only applies with --text-features")

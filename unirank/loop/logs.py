@@ -32,6 +32,7 @@ import redis
 
 from unirank.core.impression_log import ENGAGED, FEEDBACK_STREAM, IMPRESSIONS_STREAM, Feedback, Impression, decode_batch
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from unirank.core.vocab import Task
 
 LOG_SCHEMA = pa.schema(
     list(EVENT_SCHEMA)
@@ -119,7 +120,7 @@ def joined_table(log: Log) -> pa.Table:
                 "user_id": imp.user or "",
                 "country": imp.country,
                 "task": imp.task,
-                "query": imp.query if imp.task == "search" else None,
+                "query": imp.query if imp.task == Task.SEARCH else None,
                 "source_entity_id": imp.source,
                 "target_entity_id": item["entity_id"],
                 "clicked": clicked,

@@ -1,6 +1,6 @@
 """The roll-out API (admin token): the models this service holds, and the routing between them.
 
-GET/POST /admin/models, DELETE /admin/models/{name}, GET/PUT /admin/routing (see `service.fleet`).
+GET/POST /admin/models, DELETE /admin/models/{name}, GET/PUT /admin/routing (see `service.ranking.fleet`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from fastapi.responses import Response
 from service.api.deps import Admin, State
 from service.api.payloads import json_body, json_response, parse
 from service.api.responses import BEARER, Open, errors, ok
-from service.errors import STORE_ERRORS, StoreUnavailable
-from service.routing import Routing
-from service.schemas import ModelLoad
+from service.core.errors import STORE_ERRORS, StoreUnavailable
+from service.core.rollout import Routing
+from service.core.schemas import ModelLoad
 
 router = APIRouter(prefix="/admin", dependencies=[Admin], responses=errors(401, 403))
 

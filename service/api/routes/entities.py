@@ -13,8 +13,8 @@ from pydantic import StringConstraints
 from service.api.deps import Admin, BundleDep, State
 from service.api.payloads import json_body, json_response, parse
 from service.api.responses import BEARER, EntitiesAdded, Entity, EntityBatch, errors, ok
-from service.errors import STORE_ERRORS, InvalidInput, NotFound, StoreUnavailable, TrainedEntity, problem
-from service.schemas import NewEntityBatch
+from service.core.errors import STORE_ERRORS, InvalidInput, NotFound, StoreUnavailable, TrainedEntity, problem
+from service.core.schemas import NewEntityBatch
 
 router = APIRouter()
 

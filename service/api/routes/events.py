@@ -13,9 +13,9 @@ from service.api.deps import check_bearer, state_of
 from service.api.direct_route import DirectRoute
 from service.api.payloads import json_body, json_response, parse
 from service.api.responses import BEARER_IF_SET, EventsAccepted, errors, ok
-from service.errors import STORE_ERRORS, StoreUnavailable
-from service.metrics import EVENTS, EXPERIMENT_EVENTS, FEEDBACK, REQUEST_LATENCY
-from service.schemas import EventBatch
+from service.core.errors import STORE_ERRORS, StoreUnavailable
+from service.core.schemas import EventBatch
+from service.ops.metrics import EVENTS, EXPERIMENT_EVENTS, FEEDBACK, REQUEST_LATENCY
 
 router = APIRouter(route_class=DirectRoute)
 

@@ -23,11 +23,11 @@ from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON
 from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
-from service.errors import InvalidInput, problem, pydantic_problems
-from service.metrics import REQUEST_LATENCY, buffered
-from service.ranker import Timings
-from service.schemas import RankRequest
-from service.serving import serve_rank
+from service.core.errors import InvalidInput, problem, pydantic_problems
+from service.core.schemas import RankRequest
+from service.ops.metrics import REQUEST_LATENCY, buffered
+from service.ranking.ranker import Timings
+from service.ranking.serving import serve_rank
 from service.state import AppState
 from unirank.core.context import personalization_rank
 

@@ -10,9 +10,9 @@ from service.api.deps import BundleDep, State
 from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON, json_response
 from service.api.responses import Open, errors, ok
-from service.breaker import BreakerOpen
-from service.errors import STORE_ERRORS
-from service.metrics import render
+from service.core.errors import STORE_ERRORS
+from service.ops.metrics import render
+from service.store.breaker import BreakerOpen
 
 router = APIRouter()
 bench_router = APIRouter(include_in_schema=False, route_class=DirectRoute)

@@ -1,4 +1,4 @@
-"""POST /rank: the unified context's ranking by the model the routing picks (`service.serving`)."""
+"""POST /rank: the unified context's ranking by the model the routing picks (`service.ranking.serving`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from service.api.deps import ready_state
 from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON, json_body, parse
 from service.api.responses import RankResponse, errors, ok
-from service.errors import InvalidInput, problem
-from service.metrics import REQUEST_LATENCY, buffered
-from service.ranker import Timings
-from service.schemas import RankRequest
-from service.serving import serve_rank
+from service.core.errors import InvalidInput, problem
+from service.core.schemas import RankRequest
+from service.ops.metrics import REQUEST_LATENCY, buffered
+from service.ranking.ranker import Timings
+from service.ranking.serving import serve_rank
 
 router = APIRouter(route_class=DirectRoute)
 

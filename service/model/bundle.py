@@ -18,20 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batching import MicroBatcher, concatenate, split
-from service.bundle_store import BundleInvalid, read_manifest
-from service.catalog import RuntimeCatalog
-from service.context import RequestContext, build_request_context
-from service.display import Entities
-from service.features import ScoringJob, ServingFeatures
-from service.retrieval import Retriever
-from service.schemas import RankRequest
-from service.scoring import Scorer
-from service.settings import Settings
-from service.text_encoder import TextEncoder
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.batching import MicroBatcher, concatenate, split
+from service.model.bundle_store import BundleInvalid, read_manifest
+from service.model.catalog import RuntimeCatalog
+from service.model.context import RequestContext, build_request_context
+from service.model.display import Entities
+from service.model.features import ScoringJob, ServingFeatures
+from service.model.retrieval import Retriever
+from service.model.scoring import Scorer
+from service.model.text_encoder import TextEncoder
 from unirank.core.context import UnifiedContext
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
+from unirank.core.vocab import Level, Task
 
 log = logging.getLogger("unirank.bundle")
 
@@ -94,7 +95,7 @@ class LoadedBundle:
         if self.batcher is not None:
             self.batcher.close()
             # the batcher runs this bundle's score_batch: a cycle the collector would have to find (and
-            # loaded models are frozen out of its scans, service.heap); a request still in flight scores alone
+            # loaded models are frozen out of its scans, service.ops.heap); a request still in flight scores alone
             self.batcher = None
 
     @property
@@ -221,14 +222,14 @@ class LoadedBundle:
                 task=task,
                 country=tables.countries[1] if len(tables.countries) > 1 else "US",
                 user_id=tables.user_ids[1] if len(tables.user_ids) > 1 else None,
-                query=tables.norm_titles[first][:3] if task == "search" else None,
-                source_entity_id=tables.entity_ids[first] if task == "more_like_this" else None,
+                query=tables.norm_titles[first][:3] if task == Task.SEARCH else None,
+                source_entity_id=tables.entity_ids[first] if task == Task.MORE_LIKE_THIS else None,
             )
             ctx = build_request_context(request, tables, self.level, self.impute)
             candidates = self.retriever.candidates(ctx)
             if candidates.size == 0:
                 candidates = np.arange(1, min(50, tables.n_entities) + 1)
-            history = self.features.history([], ctx.user) if ctx.level == "full" else None
+            history = self.features.history([], ctx.user) if ctx.level == Level.FULL else None
             scores = self.scorer.score(self.features.inputs(ctx, candidates, history))
             if (
                 scores.shape != (len(candidates),)

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from service.routing import Routing
+from service.core.rollout import Routing
 
 DEFAULT_MODEL = "default"
 

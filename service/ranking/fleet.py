@@ -21,11 +21,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from service import heap
-from service.bundle_store import BundleMissing
-from service.cache import RankCache
-from service.control import DEFAULT_MODEL, ControlDoc, ControlStore
-from service.errors import (
+from service.core.errors import (
     STORE_ERRORS,
     InvalidInput,
     NotFound,
@@ -34,10 +30,14 @@ from service.errors import (
     RoutedModel,
     count_error,
 )
-from service.models import ModelLoadError, ServedModel, load_model
-from service.ranker import Ranker
-from service.routing import Routing
-from service.settings import Settings
+from service.core.rollout import Routing
+from service.core.settings import Settings
+from service.model.bundle_store import BundleMissing
+from service.ops import heap
+from service.ranking.ranker import Ranker
+from service.ranking.served_model import ModelLoadError, ServedModel, load_model
+from service.store.cache import RankCache
+from service.store.control import DEFAULT_MODEL, ControlDoc, ControlStore
 
 log = logging.getLogger("unirank.fleet")
 

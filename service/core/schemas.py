@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, field_validator
 
-Task = Literal["search", "prequery", "more_like_this"]
+from unirank.core.vocab import LevelName, Task, TaskName
+
 # an id: 1-128 characters, none of them a control character (NUL and friends end up in Redis keys and logs)
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Personalization = Literal["none", "cluster", "full"]
 MAX_CANDIDATES = 1000
 MAX_EVENTS = 1000
 EARLIEST_TS = 946_684_800.0  # 2000-01-01
@@ -58,7 +58,7 @@ class RankRequest(BaseModel):
     # extra="forbid": a misspelt field must not silently change behaviour
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=TASK_INPUTS)
 
-    task: Task
+    task: TaskName
     country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166 alpha-2")]
     user_id: Id | None = None
     query: Annotated[str, Field(max_length=200)] | None = Field(
@@ -69,7 +69,7 @@ class RankRequest(BaseModel):
     source_entity_id: Id | None = None
     candidates: Annotated[list[Id], Field(max_length=MAX_CANDIDATES)] | None = None
     k: Annotated[int, Field(ge=1, le=500), Whole] = 20
-    personalization: Personalization | None = None
+    personalization: LevelName | None = None
     personalization_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
         None,
         description="With personalization 'full': 0 ranks as the user's cluster would, 1 (the default) fully "
@@ -83,9 +83,9 @@ class RankRequest(BaseModel):
 
     def task_input_problems(self) -> list[dict]:
         """Inputs the task needs, as problems naming the field (checked after parsing)."""
-        if self.task == "search" and self.query is None:
+        if self.task == Task.SEARCH and self.query is None:
             return [{"field": "query", "message": "search needs a query", "type": "missing"}]
-        if self.task == "more_like_this" and self.source_entity_id is None:
+        if self.task == Task.MORE_LIKE_THIS and self.source_entity_id is None:
             return [{"field": "source_entity_id", "message": "more_like_this needs a source entity", "type": "missing"}]
         return []
 
@@ -105,7 +105,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # as RankRequest
 
     user_id: Id
-    task: Task
+    task: TaskName
     entity_id: Id
     action: Literal["impression", "click", "play"]
     query: Annotated[str, Field(max_length=200)] | None = None

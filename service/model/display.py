@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import orjson
 
-from service.catalog import RuntimeCatalog
+from service.model.catalog import RuntimeCatalog
 from unirank.core.tables import FeatureTables
 
 DISPLAY_FIELDS = ("title", "kind", "genres", "year")

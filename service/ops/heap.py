@@ -24,7 +24,7 @@ import gc
 import time
 from collections import deque
 
-from service.metrics import GC_PAUSE
+from service.ops.metrics import GC_PAUSE
 
 YOUNG_THRESHOLD = 10_000
 

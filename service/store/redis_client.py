@@ -1,7 +1,7 @@
 """Connecting to Redis: one server or a Redis Cluster, every call through the worker's circuit breaker.
 
 Contract: `connect(url, ...)` returns a client whose commands and pipelines are refused at once while
-the breaker is open (`service.breaker`) and whose pool makes a caller wait up to `timeout_s` for a free
+the breaker is open (`service.store.breaker`) and whose pool makes a caller wait up to `timeout_s` for a free
 connection instead of failing. `redis://`, `rediss://` and `unix://` URLs name one server;
 `redis+cluster://host:port` (or `rediss+cluster://`) names a Redis Cluster, any node as the seed
 (`unirank.core.redis_url`). Code that needs every key of a call in one slot asks `is_cluster(client)`.
@@ -16,15 +16,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError
 
-from service.autopipeline import AutoPipeline
-from service.breaker import CircuitBreaker
+from service.store.autopipeline import AutoPipeline
+from service.store.breaker import CircuitBreaker
 from unirank.core.redis_url import is_cluster as is_cluster_url
 from unirank.core.redis_url import node_url
 
 
 class GuardedRedis(aioredis.Redis):
     """Every command and pipeline goes through the worker's circuit breaker; with `auto_pipeline`,
-    concurrent commands go together (`service.autopipeline`)."""
+    concurrent commands go together (`service.store.autopipeline`)."""
 
     def __init__(self, *args, breaker: CircuitBreaker | None = None, auto_pipeline: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -19,15 +19,15 @@ import time
 
 import orjson
 
-from service.errors import DeadlineExceeded, ModelFailure
-from service.fleet import Fleet
-from service.impressions import ImpressionLog
-from service.metrics import DEGRADED
-from service.models import ServedModel
-from service.ranker import Timings
-from service.routing import INTERLEAVED, assign, team_draft
-from service.schemas import RankRequest
-from service.shadow import ShadowScorer
+from service.core.errors import DeadlineExceeded, ModelFailure
+from service.core.schemas import RankRequest
+from service.ops.metrics import DEGRADED
+from service.ranking.fleet import Fleet
+from service.ranking.ranker import Timings
+from service.ranking.routing import INTERLEAVED, assign, team_draft
+from service.ranking.served_model import ServedModel
+from service.ranking.shadow import ShadowScorer
+from service.store.impressions import ImpressionLog
 
 _NO_EXPERIMENT = b',"experiment":null,"variant":null'
 

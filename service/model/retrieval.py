@@ -14,6 +14,7 @@ from collections import deque
 import numpy as np
 
 from unirank.core.tables import FeatureTables
+from unirank.core.vocab import Task
 
 
 def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
@@ -60,11 +61,11 @@ class Retriever:
         return cand[self.tables.avail[cand, country]]
 
     def candidates(self, ctx) -> np.ndarray:
-        """The candidates of a request that brings none (a `service.context.RequestContext`)."""
+        """The candidates of a request that brings none (a `service.model.context.RequestContext`)."""
         task = ctx.unified.task
-        if task == "search":
+        if task == Task.SEARCH:
             return self.search(ctx.unified.query, ctx.country)
-        if task == "prequery":
+        if task == Task.PREQUERY:
             return self.prequery(ctx.country, ctx.cluster)
         return self.more_like_this(ctx.source, ctx.country)
 

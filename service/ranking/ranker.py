@@ -19,17 +19,18 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from service.bundle import LoadedBundle
-from service.cache import RankCache
-from service.context import PersonalizationError, RequestContext, build_request_context
-from service.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
-from service.events import recent_history
-from service.features import History, ScoringJob
-from service.metrics import CACHE, CANDIDATES, STAGE_LATENCY, buffered, buffered_counter
-from service.schemas import RankRequest
-from service.settings import Settings
+from service.core.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
+from service.core.schemas import RankRequest
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
+from service.model.context import PersonalizationError, RequestContext, build_request_context
+from service.model.features import History, ScoringJob
+from service.ops.metrics import CACHE, CANDIDATES, STAGE_LATENCY, buffered, buffered_counter
+from service.store.cache import RankCache
+from service.store.events import recent_history
 from unirank.core.context import blend_personalization
 from unirank.core.lexical import match_features_many
+from unirank.core.vocab import Level, Task
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Ranker:
             ctx = build_request_context(request, self.bundle.tables, self.bundle.level, self.bundle.impute)
         except PersonalizationError as exc:
             raise Unsupported("personalization", str(exc)) from exc
-        if request.personalization_weight is not None and ctx.level != "full":
+        if request.personalization_weight is not None and ctx.level != Level.FULL:
             raise Unsupported(
                 "personalization_weight", f"applies to personalization 'full' only (this request is '{ctx.level}')"
             )
@@ -194,16 +195,16 @@ class Ranker:
         `unknown`: the request's candidates the model does not know, when the caller found them already."""
         out = []
         u = ctx.unified
-        if u.task == "search" and not u.query:
+        if u.task == Task.SEARCH and not u.query:
             message = "no letter or digit to search by: nothing matches"
             out.append(problem(message, "query", "empty"))
         if u.source_entity_id and not ctx.source:
-            instead = "; the popular titles in the country instead" if u.task == "more_like_this" else ""
+            instead = "; the popular titles in the country instead" if u.task == Task.MORE_LIKE_THIS else ""
             out.append(problem(f"unknown entity '{u.source_entity_id}'{instead}", "source_entity_id", "unknown"))
-        if u.user_id and not ctx.user and ctx.level != "none":
+        if u.user_id and not ctx.user and ctx.level != Level.NONE:
             message = f"user '{u.user_id}' is not among the model's users: ranked as a new user"
             out.append(
-                problem(message + (" with their live history" if ctx.level == "full" else ""), "user_id", "unknown")
+                problem(message + (" with their live history" if ctx.level == Level.FULL else ""), "user_id", "unknown")
             )
         if not ctx.country:
             message = f"country '{u.country}' is not among the model's countries: ranked as an unknown country"
@@ -232,7 +233,7 @@ class Ranker:
         candidates = self.bundle.features.encoder.entity_indices(pool)
         weight = request.personalization_weight
         with self.bundle.request_scope():
-            history = await self._history(ctx, timings) if ctx.level == "full" else None
+            history = await self._history(ctx, timings) if ctx.level == Level.FULL else None
             scores = (await self._blended(ctx, candidates, history, timings, deadline, weight)).tolist()
         return sorted(zip(pool, scores, strict=True), key=lambda p: (-p[1], p[0]))
 
@@ -243,13 +244,13 @@ class Ranker:
         given candidates the model does not know."""
         if request.candidates is not None:
             ids, candidates = self._explicit_candidates(request, ctx)
-            history = await self._history(ctx, timings) if ctx.level == "full" else None
+            history = await self._history(ctx, timings) if ctx.level == Level.FULL else None
             weight = request.personalization_weight
             items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
             return items, "bypass", len(ids), [ids[i] for i in np.flatnonzero(candidates == 0).tolist()]
-        if ctx.unified.task == "search" and not ctx.unified.query:  # nothing to match titles with
+        if ctx.unified.task == Task.SEARCH and not ctx.unified.query:  # nothing to match titles with
             return b"[]", "bypass", 0, []
-        if ctx.level != "full":
+        if ctx.level != Level.FULL:
             key = ctx.cache_key(self.bundle.cache_version, request.k)
             started = time.perf_counter()
             value = await self.cache.get(key)
@@ -282,7 +283,7 @@ class Ranker:
     def _explicit_candidates(self, request: RankRequest, ctx: RequestContext) -> tuple[list[str], np.ndarray]:
         """The request's candidates once each (the source entity left out of more-like-this), and their
         entity indices."""
-        source = ctx.unified.source_entity_id if ctx.unified.task == "more_like_this" else None
+        source = ctx.unified.source_entity_id if ctx.unified.task == Task.MORE_LIKE_THIS else None
         return self.bundle.features.encoder.unique_entity_indices(request.candidates, source)
 
     def _retrieve(self, ctx: RequestContext, timings: Timings) -> np.ndarray:
@@ -400,7 +401,9 @@ class Ranker:
         if request.candidates is not None:
             ids, candidates = self._explicit_candidates(request, ctx)
         else:
-            cached = self.cache.local_get(ctx.stage_one_key(self.bundle.cache_version)) if ctx.level == "full" else None
+            cached = (
+                self.cache.local_get(ctx.stage_one_key(self.bundle.cache_version)) if ctx.level == Level.FULL else None
+            )
             candidates = (
                 np.frombuffer(cached, np.int32).astype(np.int64)
                 if cached is not None
@@ -408,7 +411,7 @@ class Ranker:
             )
             ids = [tables.entity_ids[i] for i in candidates.tolist()]
         order = self._fallback_order(
-            ctx, candidates, ids, keep_given=request.candidates is None and ctx.level == "full"
+            ctx, candidates, ids, keep_given=request.candidates is None and ctx.level == Level.FULL
         )
         chosen = order[: request.k]
         n = max(len(chosen), 1)
@@ -429,7 +432,7 @@ class Ranker:
             return list(range(len(ids)))
         tables = self.bundle.tables
         pop = tables.pop[candidates, ctx.country].tolist()
-        query = ctx.unified.query if ctx.unified.task == "search" else ""
+        query = ctx.unified.query if ctx.unified.task == Task.SEARCH else ""
         titles = tables.norm_titles
         match = match_features_many(query, [titles[c] if c > 0 else "" for c in candidates.tolist()])
         return sorted(range(len(ids)), key=lambda i: (-match[i][0], -match[i][1], -pop[i], ids[i]))

@@ -1,4 +1,4 @@
-"""The keystroke cache in Redis and single flight (the connection: `service.redis_client`).
+"""The keystroke cache in Redis and single flight (the connection: `service.store.redis_client`).
 
 The cached value is the ranked items already encoded as JSON, so a hit costs no encoding. Two layers:
 a small per-worker in-memory TTL cache in front of Redis (a hit there skips the network round trip,
@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from service.errors import store_failures_tolerated
-from service.metrics import CACHE_LAYER, CACHE_WRITES, buffered_counter
-from service.redis_client import is_cluster
+from service.core.errors import store_failures_tolerated
+from service.ops.metrics import CACHE_LAYER, CACHE_WRITES, buffered_counter
+from service.store.redis_client import is_cluster
 
 log = logging.getLogger("unirank.cache")
 

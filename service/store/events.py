@@ -20,8 +20,8 @@ import time
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from service.redis_client import is_cluster
-from service.schemas import Event
+from service.core.schemas import Event
+from service.store.redis_client import is_cluster
 from unirank.core.history import HISTORY_LENGTH, counters_key, event_kind, history_key
 from unirank.core.impression_log import ENGAGED, Feedback, request_key
 

@@ -23,11 +23,11 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from service.errors import STORE_ERRORS, count_error
-from service.metrics import RUNTIME_ENTITIES
-from service.retrieval import Retriever
-from service.schemas import NewEntity
-from service.text_encoder import TextEncoder
+from service.core.errors import STORE_ERRORS, count_error
+from service.core.schemas import NewEntity
+from service.model.retrieval import Retriever
+from service.model.text_encoder import TextEncoder
+from service.ops.metrics import RUNTIME_ENTITIES
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text_features import EMBEDDING_DIM
 

@@ -20,9 +20,9 @@ import time
 import orjson
 import redis.asyncio as aioredis
 
-from service.errors import STORE_ERRORS, count_error
-from service.metrics import EXPERIMENT_REQUESTS, IMPRESSIONS
-from service.routing import INTERLEAVED
+from service.core.errors import STORE_ERRORS, count_error
+from service.core.rollout import INTERLEAVED
+from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSIONS
 from unirank.core.impression_log import encode_impression, request_key
 
 log = logging.getLogger("unirank.impressions")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from service.metrics import BATCH_CANDIDATES, BATCH_REQUESTS, BATCH_WAIT, buffered
+from service.ops.metrics import BATCH_CANDIDATES, BATCH_REQUESTS, BATCH_WAIT, buffered
 
 _BATCH_WAIT, _BATCH_REQUESTS, _BATCH_CANDIDATES = (buffered(h) for h in (BATCH_WAIT, BATCH_REQUESTS, BATCH_CANDIDATES))
 

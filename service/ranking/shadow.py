@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import orjson
 
-from service.metrics import SHADOW, SHADOW_CORRELATION, SHADOW_LATENCY, SHADOW_OVERLAP
-from service.ranker import Ranker
-from service.schemas import RankRequest
+from service.core.schemas import RankRequest
+from service.ops.metrics import SHADOW, SHADOW_CORRELATION, SHADOW_LATENCY, SHADOW_OVERLAP
+from service.ranking.ranker import Ranker
 
 log = logging.getLogger("unirank.shadow")
 

@@ -11,7 +11,7 @@ Per-command client work, not Redis, is what a busy worker pays for its reads:
 `python -m loadtest.redis_client_cost` measures a history read at ~70 us of CPU one at a time, ~38
 eight at once, ~28 eight at once auto-pipelined, and ~15 more for a lone command that waits for its
 iteration to end. Requests whose replies come back together also reach the scorer together
-(`service.batching`). A caller that gives up (cancelled) just does not get its reply; a pipeline that
+(`service.model.batching`). A caller that gives up (cancelled) just does not get its reply; a pipeline that
 fails (Redis down, a timeout, the breaker open) fails each of its commands with that error.
 """
 
@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.metrics import REDIS_BATCH, buffered
+from service.ops.metrics import REDIS_BATCH, buffered
 
 _REDIS_BATCH = buffered(REDIS_BATCH)
 

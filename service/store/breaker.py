@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
+from service.ops.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # what says Redis is down, slow or away

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from service.schemas import RankRequest
+from service.core.schemas import RankRequest
 from unirank.core.context import UnifiedContext, build_context, personalization_rank
 from unirank.core.tables import FeatureTables
+from unirank.core.vocab import Level, Task
 
 
 class PersonalizationError(ValueError):
@@ -29,7 +30,7 @@ class RequestContext:
 
     def at_level(self, level: str) -> RequestContext:
         """The same request at a lower personalization level (without the user at 'cluster' and below)."""
-        return replace(self, level=level, user=self.user if level == "full" else 0)
+        return replace(self, level=level, user=self.user if level == Level.FULL else 0)
 
     def cache_key(self, version: str, k: int) -> str:
         """Everything a none/cluster ranking depends on; no user id, so users of a cluster share it."""
@@ -46,7 +47,7 @@ class RequestContext:
         """Whether the model lacks something the request names (a user, source or country): a warning."""
         u = self.unified
         return (
-            (u.task == "search" and not u.query)
+            (u.task == Task.SEARCH and not u.query)
             or (bool(u.source_entity_id) and not self.source)
             or (bool(u.user_id) and not self.user)
             or not self.country

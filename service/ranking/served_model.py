@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from service.bundle import LoadedBundle
-from service.bundle_store import BundleInvalid, BundleMissing, fetch_bundle
-from service.cache import RankCache
-from service.catalog import CatalogSync
-from service.errors import STORE_ERRORS, count_error
-from service.metrics import MODEL_INFO
-from service.ranker import Ranker
-from service.settings import Settings
+from service.core.errors import STORE_ERRORS, count_error
+from service.core.settings import Settings
+from service.model.bundle import LoadedBundle
+from service.model.bundle_store import BundleInvalid, BundleMissing, fetch_bundle
+from service.model.catalog import CatalogSync
+from service.ops.metrics import MODEL_INFO
+from service.ranking.ranker import Ranker
+from service.store.cache import RankCache
 
 log = logging.getLogger("unirank.models")
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.context import RequestContext
+from service.model.context import RequestContext
 from unirank.core.features import FeatureEncoder, history_inputs, history_vector
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
+from unirank.core.vocab import Level
 
 
 @dataclass(slots=True)
@@ -86,7 +87,7 @@ class ServingFeatures:
         if len(jobs) == 1:
             return self.inputs(jobs[0].ctx, jobs[0].candidates, jobs[0].history)
         level = jobs[0].ctx.level
-        full = level == "full"
+        full = level == Level.FULL
         histories = [j.history if full else None for j in jobs]
         F = self.tables.item_factors.shape[1]
         hist_vec = np.stack([np.zeros(F, np.float32) if h is None else h.vector for h in histories]) if full else None
@@ -109,7 +110,7 @@ class ServingFeatures:
 
     def _history_rows(self, history: History | None, level: str) -> tuple[np.ndarray, np.ndarray]:
         """One context's history tensors, (1, length) each (zeros without a history or below 'full')."""
-        if history is not None and level == "full":
+        if history is not None and level == Level.FULL:
             # entities added at run time are unknown to the model
             known = np.where(history.entities <= self.tables.n_model_entities, history.entities, 0)
             return history_inputs(known, history.kinds, self.history_length)

@@ -1,0 +1,3 @@
+"""Process-level plumbing: Prometheus metrics, the garbage collector's tuning, draining a worker.
+Imports nothing of the service.
+"""
