@@ -9,7 +9,7 @@ BUNDLE ?= $(or $(UNIRANK_BUNDLE),artifacts/demo)
 # bearer token of the admin endpoints for the local demo; set your own anywhere else
 ADMIN_TOKEN ?= $(or $(UNIRANK_ADMIN_TOKEN),demo-admin-token)
 
-.PHONY: venv serve test lint format bench bench-quick demo clean
+.PHONY: venv serve test lint format docs docs-serve bench bench-quick demo clean
 
 venv: $(VENV)/.installed
 
@@ -52,6 +52,13 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The documentation site (docs/, mkdocs.yml): --strict fails on a broken link or a page left out of the nav
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 bench: venv $(BUNDLE)/manifest.json
 	$(BIN)/unirank bench --bundle $(BUNDLE)
 
@@ -59,4 +66,4 @@ bench-quick: venv $(BUNDLE)/manifest.json
 	$(BIN)/unirank bench --bundle $(BUNDLE) --quick --check
 
 clean:
-	rm -rf $(VENV) artifacts results *.egg-info
+	rm -rf $(VENV) artifacts results site *.egg-info

@@ -13,7 +13,7 @@ Cases:
 5. SIGTERM under load: requests the server accepted and dropped without an answer;
 6. a worker SIGKILLed under load (two workers): failed requests, and whether a worker comes back;
 7. the bundle directory corrupted, then removed, under a running service: answers keep coming, the same.
-`--quick` shortens each case (what CI runs); the full run is what the README's table reports.
+`--quick` shortens each case (what CI runs); the full run is what docs/resilience.md's table reports.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Contract: `import_movielens(src, out, params)` writes `events.parquet`, `entitie
 own README.txt (its license: no commercial use, redistribution under the same terms, cite the paper) and
 `import.json` (parameters and counts) to `out`; the same input and seed give the same bytes.
 
-The mapping (README, "Real data: MovieLens"):
+The mapping (docs/study.md, "Real data: MovieLens"):
 - A rating is a title the user chose: `clicked`. A rating >= `play_rating` (4.0) is one they also liked:
   `played` (the stronger label, the one `rank_by=play` ranks by).
 - Each rating is one request at its time, of one task. A movie the user tagged is found by search with

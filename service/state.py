@@ -76,7 +76,7 @@ class AppState:
         self.catalog_redis = connect(url, s.catalog_block_s + 2.0, 64)  # one blocking reader per model
         self.control_redis = connect(url, 2.0, 8)
         self.cache_redis = self.redis
-        if s.cache_redis_url:  # the evictable cache in a Redis of its own (README, "Redis memory")
+        if s.cache_redis_url:  # the evictable cache in a Redis of its own (docs/resilience.md, "Redis memory")
             self.cache_breaker = CircuitBreaker(s.redis_breaker_failures, s.redis_breaker_open_s)
             self.cache_redis = connect(
                 s.cache_redis_url, s.redis_timeout_s, s.redis_max_connections, self.cache_breaker, auto_pipeline=True

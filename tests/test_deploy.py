@@ -98,7 +98,7 @@ def test_compose_file_follows_the_compose_schema(compose_schema):
             assert named or generated or (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
     assert services["ranker"]["environment"]["REDIS_URL"].startswith("redis://redis:")
     assert services["ranker"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    # the memory policy (README, "Redis memory"): accepted state never evicted, the cache evictable, apart
+    # the memory policy (docs/resilience.md, "Redis memory"): accepted state never evicted, the cache evictable, apart
     assert services["ranker"]["environment"]["UNIRANK_CACHE_REDIS_URL"].startswith("redis://redis-cache:")
     state, cache = services["redis"]["command"], services["redis-cache"]["command"]
     assert state[state.index("--maxmemory-policy") + 1] == "noeviction" and "--appendonly" in state
@@ -252,7 +252,7 @@ def test_k8s_deployment_drains_probes_and_wires_up(overlay):
     assert objs[("HorizontalPodAutoscaler", "unirank")]["spec"]["scaleTargetRef"]["name"] == "unirank"
     for url in (settings["REDIS_URL"], settings["UNIRANK_CACHE_REDIS_URL"]):
         assert ("Service", url.split("//")[1].split(":")[0]) in objs
-    # accepted state never evicted, the cache evictable (README, "Redis memory")
+    # accepted state never evicted, the cache evictable (docs/resilience.md, "Redis memory")
     state_args = objs[("StatefulSet", "unirank-redis")]["spec"]["template"]["spec"]["containers"][0]["args"]
     cache_args = objs[("Deployment", "unirank-redis-cache")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert state_args[state_args.index("--maxmemory-policy") + 1] == "noeviction"

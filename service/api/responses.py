@@ -91,7 +91,7 @@ class EntityBatch(BaseModel):
 
 
 class Open(BaseModel):
-    """A JSON object whose members are described in the README."""
+    """A JSON object whose members are described in the docs (docs/api.md)."""
 
     model_config = ConfigDict(extra="allow")
 

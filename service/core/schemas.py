@@ -1,7 +1,7 @@
 """Request bodies of the HTTP API (pydantic), with the validation rules of /rank, /events and /entities.
 
 Contract: the limits here (ids up to 128 characters, queries up to 200, 1000 candidates, events or
-entities per request, event times from 2000 to a day ahead) are the API's; the README lists them.
+entities per request, event times from 2000 to a day ahead) are the API's; docs/api.md lists them.
 Unknown fields are refused (422 naming them): a misspelt field must not silently change behaviour.
 """
 

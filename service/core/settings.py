@@ -1,6 +1,6 @@
 """Service settings from environment variables (prefix UNIRANK_, plus the conventional REDIS_URL).
 
-Contract: every field is a documented environment variable (README, "Settings").
+Contract: every field is a documented environment variable (docs/settings.md).
 """
 
 from __future__ import annotations

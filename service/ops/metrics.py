@@ -1,6 +1,6 @@
 """Prometheus metrics; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (`unirank serve --workers N`).
 
-Contract: every metric of the service is defined here (the README lists them). The request path's
+Contract: every metric of the service is defined here (docs/settings.md lists them). The request path's
 histograms are observed through `buffered(child)`: an observation is a list append, and `flush()` adds
 the buffered ones to the histogram in bulk (bucket counts by numpy, one increment per bucket); `render()`
 flushes first, so a scrape of this worker never misses one, and the worker flushes every second

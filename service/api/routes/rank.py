@@ -51,7 +51,7 @@ def request_budget_s(request: Request, budget_ms: float) -> float:
 
 @router.post("/rank", openapi_extra=json_body(RankRequest), responses=ok(RankResponse) | errors(413, 422, 503))
 async def rank(request: Request) -> Response:
-    """Rank candidates (given, or retrieved) for the unified context; see the README for the fields."""
+    """Rank candidates (given, or retrieved) for the unified context; the fields: docs/api.md."""
     timings = Timings()
     body = parse(await request.body(), RankRequest)
     if problems := body.task_input_problems():
