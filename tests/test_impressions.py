@@ -13,7 +13,7 @@ import orjson
 
 from service.store.impressions import ImpressionLog
 from service.store.redis_client import connect
-from unirank.core.impression_log import decode_batch
+from unirank.core.impression_log import ServedImpression, decode_batch
 
 
 def _run(coro):
@@ -34,7 +34,23 @@ def test_records_go_in_periods_of_flush_s_each_once_and_in_order(redis_url):
         log.start()
         n, until = 0, time.perf_counter() + 0.6
         while time.perf_counter() < until:  # a busy worker: records arrive all the time, also during each flush
-            log.record(f"r{n}", "default", "v1", None, None, "search", "US", None, "q", None, "cluster", items)
+            log.record(
+                ServedImpression(
+                    rid=f"r{n}",
+                    ts=int(time.time() * 1000),
+                    model="default",
+                    version="v1",
+                    experiment=None,
+                    variant=None,
+                    task="search",
+                    country="US",
+                    user=None,
+                    query="q",
+                    source=None,
+                    level="cluster",
+                    items=items,
+                )
+            )
             n += 1
             await asyncio.sleep(0)
         await log.stop()

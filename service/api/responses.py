@@ -1,9 +1,10 @@
 """The response bodies of the HTTP API, for the OpenAPI document (client generators, /docs, schemathesis).
 
-Contract: the routes encode their bodies themselves (orjson; the keystroke path never builds these
-objects), so these models only document them; `tests/test_openapi.py` holds the service to them by
-running schemathesis against a live server. `errors(...)` documents the one error body every error has
-(`service.core.errors`), per status code.
+Contract: the routes encode their bodies themselves (orjson; a ranking is `service.core.answer.RankAnswer`
+encoded), so these models only document them; `tests/test_api_contract.py` holds the service to them by
+running schemathesis against a live server, and `tests/test_rank_answer.py` validates served rankings of
+every kind (task, level, cache hit and miss, degraded, A/B, interleaved) against `RankResponse`.
+`errors(...)` documents the one error body every error has (`service.api.errors`), per status code.
 """
 
 from __future__ import annotations
@@ -34,30 +35,34 @@ class Warning_(Problem):
 
 
 class RankItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     entity_id: str
     score: float = Field(description="P(engagement) (the fallback order's 1 down to 1/n when degraded)")
     variant: str | None = Field(None, description="Interleaving: the model whose team contributed the item")
     title: str | None = Field(None, description="With display: true")
     kind: str | None = Field(None, description="With display: true")
     genres: list[str] | None = Field(None, description="With display: true")
-    year: int | None = Field(None, description="With display: true")
+    release_year: int | None = Field(None, description="With display: true (GET /entities uses the same name)")
+    year: int | None = Field(None, description="Deprecated (removed in 0.3): release_year", deprecated=True)
 
 
 class RankResponse(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Every ranking answer (`POST /rank`, the keystroke GETs): `service.core.answer.RankAnswer` encoded."""
+
+    model_config = ConfigDict(extra="forbid")
     items: list[RankItem] = Field(description="Best first, at most k")
     model: str | None = Field(description="The model that answered (null: interleaved)")
     model_version: str
     task: TaskName
     cache: Literal["hit", "miss", "bypass"]
-    returned: int | None = Field(None, description="How many items (fewer than k when fewer candidates exist)")
-    available: int | None = Field(None, description="How many candidates the items were chosen from")
+    returned: int | None = Field(description="How many items (fewer than k when fewer candidates exist)")
+    available: int | None = Field(description="How many candidates the items were chosen from")
     warnings: list[Warning_] = Field(description="What the model did not know (an unknown user, source, country)")
+    degraded: bool = Field(description="true: answered without the model (deadline or model error)")
+    degraded_reason: Literal["deadline", "model_error"] | None = Field(description="Why, when degraded")
     request_id: str
     experiment: str | None
     variant: str | None
-    degraded: bool | None = Field(None, description="true: answered without the model (deadline or model error)")
-    degraded_reason: str | None = None
     context: dict | None = Field(None, description="With explain: true, the unified context as built")
 
 

@@ -76,7 +76,7 @@ class RankRequest(BaseModel):
         "personalized; between, the scores are blended (how much the user's own history may move a search)",
     )
     explain: bool = False
-    display: bool = Field(False, description="Add each item's title, kind, genres and year (for rendering)")
+    display: bool = Field(False, description="Add each item's title, kind, genres and release_year (for rendering)")
     request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")] | None = Field(
         None, description="Yours (printable ASCII, no spaces), echoed in the response and the logs; else generated"
     )

@@ -1,5 +1,6 @@
 """What a frontend shows for an entity: its catalog record (GET /entities) and the display fields that
-/rank adds to each item with `"display": true` (title, kind, genres, year).
+/rank adds to each item with `"display": true` (title, kind, genres, release_year: the names GET /entities
+uses; `year`, the same value, is kept for one release for frontends written against 0.1 and then removed).
 
 Contract: `Entities(tables, catalog).record(entity_id)` is the entity's catalog record with
 `added_at_run_time`, or None when unknown (trained entities first; an id the model was trained with
@@ -15,7 +16,7 @@ import orjson
 from service.model.catalog import RuntimeCatalog
 from unirank.core.tables import FeatureTables
 
-DISPLAY_FIELDS = ("title", "kind", "genres", "year")
+DISPLAY_FIELDS = ("title", "kind", "genres", "release_year", "year")
 
 
 def display_fields(record: dict) -> dict:
@@ -23,7 +24,8 @@ def display_fields(record: dict) -> dict:
         "title": record["title"],
         "kind": record["kind"],
         "genres": list(record.get("genres") or []),
-        "year": record.get("release_year"),
+        "release_year": record.get("release_year"),
+        "year": record.get("release_year"),  # deprecated: release_year
     }
 
 
@@ -48,7 +50,7 @@ class Entities:
         return self._trained_records()[entity_id] | {"added_at_run_time": False}
 
     def decorate_items(self, items: list[dict]) -> list[dict]:
-        """The items, each with title, kind, genres and year added in place (an unknown id gets none)."""
+        """The items, each with the display fields added in place (an unknown id gets none)."""
         for item in items:
             record = self.record(item["entity_id"])
             if record is not None:

@@ -1,7 +1,7 @@
 """The /rank flow: context -> (cache | retrieval) -> features -> one onnxruntime call -> top k.
 
-Contract: `Ranker.rank(request)` answers one parsed `RankRequest` with the JSON body bytes and the
-stage timings, or raises `Unsupported` (personalization above the bundle's). Per personalization:
+Contract: `Ranker.rank(request)` answers one parsed `RankRequest` with a `RankAnswer` (the caller's
+`Timings` hold the stages), or raises `Unsupported` (personalization above the bundle's). Per personalization:
 - explicit candidates: scored as given (cache "bypass");
 - none/cluster: the ranked list depends only on (model version, runtime catalog generation, task,
   country, cluster, normalised query or source, k), so it is cached in Redis with a TTL (single flight);
@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from service.core.answer import RankAnswer
 from service.core.errors import DeadlineExceeded, ModelFailure, Unsupported, problem, store_failures_tolerated
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
@@ -75,15 +76,6 @@ def _candidates_histogram(task: str):
     return buffered(CANDIDATES.labels(task=task))
 
 
-@dataclass
-class RankResult:
-    body: bytes
-    cache: str
-    timings: Timings
-    items: bytes = b"[]"  # the items as encoded in the body
-    level: str = ""  # the personalization applied
-
-
 def with_available(items: bytes, available: int) -> bytes:
     """A cached ranking: the encoded items, then how many candidates they were chosen from."""
     return items + b"|" + str(available).encode()
@@ -125,9 +117,6 @@ class Ranker:
         self.settings = settings
         self.name = name
         self.observe = observe
-        self._head = (
-            b',"model":' + orjson.dumps(name) + b',"model_version":' + orjson.dumps(bundle.version) + b',"task":"'
-        )
         results = ("hit", "miss", "bypass")
         self._cache_results = {r: buffered_counter(CACHE.labels(result=r, model=name)) for r in results}
 
@@ -146,13 +135,11 @@ class Ranker:
         self,
         request: RankRequest,
         timings: Timings | None = None,
-        tail: bytes = b"",
         deadline: float = float("inf"),
-    ) -> RankResult:
-        """`timings`: the request's, from when it arrived (the caller may have recorded its parsing);
-        `tail`: more members for the response object (`,"key":value...`). Raises DeadlineExceeded when
-        `deadline` (a perf_counter time) passes before the scoring starts, ModelFailure when the model
-        call fails; a cached answer is served whatever the deadline."""
+    ) -> RankAnswer:
+        """`timings`: the request's, from when it arrived (the caller may have recorded its parsing).
+        Raises DeadlineExceeded when `deadline` (a perf_counter time) passes before the scoring starts,
+        ModelFailure when the model call fails; a cached answer is served whatever the deadline."""
         timings = timings or Timings()
         at = time.perf_counter()
         ctx = self.context(request)
@@ -162,33 +149,35 @@ class Ranker:
         at = time.perf_counter()
         if self.observe:
             self._cache_results[status].inc()
-        shown = self.bundle.entities.decorate(items) if request.display else items
-        body = b"".join(
-            (
-                b'{"items":',
-                shown,
-                self._head,
-                ctx.unified.task.encode(),
-                b'","cache":"',
-                status.encode(),
-                b'"',
-                self._counts(request.k, available),
-                b',"warnings":',
-                orjson.dumps(self.warnings(request, ctx, unknown)) if ctx.unknown or unknown else b"[]",
-            )
-        )
-        if request.explain:
-            body += b',"context":' + orjson.dumps(ctx.explain())
+        answer = self._answer(request, ctx, items, status, available, unknown)
         timings.add("encode", at)
         timings.finish(self.observe)
-        return RankResult(body + tail + b"}", status, timings, items, ctx.level)
+        return answer
 
-    @staticmethod
-    def _counts(k: int, available: int | None) -> bytes:
-        """`returned` (at most k) and `available`: how many candidates the items were chosen from."""
-        if available is None:
-            return b""
-        return b',"returned":' + str(min(k, available)).encode() + b',"available":' + str(available).encode()
+    def _answer(
+        self,
+        request: RankRequest,
+        ctx: RequestContext,
+        items: bytes,
+        cache: str,
+        available: int | None,
+        unknown: list[str] | None = None,
+        degraded_reason: str | None = None,
+    ) -> RankAnswer:
+        return RankAnswer(
+            items=items,
+            task=ctx.unified.task,
+            cache=cache,
+            model=self.name,
+            model_version=self.bundle.version,
+            level=ctx.level,
+            shown=self.bundle.entities.decorate(items) if request.display else None,
+            returned=None if available is None else min(request.k, available),
+            available=available,
+            warnings=self.warnings(request, ctx, unknown) if ctx.unknown or unknown or degraded_reason else [],
+            context=ctx.explain() if request.explain else None,
+            degraded_reason=degraded_reason,
+        )
 
     def warnings(self, request: RankRequest, ctx: RequestContext, unknown: list[str] | None = None) -> list[dict]:
         """What the model did not know about the request (it answered anyway), each naming its field;
@@ -389,9 +378,7 @@ class Ranker:
         scores = await self._score_array(ctx.at_level("cluster"), candidates, None, timings, deadline)
         return candidates[np.argsort(-scores, kind="stable")[: self.settings.stage_one_size]]
 
-    def fallback(
-        self, request: RankRequest, reason: str, timings: Timings | None = None, tail: bytes = b""
-    ) -> RankResult:
+    def fallback(self, request: RankRequest, reason: str, timings: Timings | None = None) -> RankAnswer:
         """The answer without the model (its deadline passed, or it failed): the cluster-level list this
         worker has in memory for a `full` request, else the candidates by query match (search) and
         popularity in the country. Scores are the fallback order's (1 down to 1/n), not probabilities."""
@@ -416,14 +403,9 @@ class Ranker:
         chosen = order[: request.k]
         n = max(len(chosen), 1)
         items = orjson.dumps([{"entity_id": ids[i], "score": (n - r) / n} for r, i in enumerate(chosen)])
-        shown = self.bundle.entities.decorate(items) if request.display else items
-        body = b'{"items":' + shown + self._head + ctx.unified.task.encode() + b'","cache":"bypass"'
-        body += self._counts(request.k, len(ids)) + b',"warnings":' + orjson.dumps(self.warnings(request, ctx))
-        body += b',"degraded":true,"degraded_reason":' + orjson.dumps(reason)
-        if request.explain:
-            body += b',"context":' + orjson.dumps(ctx.explain())
+        answer = self._answer(request, ctx, items, "bypass", len(ids), degraded_reason=reason)
         timings.finish(self.observe)
-        return RankResult(body + tail + b"}", "bypass", timings, items, ctx.level)
+        return answer
 
     def _fallback_order(
         self, ctx: RequestContext, candidates: np.ndarray, ids: list[str], keep_given: bool

@@ -56,29 +56,30 @@ class ShadowScorer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def offer(self, model: str, request: RankRequest, served_body: bytes) -> None:
+    def offer(self, model: str, request: RankRequest, served_items: bytes) -> None:
+        """served_items: the served answer's items (a JSON array)."""
         try:
-            self.queue.put_nowait((model, request, served_body))
+            self.queue.put_nowait((model, request, served_items))
         except asyncio.QueueFull:
             self._dropped.inc()
 
     async def _run(self) -> None:
         while True:
-            model, request, served_body = await self.queue.get()
+            model, request, served_items = await self.queue.get()
             ranker = self.ranker_of(model)
             if ranker is None:
                 SHADOW.labels(result="unloaded").inc()
                 continue
             started = time.perf_counter()
             try:
-                shadow_body = (await ranker.rank(request)).body
+                shadow_items = (await ranker.rank(request)).items
             except Exception:
                 SHADOW.labels(result="failed").inc()
                 log.warning("shadow scoring with %s failed", model, exc_info=True)
                 continue
             SHADOW_LATENCY.observe(time.perf_counter() - started)
-            served = [i["entity_id"] for i in orjson.loads(served_body)["items"]]
-            shadow = [i["entity_id"] for i in orjson.loads(shadow_body)["items"]]
+            served = [i["entity_id"] for i in orjson.loads(served_items)]
+            shadow = [i["entity_id"] for i in orjson.loads(shadow_items)]
             if (overlap := overlap_at(served, shadow)) is not None:
                 SHADOW_OVERLAP.observe(overlap)
             if (tau := kendall_tau(served[:50], shadow[:50])) is not None:

@@ -1,6 +1,6 @@
 """The served-impression log: every /rank answer, recorded off the response path.
 
-Contract: `record()` costs a tuple append: it never waits and never fails a request; when the buffer
+Contract: `record(ServedImpression)` costs a list append: it never waits and never fails a request; when the buffer
 holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
 (`unirank_impressions_total{result="dropped"}`). A background task encodes and appends the buffer to the
 impressions stream every `UNIRANK_IMPRESSION_FLUSH_MS`: what it holds then, in batches (one entry per
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import orjson
 import redis.asyncio as aioredis
@@ -23,7 +22,7 @@ import redis.asyncio as aioredis
 from service.core.errors import STORE_ERRORS, count_error
 from service.core.rollout import INTERLEAVED
 from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSIONS
-from unirank.core.impression_log import encode_impression, request_key
+from unirank.core.impression_log import ServedImpression, request_key
 
 log = logging.getLogger("unirank.impressions")
 
@@ -46,7 +45,7 @@ class ImpressionLog:
         self.flush_s = flush_s
         self.request_ttl_s = request_ttl_s
         self.batch = batch
-        self._buffer: list[tuple] = []
+        self._buffer: list[ServedImpression] = []
         self._dropped = IMPRESSIONS.labels(result="dropped")
         self._written = IMPRESSIONS.labels(result="written")
         self._task: asyncio.Task | None = None
@@ -59,14 +58,13 @@ class ImpressionLog:
             self._experiment_counters[key] = EXPERIMENT_REQUESTS.labels(experiment=experiment, variant=variant)
         return self._experiment_counters[key]
 
-    def record(self, *fields) -> None:
-        """(rid, model, version, experiment, variant, task, country, user, query, source, level, items_json)"""
+    def record(self, impression: ServedImpression) -> None:
         if len(self._buffer) >= self.capacity:
             self._dropped.inc()
             return
-        self._buffer.append((fields[0], int(time.time() * 1000), *fields[1:]))
-        if fields[3] is not None:  # in an experiment
-            self._experiment_counter(fields[3], fields[4]).inc()
+        self._buffer.append(impression)
+        if impression.experiment is not None:
+            self._experiment_counter(impression.experiment, impression.variant).inc()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -107,13 +105,13 @@ class ImpressionLog:
         is what a record per entry would cost the worker."""
         batch = self._buffer[: self.batch]
         pipe = self.client.pipeline(transaction=False)
-        records = [encode_impression(*record) for record in batch]
+        records = [impression.encode() for impression in batch]
         pipe.xadd(self.stream, {"b": b"[" + b",".join(records) + b"]"}, maxlen=self.max_entries, approximate=True)
-        for rid, _, _, _, experiment, variant, *_, items in batch:
-            if experiment is not None:
-                key = request_key(rid)
-                teams = teams_of(items) if variant == INTERLEAVED else {}
-                pipe.hset(key, mapping={"_x": experiment, "_v": variant, **teams})
+        for impression in batch:
+            if impression.experiment is not None:
+                key = request_key(impression.rid)
+                teams = teams_of(impression.items) if impression.variant == INTERLEAVED else {}
+                pipe.hset(key, mapping={"_x": impression.experiment, "_v": impression.variant, **teams})
                 pipe.expire(key, self.request_ttl_s)
         await pipe.execute()
         del self._buffer[: len(batch)]
@@ -122,5 +120,5 @@ class ImpressionLog:
 
 
 def teams_of(items_json: bytes) -> dict[str, str]:
-    """entity -> variant of an interleaved answer's items."""
-    return {i["entity_id"]: i["variant"] for i in orjson.loads(items_json)}
+    """entity -> variant of an interleaved answer's items (a degraded answer's items carry none)."""
+    return {i["entity_id"]: i["variant"] for i in orjson.loads(items_json) if "variant" in i}

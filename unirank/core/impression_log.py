@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -95,35 +96,24 @@ def decode_batch(raw: bytes) -> list[Impression]:
     return [Impression.from_dict(d) for d in orjson.loads(raw)]
 
 
-def encode_impression(
-    rid: str,
-    ts_ms: int,
-    model: str | None,
-    version: str,
-    experiment: str | None,
-    variant: str | None,
-    task: str,
-    country: str,
-    user: str | None,
-    query: str | None,
-    source: str | None,
-    level: str,
-    items_json: bytes,
-) -> bytes:
-    """The record, with the items as the service already encoded them (no re-encoding)."""
-    head = {
-        "rid": rid,
-        "ts": ts_ms,
-        "model": model,
-        "version": version,
-        "experiment": experiment,
-        "variant": variant,
-        "task": task,
-        "country": country,
-        "user": user,
-        "query": query,
-        "source": source,
-        "level": level,
-        "items": orjson.Fragment(items_json),
-    }
-    return orjson.dumps(head)
+class ServedImpression(NamedTuple):
+    """One answer as the service records it: the items as the service already encoded them (a JSON array),
+    so that recording costs no encoding on the request's path."""
+
+    rid: str
+    ts: int  # ms
+    model: str | None
+    version: str
+    experiment: str | None
+    variant: str | None
+    task: str
+    country: str
+    user: str | None
+    query: str | None
+    source: str | None
+    level: str
+    items: bytes
+
+    def encode(self) -> bytes:
+        """The record of the impressions stream (the items embedded as they are, not re-encoded)."""
+        return orjson.dumps(self._asdict() | {"items": orjson.Fragment(self.items)})

@@ -24,6 +24,7 @@ from service.api.payloads import JSON
 from service.api.responses import RankResponse, errors, ok
 from service.api.routes.rank import request_budget_s
 from service.core.errors import InvalidInput, problem, pydantic_problems
+from service.core.rollout import INTERLEAVED
 from service.core.schemas import RankRequest
 from service.ops.metrics import REQUEST_LATENCY, buffered
 from service.ranking.ranker import Timings
@@ -47,7 +48,7 @@ COMMON = [
     _param("country", {"type": "string", "pattern": "^[A-Za-z]{2}$"}, "ISO 3166 alpha-2", required=True),
     _param("k", {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}, "Items wanted"),
     _param("user_id", ID, "Ranks for the user's cluster (the answer is shared by the cluster: cacheable)"),
-    _param("display", {"type": "boolean", "default": False}, "Add each item's title, kind, genres and year"),
+    _param("display", {"type": "boolean", "default": False}, "Add each item's title, kind, genres and release_year"),
 ]
 PARAMETERS = {
     "search": [
@@ -129,16 +130,14 @@ async def _answer(request: Request, task: str) -> Response:
     if etag and _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
-    _latency(f"/{task}", body.task, model).observe(time.perf_counter() - timings.started)
-    # the ranker writes this member exactly so; inside an encoded id the quotes would be escaped
-    degraded = b',"degraded":true' in payload
+    answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
+    _latency(f"/{task}", body.task, answer.model or INTERLEAVED).observe(time.perf_counter() - timings.started)
     headers = {"Server-Timing": timings.header()}
-    if etag and not degraded:
+    if etag and not answer.degraded:
         headers |= {"ETag": etag, "Cache-Control": cache_control}
     else:
         headers["Cache-Control"] = "no-store"
-    return Response(payload, media_type=JSON, headers=headers)
+    return Response(answer.encode(), media_type=JSON, headers=headers)
 
 
 def _route(task: str, summary: str):

@@ -13,6 +13,7 @@ from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON, json_body, parse
 from service.api.responses import RankResponse, errors, ok
 from service.core.errors import InvalidInput, problem
+from service.core.rollout import INTERLEAVED
 from service.core.schemas import RankRequest
 from service.ops.metrics import REQUEST_LATENCY, buffered
 from service.ranking.ranker import Timings
@@ -59,6 +60,6 @@ async def rank(request: Request) -> Response:
     timings.add("parse", timings.started)
     state = ready_state(request)
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    payload, model, timings = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
-    _latency(body.task, model).observe(time.perf_counter() - timings.started)
-    return Response(payload, media_type=JSON, headers={"Server-Timing": timings.header()})
+    answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
+    _latency(body.task, answer.model or INTERLEAVED).observe(time.perf_counter() - timings.started)
+    return Response(answer.encode(), media_type=JSON, headers={"Server-Timing": timings.header()})
