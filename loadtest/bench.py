@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 
 from loadtest.processes import ROOT, AppServer, RedisServer
+from loadtest.report import figure, markdown_table, save_results
 from loadtest.scenarios import Scenarios
 from loadtest.typing import browser_cache_share, search_url, visits
 from unirank.core.spec import ModelSpec
@@ -286,145 +287,160 @@ def run_bench(
     manifest = json.loads((bundle / "manifest.json").read_text())
     sc = Scenarios(bundle)
     work = Path(tempfile.mkdtemp(prefix="unirank-bench-"))
-    files = {
-        "hit": _write(work / "hit.jsonl", [sc.keystroke_hit() for _ in range(200)]),
-        "get": _write(work / "get.txt", [sc.keystroke_get() for _ in range(200)]),
-        "miss": _write(work / "miss.jsonl", [sc.keystroke_miss(i) for i in range(60_000 if quick else 150_000)]),
-        "rank_200": _write(work / "rank200.jsonl", [sc.rank_200() for _ in range(500)]),
-        "events": _write(work / "events.jsonl", [sc.events_100() for _ in range(200)]),
-    }
+    files = _request_files(sc, work, quick)
     second = rollout_bundle or rollout_copy(bundle, work)
-    token = secrets.token_hex(16)
-    redis = RedisServer(cpus=load_cpus)  # Redis stands for another machine: not on the server's core
-    env = {
-        "UNIRANK_BUNDLE": str(bundle),
-        "REDIS_URL": redis.url,
-        "UNIRANK_BENCH_ENDPOINTS": "1",
-        "UNIRANK_ADMIN_TOKEN": token,
-    }
-    service = AppServer("service.api:create_app", env, server_cpus)
-    # the same service without the impression log (its own Redis keys for the model list)
-    unlogged = AppServer(
-        "service.api:create_app",
-        env | {"UNIRANK_IMPRESSION_LOG": "false", "UNIRANK_CONTROL_KEY": "ur:control:unlogged"},
-        server_cpus,
-    )
-    naive = AppServer("loadtest.naive_server:create_app", {"UNIRANK_BUNDLE": str(bundle)}, server_cpus)
-    scenarios: dict[str, dict] = {}
     sweep: list[dict] = []
-    try:
-        service.wait_ready()
-        unlogged.wait_ready()
-        naive.wait_ready()
-        plan = [
-            ("ceiling", service.url, "/bench/noop", files["hit"]),
-            ("keystroke_hit", service.url, "/rank", files["hit"]),
-            ("keystroke_get", service.url, "GET", files["get"]),
-            ("keystroke_miss", service.url, "/rank", files["miss"]),
-            ("rank_200", service.url, "/rank", files["rank_200"]),
-            ("naive_200", naive.url, "/rank", files["rank_200"]),
-            ("events", service.url, "/events", files["events"]),
-        ]
-        for name, url, path, bodies in plan:
-            print(f"bench: {name} (concurrency 8, {duration:.0f}s)", flush=True)
-            before = _candidates_scored(service.url, "search") if name == "keystroke_miss" else None
-            scenarios[name] = _drive(url, path, bodies, 8, duration, warmup, load_cpus)
-            if before is not None:
-                total, count = _candidates_scored(service.url, "search")
-                scenarios[name]["candidates_per_request"] = (total - before[0]) / max(count - before[1], 1.0)
+    with _Servers(bundle, server_cpus, load_cpus) as servers:
+        scenarios = _drive_scenarios(servers, files, duration, warmup, load_cpus)
         scenarios["keystroke_get"]["browser_cache"] = browser_cache_share(
-            visits(sc.tables, 2000, seed=0), _max_age(service.url)
+            visits(sc.tables, 2000, seed=0), _max_age(servers.service.url)
         )
         print("bench: rank_200 stage profile (sequential, from Server-Timing)", flush=True)
-        stages = stage_profile(service.url, files["rank_200"])
+        stages = stage_profile(servers.service.url, files["rank_200"])
         scenarios["events"]["events_per_s"] = scenarios["events"]["rps"] * 100
         rollout_s = max(duration, 5 * ROLLOUT_EVERY_S)  # a few switches even in a quick run
-        print(
-            f"bench: rollout (rank_200, the default model switched every {ROLLOUT_EVERY_S:.0f}s, {rollout_s:.0f}s)",
-            flush=True,
-        )
+        every = f"the default model switched every {ROLLOUT_EVERY_S:.0f}s"
+        print(f"bench: rollout (rank_200, {every}, {rollout_s:.0f}s)", flush=True)
         scenarios["rollout"] = _rollout(
-            service, token, second, files["rank_200"], rollout_s, warmup, load_cpus, ROLLOUT_EVERY_S
+            servers.service, servers.token, second, files["rank_200"], rollout_s, warmup, load_cpus, ROLLOUT_EVERY_S
         )
-        logging = _logging_on_off(service, unlogged, files, duration, warmup, load_cpus)
+        logging = _logging_on_off(servers.service, servers.unlogged, files, duration, warmup, load_cpus)
         if not quick:
             for c in (1, 2, 4, 8, 16, 32):
                 print(f"bench: rank_200 at concurrency {c}", flush=True)
-                sweep.append(_drive(service.url, "/rank", files["rank_200"], c, duration / 2, 1.0, load_cpus))
-    finally:
-        service.stop()
-        unlogged.stop()
-        naive.stop()
-        redis.stop()
+                sweep.append(_drive(servers.service.url, "/rank", files["rank_200"], c, duration / 2, 1.0, load_cpus))
     spec = ModelSpec.from_dict(manifest["model"])
-    flops = spec.flops_per_candidate()
-    achieved = scenarios["rank_200"]["rps"] * 200 * flops
-    probe = matmul_probe(spec.width, server_cpus)
-    numpy_flops = probe["flops"]
-    # what one core could answer if the request cost only the HTTP stack (the ceiling) and the model's
-    # FLOPs at the matmul rate: the limit the ratios below compare against
-    ceiling_s = 1.0 / scenarios["ceiling"]["rps"]
-    miss_candidates = scenarios["keystroke_miss"].get("candidates_per_request", 0.0)
-    limits = {
-        "rank_200_rps": 1.0 / (ceiling_s + 200 * flops / numpy_flops),
-        "keystroke_miss_rps": 1.0 / (ceiling_s + miss_candidates * flops / numpy_flops),
-    }
-    # The same with the model at onnxruntime's measured speed instead of the matmul rate: what a service
-    # whose own work cost nothing would answer. It splits the gap to the limit into the runtime's share
-    # (its graph against the matmul rate) and the service's own (everything else a request does).
-    rank_200_split = split_rank_200(
-        scenarios["rank_200"]["rps"], ceiling_s, 200 * flops / numpy_flops, onnxruntime_probe(bundle, server_cpus)
-    )
-    limits["rank_200_onnxruntime_rps"] = 1e6 / (rank_200_split["ceiling_us"] + rank_200_split["onnxruntime_us"])
+    model = _model_limits(bundle, spec, scenarios, server_cpus)
     result = {
         "machine": machine() | {"server_cpus": sorted(server_cpus or []), "loadgen_cpus": sorted(load_cpus or [])},
         "bundle": {"version": manifest["version"], "personalization": manifest["personalization"]},
         "mode": "quick" if quick else "full",
         "scenarios": scenarios,
-        "ratios": {
-            "keystroke_hit_vs_ceiling": scenarios["keystroke_hit"]["rps"] / scenarios["ceiling"]["rps"],
-            "keystroke_get_vs_keystroke_hit": scenarios["keystroke_get"]["rps"] / scenarios["keystroke_hit"]["rps"],
-            "rank_200_vs_naive_200": scenarios["rank_200"]["rps"] / max(scenarios["naive_200"]["rps"], 1e-9),
-            "rollout_p99_vs_rank_200_p99": scenarios["rollout"]["p99_ms"] / max(scenarios["rank_200"]["p99_ms"], 1e-9),
-        }
-        | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED}
-        | {
-            "rank_200_vs_limit": scenarios["rank_200"]["rps"] / limits["rank_200_rps"],
-            "keystroke_miss_vs_limit": scenarios["keystroke_miss"]["rps"] / limits["keystroke_miss_rps"],
-            "rank_200_vs_onnxruntime_limit": scenarios["rank_200"]["rps"] / limits["rank_200_onnxruntime_rps"],
-        },
-        "limits": limits,
-        "rank_200_split": rank_200_split,
+        "ratios": _ratios(scenarios, model["limits"], logging),
+        "limits": model["limits"],
+        "rank_200_split": model["rank_200_split"],
         "rank_200_stages": stages,
         "impression_log": logging,
-        "scoring_efficiency": achieved / numpy_flops,
-        "scoring": {
-            "flops_per_candidate": spec.flops_per_candidate(),
-            "achieved_flops": achieved,
-            "numpy_matmul_flops": numpy_flops,
-            "blas": probe["blas"],
-            "blas_env_unset_for_the_probe": probe["unset"],
-        },
+        "scoring_efficiency": model["scoring"]["achieved_flops"] / model["scoring"]["numpy_matmul_flops"],
+        "scoring": model["scoring"],
         "rank_200_vs_concurrency": sweep,
     }
     result["targets"] = check_targets(result)
     return save_results(result, out_dir, "bench", format_table(result), plot)
 
 
-def save_results(result: dict, out_dir: Path, name: str, table: str, plot_to) -> dict:
-    """<name>-<timestamp>.json, .md (the table) and .png (plot_to(result, path)); their paths go in result["files"]."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "json": out_dir / f"{name}-{stamp}.json",
-        "markdown": out_dir / f"{name}-{stamp}.md",
-        "plot": out_dir / f"{name}-{stamp}.png",
+def _request_files(sc: Scenarios, work: Path, quick: bool) -> dict[str, Path]:
+    """Each scenario's request bodies, one a line, for the load generator."""
+    return {
+        "hit": _write(work / "hit.jsonl", [sc.keystroke_hit() for _ in range(200)]),
+        "get": _write(work / "get.txt", [sc.keystroke_get() for _ in range(200)]),
+        "miss": _write(work / "miss.jsonl", [sc.keystroke_miss(i) for i in range(60_000 if quick else 150_000)]),
+        "rank_200": _write(work / "rank200.jsonl", [sc.rank_200() for _ in range(500)]),
+        "events": _write(work / "events.jsonl", [sc.events_100() for _ in range(200)]),
     }
-    files["json"].write_text(json.dumps(result, indent=2))
-    files["markdown"].write_text(table)
-    plot_to(result, files["plot"])
-    result["files"] = {k: str(v) for k, v in files.items()}
-    return result
+
+
+class _Servers:
+    """What the bench drives: a real Redis (on the load generator's core: it stands for another machine),
+    the service, the same service without the impression log (its own Redis keys for the model list) and
+    the naive reference, each server on the server's core; all stopped on the way out."""
+
+    def __init__(self, bundle: Path, server_cpus, load_cpus):
+        self.token = secrets.token_hex(16)
+        self.redis = RedisServer(cpus=load_cpus)
+        env = {
+            "UNIRANK_BUNDLE": str(bundle),
+            "REDIS_URL": self.redis.url,
+            "UNIRANK_BENCH_ENDPOINTS": "1",
+            "UNIRANK_ADMIN_TOKEN": self.token,
+        }
+        self.service = AppServer("service.api:create_app", env, server_cpus)
+        unlogged = {"UNIRANK_IMPRESSION_LOG": "false", "UNIRANK_CONTROL_KEY": "ur:control:unlogged"}
+        self.unlogged = AppServer("service.api:create_app", env | unlogged, server_cpus)
+        self.naive = AppServer("loadtest.naive_server:create_app", {"UNIRANK_BUNDLE": str(bundle)}, server_cpus)
+
+    def __enter__(self) -> _Servers:
+        try:
+            for server in (self.service, self.unlogged, self.naive):
+                server.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for server in (self.service, self.unlogged, self.naive, self.redis):
+            server.stop()
+
+
+def _drive_scenarios(servers: _Servers, files: dict, duration: float, warmup: float, load_cpus) -> dict[str, dict]:
+    """Each scenario at concurrency 8 (keystroke_miss also counts the candidates a request scored)."""
+    service = servers.service.url
+    plan = [
+        ("ceiling", service, "/bench/noop", files["hit"]),
+        ("keystroke_hit", service, "/rank", files["hit"]),
+        ("keystroke_get", service, "GET", files["get"]),
+        ("keystroke_miss", service, "/rank", files["miss"]),
+        ("rank_200", service, "/rank", files["rank_200"]),
+        ("naive_200", servers.naive.url, "/rank", files["rank_200"]),
+        ("events", service, "/events", files["events"]),
+    ]
+    scenarios: dict[str, dict] = {}
+    for name, url, path, bodies in plan:
+        print(f"bench: {name} (concurrency 8, {duration:.0f}s)", flush=True)
+        before = _candidates_scored(service, "search") if name == "keystroke_miss" else None
+        scenarios[name] = _drive(url, path, bodies, 8, duration, warmup, load_cpus)
+        if before is not None:
+            total, count = _candidates_scored(service, "search")
+            scenarios[name]["candidates_per_request"] = (total - before[0]) / max(count - before[1], 1.0)
+    return scenarios
+
+
+def _model_limits(bundle: Path, spec: ModelSpec, scenarios: dict, server_cpus) -> dict:
+    """What one core could answer if a request cost only the HTTP stack (the ceiling) and the model's FLOPs
+    at the matmul rate (`limits`, which the ratios compare against); the same with the model at
+    onnxruntime's measured speed, which splits the gap to the limit into the runtime's share (its graph
+    against the matmul rate) and the service's own (everything else a request does)."""
+    flops = spec.flops_per_candidate()
+    achieved = scenarios["rank_200"]["rps"] * 200 * flops
+    probe = matmul_probe(spec.width, server_cpus)
+    numpy_flops = probe["flops"]
+    ceiling_s = 1.0 / scenarios["ceiling"]["rps"]
+    miss_candidates = scenarios["keystroke_miss"].get("candidates_per_request", 0.0)
+    limits = {
+        "rank_200_rps": 1.0 / (ceiling_s + 200 * flops / numpy_flops),
+        "keystroke_miss_rps": 1.0 / (ceiling_s + miss_candidates * flops / numpy_flops),
+    }
+    rank_200_split = split_rank_200(
+        scenarios["rank_200"]["rps"], ceiling_s, 200 * flops / numpy_flops, onnxruntime_probe(bundle, server_cpus)
+    )
+    limits["rank_200_onnxruntime_rps"] = 1e6 / (rank_200_split["ceiling_us"] + rank_200_split["onnxruntime_us"])
+    scoring = {
+        "flops_per_candidate": flops,
+        "achieved_flops": achieved,
+        "numpy_matmul_flops": numpy_flops,
+        "blas": probe["blas"],
+        "blas_env_unset_for_the_probe": probe["unset"],
+    }
+    return {"limits": limits, "rank_200_split": rank_200_split, "scoring": scoring}
+
+
+def _ratios(scenarios: dict, limits: dict, logging: dict) -> dict[str, float]:
+    s = scenarios
+    return (
+        {
+            "keystroke_hit_vs_ceiling": s["keystroke_hit"]["rps"] / s["ceiling"]["rps"],
+            "keystroke_get_vs_keystroke_hit": s["keystroke_get"]["rps"] / s["keystroke_hit"]["rps"],
+            "rank_200_vs_naive_200": s["rank_200"]["rps"] / max(s["naive_200"]["rps"], 1e-9),
+            "rollout_p99_vs_rank_200_p99": s["rollout"]["p99_ms"] / max(s["rank_200"]["p99_ms"], 1e-9),
+        }
+        | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED}
+        | {
+            "rank_200_vs_limit": s["rank_200"]["rps"] / limits["rank_200_rps"],
+            "keystroke_miss_vs_limit": s["keystroke_miss"]["rps"] / limits["keystroke_miss_rps"],
+            "rank_200_vs_onnxruntime_limit": s["rank_200"]["rps"] / limits["rank_200_onnxruntime_rps"],
+        }
+    )
 
 
 SCENARIOS = (
@@ -495,12 +511,20 @@ def check_targets(r: dict) -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = ["| scenario | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
-    for name, s in r["scenarios"].items():
-        lines.append(
-            f"| {name} | {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | "
-            f"{s['p99_ms']:.2f} | {s['errors']} |"
+    headers = ("scenario", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
+    rows = [
+        (
+            n,
+            s["concurrency"],
+            f"{s['rps']:.0f}",
+            f"{s['p50_ms']:.2f}",
+            f"{s['p95_ms']:.2f}",
+            f"{s['p99_ms']:.2f}",
+            s["errors"],
         )
+        for n, s in r["scenarios"].items()
+    ]
+    lines = [markdown_table(headers, rows)]
     lines += [
         "",
         f"- keystroke_hit / ceiling: {r['ratios']['keystroke_hit_vs_ceiling']:.2f}",
@@ -544,50 +568,43 @@ def format_table(r: dict) -> str:
                 if sp
             ),
             "",
-            "| rank_200 stage (sequential, Server-Timing) | ms | share |",
-            "|---|---|---|",
-            *(
-                f"| {k} | {v:.3f} | {r['rank_200_stages']['share'].get(k, 0):.0%} |"
-                for k, v in r["rank_200_stages"]["ms"].items()
+            markdown_table(
+                ("rank_200 stage (sequential, Server-Timing)", "ms", "share"),
+                [
+                    (k, f"{v:.3f}", f"{r['rank_200_stages']['share'].get(k, 0):.0%}")
+                    for k, v in r["rank_200_stages"]["ms"].items()
+                ],
             ),
         ]
     if r["rank_200_vs_concurrency"]:
-        lines += ["", "| rank_200 concurrency | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
-        lines += [
-            f"| {s['concurrency']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} |"
+        rows = [
+            (s["concurrency"], f"{s['rps']:.0f}", f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}")
             for s in r["rank_200_vs_concurrency"]
         ]
+        lines += ["", markdown_table(("rank_200 concurrency", "req/s", "p50 ms", "p99 ms"), rows)]
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items())]
     return "\n".join(lines) + "\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    names = list(r["scenarios"])
-    x = np.arange(len(names))
-    for i, p in enumerate(("p50_ms", "p95_ms", "p99_ms")):
-        axes[0].bar(x + (i - 1) * 0.27, [r["scenarios"][n][p] for n in names], 0.27, label=p.replace("_ms", ""))
-    axes[0].set_xticks(x, names, rotation=20)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("latency (ms, log scale)")
-    axes[0].set_title("Latency per scenario (concurrency 8)")
-    axes[0].legend()
-    sweep = r["rank_200_vs_concurrency"] or [r["scenarios"]["rank_200"]]
-    cs = [s["concurrency"] for s in sweep]
-    axes[1].plot(cs, [s["rps"] for s in sweep], "o-", label="rank_200 req/s")
-    axes[1].set_xscale("log", base=2)
-    axes[1].set_xlabel("concurrency")
-    axes[1].set_ylabel("requests/s")
-    twin = axes[1].twinx()
-    twin.plot(cs, [s["p99_ms"] for s in sweep], "s--", color="tab:red", label="p99 ms")
-    twin.set_ylabel("p99 (ms)")
-    axes[1].set_title("rank_200: throughput and p99 vs concurrency")
-    fig.suptitle(f"unirank bench ({r['mode']}) — {r['machine']['cpu']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, size=(13, 4.8), dpi=110) as (fig, axes):
+        names = list(r["scenarios"])
+        x = np.arange(len(names))
+        for i, p in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+            axes[0].bar(x + (i - 1) * 0.27, [r["scenarios"][n][p] for n in names], 0.27, label=p.replace("_ms", ""))
+        axes[0].set_xticks(x, names, rotation=20)
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("latency (ms, log scale)")
+        axes[0].set_title("Latency per scenario (concurrency 8)")
+        axes[0].legend()
+        sweep = r["rank_200_vs_concurrency"] or [r["scenarios"]["rank_200"]]
+        cs = [s["concurrency"] for s in sweep]
+        axes[1].plot(cs, [s["rps"] for s in sweep], "o-", label="rank_200 req/s")
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("concurrency")
+        axes[1].set_ylabel("requests/s")
+        twin = axes[1].twinx()
+        twin.plot(cs, [s["p99_ms"] for s in sweep], "s--", color="tab:red", label="p99 ms")
+        twin.set_ylabel("p99 (ms)")
+        axes[1].set_title("rank_200: throughput and p99 vs concurrency")
+        fig.suptitle(f"unirank bench ({r['mode']}) — {r['machine']['cpu']}")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unirank.core.lexical import TitleIndex
@@ -119,122 +120,19 @@ class _Page:
 
 
 def import_movielens(src: Path, out: Path, params: MovieLensParams = MovieLensParams(), progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     src, out = Path(src), Path(out)
     if problems := params.problems():
         raise ValueError("; ".join(problems))
-    movies = _read_csv(src / "movies.csv")
-    ratings = _read_csv(src / "ratings.csv")
-    tags = _read_csv(src / "tags.csv") if (src / "tags.csv").exists() else []
     rng = np.random.default_rng(params.seed)
-
-    # entities --------------------------------------------------------------------------------------------
-    ids = [f"m{m['movieId']}" for m in movies]
-    index_of = {m["movieId"]: i for i, m in enumerate(movies)}
-    titles, years, genres = [], [], []
-    for m in movies:
-        title, year = _title_and_year(m["title"])
-        titles.append(title)
-        years.append(year)
-        genres.append([] if m["genres"] == _NO_GENRES else m["genres"].split("|"))
-    known_years = [y for y in years if y is not None]
-    median_year = int(np.median(known_years)) if known_years else 2000
-    year = np.array([y if y is not None else median_year for y in years])
-    entities = pa.table(
-        {
-            "entity_id": ids,
-            "title": titles,
-            "kind": ["video"] * len(ids),
-            "genres": genres,
-            "release_year": pa.array(year, pa.int32()),
-            "countries": [[COUNTRY]] * len(ids),
-        },
-        schema=ENTITY_SCHEMA,
-    )
-
-    # what the pages draw from --------------------------------------------------------------------------------
-    ratings = [r for r in ratings if r["movieId"] in index_of]
+    catalogue = _Catalogue.of(_read_csv(src / "movies.csv"))
+    ratings = [r for r in _read_csv(src / "ratings.csv") if r["movieId"] in catalogue.index_of]
     ratings.sort(key=lambda r: (int(r["userId"]), int(r["timestamp"]), int(r["movieId"])))
-    counts = np.bincount([index_of[r["movieId"]] for r in ratings], minlength=len(ids)).astype(float)
-    sampler = _Sampler((counts + 1.0) ** 0.75, rng)
-    by_genre: dict[str, list[int]] = defaultdict(list)
-    for i, gs in enumerate(genres):
-        for g in gs:
-            by_genre[g].append(i)
-    genre_pool = {g: np.asarray(v) for g, v in by_genre.items()}
-    # TitleIndex counts from 1 (0 is the unknown entity)
-    index = TitleIndex([""] + [normalize(t) for t in titles])
-    user_tags: dict[tuple[str, str], list[str]] = defaultdict(list)
-    tagged: dict[str, set[int]] = defaultdict(set)
-    for t in tags:
-        tag = normalize(t["tag"])
-        if len(tag) >= 2 and t["movieId"] in index_of:
-            user_tags[t["userId"], t["movieId"]].append(tag)
-            tagged[tag].add(index_of[t["movieId"]])
-    tag_pool = {tag: np.asarray(sorted(v)) for tag, v in tagged.items()}
-    rated_from: dict[str, dict[int, int]] = defaultdict(dict)  # user -> movie -> first time rated
-    for r in ratings:
-        rated_from[r["userId"]].setdefault(index_of[r["movieId"]], int(r["timestamp"]))
-
-    # requests ----------------------------------------------------------------------------------------------
-    columns: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
-    tasks = {"search": 0, "prequery": 0, "more_like_this": 0}
-    previous: dict[str, int] = {}
-    for request_id, r in enumerate(tqdm(ratings, desc="movielens", unit="rating", disable=not progress)):
-        user, movie, ts = r["userId"], index_of[r["movieId"]], int(r["timestamp"])
-        request_year = int(np.datetime64(ts, "s").astype("datetime64[Y]").astype(int)) + 1970
-        own_tags = user_tags.get((user, r["movieId"]))
-        draw = rng.random()
-        query = source = None
-        pool = None
-        if own_tags:
-            task, query = "search", own_tags[int(rng.integers(len(own_tags)))]
-            matches = index.lookup(query) - 1
-            pool = np.union1d(matches[matches >= 0], tag_pool.get(query, np.zeros(0, int)))
-        elif draw < params.search_share:
-            task, query = "search", _typed_query(titles[movie], rng)
-            matches = index.lookup(query) - 1
-            pool = matches[matches >= 0]
-        elif draw < params.search_share + params.mlt_share and user in previous:
-            task, source = "more_like_this", previous[user]
-            shared = [genre_pool[g] for g in genres[source] if g in genre_pool]
-            pool = np.unique(np.concatenate(shared)) if shared else None
-        else:
-            task = "prequery"
-        previous[user] = movie
-        tasks[task] += 1
-        page = _Page(rated_from[user], ts, source, year, request_year)
-
-        negatives: list[int] = []
-        want = params.impressions - 1
-        if pool is not None and len(pool):
-            share = want if task == Task.MORE_LIKE_THIS else max(1, int(round(want * 0.7)))
-            negatives += page.allowed(sampler.draw(4 * share, pool), negatives)[:share]
-        for _ in range(20):  # popular titles fill the page
-            if len(negatives) >= want:
-                break
-            negatives += page.allowed(sampler.draw(4 * want), negatives)[: want - len(negatives)]
-        rows = [movie, *negatives]
-        order = rng.permutation(len(rows))
-        liked = float(r["rating"]) >= params.play_rating
-        for i in order:
-            target = rows[i]
-            columns["request_id"].append(request_id)
-            columns["user_id"].append(f"u{user}")
-            columns["country"].append(COUNTRY)
-            columns["task"].append(task)
-            columns["query"].append(query)
-            columns["source_entity_id"].append(ids[source] if source is not None else None)
-            columns["target_entity_id"].append(ids[target])
-            columns["clicked"].append(target == movie)
-            columns["played"].append(target == movie and liked)
-            columns["timestamp"].append(ts * 1000)
-    events = pa.table(columns, schema=EVENT_SCHEMA)
-
+    tags = _read_csv(src / "tags.csv") if (src / "tags.csv").exists() else []
+    pages = _Pages(catalogue, ratings, tags, params, rng)
+    events, tasks = pages.events(ratings, progress)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(events, out / "events.parquet")
-    pq.write_table(entities, out / "entities.parquet")
+    pq.write_table(catalogue.table(), out / "entities.parquet")
     if (src / "README.txt").exists():
         shutil.copyfile(src / "README.txt", out / "README.txt")  # the license travels with what derives from it
     summary = {
@@ -243,14 +141,158 @@ def import_movielens(src: Path, out: Path, params: MovieLensParams = MovieLensPa
         "ratings": len(ratings),
         "requests": len(ratings),
         "events": events.num_rows,
-        "users": len(rated_from),
-        "entities": len(ids),
+        "users": len(pages.rated_from),
+        "entities": len(catalogue.ids),
         "tasks": tasks,
-        "played": int(sum(columns["played"])),
+        "played": int(pc.sum(events.column("played")).as_py() or 0),
         "license": "MovieLens: see README.txt (GroupLens; no commercial use; cite Harper & Konstan 2015)",
     }
     (out / "import.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@dataclass
+class _Catalogue:
+    """The movies as entities: ids `m<movieId>`, titles as people type them, genres, release years (the
+    median year where the title has none)."""
+
+    ids: list[str]
+    index_of: dict[str, int]  # movieId -> row
+    titles: list[str]
+    genres: list[list[str]]
+    year: np.ndarray
+
+    @classmethod
+    def of(cls, movies: list[dict]) -> _Catalogue:
+        titles, years, genres = [], [], []
+        for m in movies:
+            title, year = _title_and_year(m["title"])
+            titles.append(title)
+            years.append(year)
+            genres.append([] if m["genres"] == _NO_GENRES else m["genres"].split("|"))
+        known_years = [y for y in years if y is not None]
+        median_year = int(np.median(known_years)) if known_years else 2000
+        year = np.array([y if y is not None else median_year for y in years])
+        index_of = {m["movieId"]: i for i, m in enumerate(movies)}
+        return cls([f"m{m['movieId']}" for m in movies], index_of, titles, genres, year)
+
+    def table(self) -> pa.Table:
+        columns = {
+            "entity_id": self.ids,
+            "title": self.titles,
+            "kind": ["video"] * len(self.ids),
+            "genres": self.genres,
+            "release_year": pa.array(self.year, pa.int32()),
+            "countries": [[COUNTRY]] * len(self.ids),
+        }
+        return pa.table(columns, schema=ENTITY_SCHEMA)
+
+
+class _Pages:
+    """What each rating's page draws from: the title index, other users' tags, genres, popularity, and
+    when each user rated what; `events()` turns the ratings into requests of impressions."""
+
+    def __init__(
+        self, catalogue: _Catalogue, ratings: list[dict], tags: list[dict], params: MovieLensParams, rng
+    ) -> None:
+        self.catalogue, self.params, self.rng = catalogue, params, rng
+        index_of = catalogue.index_of
+        counts = np.bincount([index_of[r["movieId"]] for r in ratings], minlength=len(catalogue.ids)).astype(float)
+        self.sampler = _Sampler((counts + 1.0) ** 0.75, rng)
+        by_genre: dict[str, list[int]] = defaultdict(list)
+        for i, gs in enumerate(catalogue.genres):
+            for g in gs:
+                by_genre[g].append(i)
+        self.genre_pool = {g: np.asarray(v) for g, v in by_genre.items()}
+        self.index = TitleIndex([""] + [normalize(t) for t in catalogue.titles])  # counts from 1 (0: unknown)
+        self.user_tags: dict[tuple[str, str], list[str]] = defaultdict(list)
+        tagged: dict[str, set[int]] = defaultdict(set)
+        for t in tags:
+            tag = normalize(t["tag"])
+            if len(tag) >= 2 and t["movieId"] in index_of:
+                self.user_tags[t["userId"], t["movieId"]].append(tag)
+                tagged[tag].add(index_of[t["movieId"]])
+        self.tag_pool = {tag: np.asarray(sorted(v)) for tag, v in tagged.items()}
+        self.rated_from: dict[str, dict[int, int]] = defaultdict(dict)  # user -> movie -> first time rated
+        for r in ratings:
+            self.rated_from[r["userId"]].setdefault(index_of[r["movieId"]], int(r["timestamp"]))
+
+    def events(self, ratings: list[dict], progress: bool) -> tuple[pa.Table, dict[str, int]]:
+        from tqdm import tqdm
+
+        columns: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
+        tasks = {"search": 0, "prequery": 0, "more_like_this": 0}
+        previous: dict[str, int] = {}  # user -> the movie they rated last
+        for request_id, r in enumerate(tqdm(ratings, desc="movielens", unit="rating", disable=not progress)):
+            user, movie, ts = r["userId"], self.catalogue.index_of[r["movieId"]], int(r["timestamp"])
+            task, query, source, pool = self._request(r, previous.get(user))
+            previous[user] = movie
+            tasks[task] += 1
+            rows = [
+                movie,
+                *self._negatives(
+                    task, pool, _Page(self.rated_from[user], ts, source, self.catalogue.year, _year_of(ts))
+                ),
+            ]
+            self._append(columns, request_id, r, task, query, source, rows, movie)
+        return pa.table(columns, schema=EVENT_SCHEMA), tasks
+
+    def _request(self, r: dict, previous: int | None) -> tuple[str, str | None, int | None, np.ndarray | None]:
+        """The task of the rating's request, its query or source, and the pool its page draws from first."""
+        params, rng = self.params, self.rng
+        own_tags = self.user_tags.get((r["userId"], r["movieId"]))
+        draw = rng.random()
+        if own_tags:
+            query = own_tags[int(rng.integers(len(own_tags)))]
+            matches = self.index.lookup(query) - 1
+            return (
+                Task.SEARCH,
+                query,
+                None,
+                np.union1d(matches[matches >= 0], self.tag_pool.get(query, np.zeros(0, int))),
+            )
+        if draw < params.search_share:
+            query = _typed_query(self.catalogue.titles[self.catalogue.index_of[r["movieId"]]], rng)
+            matches = self.index.lookup(query) - 1
+            return Task.SEARCH, query, None, matches[matches >= 0]
+        if draw < params.search_share + params.mlt_share and previous is not None:
+            shared = [self.genre_pool[g] for g in self.catalogue.genres[previous] if g in self.genre_pool]
+            return Task.MORE_LIKE_THIS, None, previous, np.unique(np.concatenate(shared)) if shared else None
+        return Task.PREQUERY, None, None, None
+
+    def _negatives(self, task: str, pool: np.ndarray | None, page: _Page) -> list[int]:
+        """The other `impressions - 1` titles of the page: from the pool first, then popular titles."""
+        negatives: list[int] = []
+        want = self.params.impressions - 1
+        if pool is not None and len(pool):
+            share = want if task == Task.MORE_LIKE_THIS else max(1, int(round(want * 0.7)))
+            negatives += page.allowed(self.sampler.draw(4 * share, pool), negatives)[:share]
+        for _ in range(20):  # popular titles fill the page
+            if len(negatives) >= want:
+                break
+            negatives += page.allowed(self.sampler.draw(4 * want), negatives)[: want - len(negatives)]
+        return negatives
+
+    def _append(self, columns, request_id, r, task, query, source, rows, movie) -> None:
+        """The request's impressions, shuffled (the chosen title's position carries nothing)."""
+        ids, ts = self.catalogue.ids, int(r["timestamp"])
+        liked = float(r["rating"]) >= self.params.play_rating
+        for i in self.rng.permutation(len(rows)):
+            target = rows[i]
+            columns["request_id"].append(request_id)
+            columns["user_id"].append(f"u{r['userId']}")
+            columns["country"].append(COUNTRY)
+            columns["task"].append(str(task))
+            columns["query"].append(query)
+            columns["source_entity_id"].append(ids[source] if source is not None else None)
+            columns["target_entity_id"].append(ids[target])
+            columns["clicked"].append(target == movie)
+            columns["played"].append(target == movie and liked)
+            columns["timestamp"].append(ts * 1000)
+
+
+def _year_of(ts: int) -> int:
+    return int(np.datetime64(ts, "s").astype("datetime64[Y]").astype(int)) + 1970
 
 
 def _typed_query(title: str, rng: np.random.Generator) -> str:

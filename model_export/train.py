@@ -303,6 +303,143 @@ class _Heads(torch.nn.Module):
         return self.model.heads(*inputs)
 
 
+@dataclass(frozen=True)
+class _Sharing:
+    """How the processes share the fit rows. One process (`world` 1) takes every row. Inside
+    torch.distributed, every process walks the same permutation of the fit rows and takes its slice of
+    each batch (so a step sees what one process's step would); `sharded`, each rank holds only its own
+    share and walks its own shuffle, `batch_size / world` rows a step."""
+
+    rank: int = 0
+    world: int = 1
+    sharded: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def own_rows(self) -> bool:
+        return self.sharded and self.world > 1
+
+    def generators(self, seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+        """(cold-start draws, row order): one generator for both on one process; distributed, the order
+        is the same on every rank (its own on a sharded one) and the draws are each rank's own."""
+        rng = np.random.default_rng(seed)
+        if not self.distributed:
+            return rng, rng
+        order = np.random.default_rng([seed, self.rank, 1]) if self.sharded else np.random.default_rng(seed)
+        return np.random.default_rng([seed, self.rank]), order
+
+    def step_rows(self, batch_size: int) -> int:
+        return -(-batch_size // self.world) if self.sharded else batch_size
+
+    def steps(self, local_steps: int) -> int:
+        """Every rank takes as many steps as the smallest share gives (DDP steps together)."""
+        return _all_reduce_min(local_steps) if self.own_rows else local_steps
+
+    def rows_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """This process's rows of a batch; None: a last batch too small to share, skipped by every rank."""
+        if not self.distributed or self.sharded:
+            return rows
+        return np.array_split(rows, self.world)[self.rank] if len(rows) >= self.world else None
+
+    def wrap(self, heads: torch.nn.Module) -> torch.nn.Module:
+        if not self.distributed:
+            return heads
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(heads)  # broadcasts rank 0's initial parameters
+
+    def validation(self, model: UnifiedRanker, val_enc: Encoded | EncodedChunks) -> float:
+        """Rank 0's validation loss, on every rank (it decides early stopping)."""
+        val = _validation_logloss(model, val_enc) if self.rank == 0 else 0.0
+        return _broadcast(val) if self.distributed else val
+
+
+class _EarlyStopping:
+    """Keeps the parameters of the best validation loss; stops after `patience` epochs without one."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best, self.best_state, self.bad = float("inf"), None, 0
+
+    def stop(self, val: float, model: torch.nn.Module) -> bool:
+        if val < self.best - 1e-4:
+            self.best, self.bad = val, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.bad > self.patience
+
+
+@dataclass
+class _Step:
+    """One optimisation step's fixed parts: the model's heads, its optimiser and how the loss is made."""
+
+    heads: torch.nn.Module
+    opt: _Optimizer
+    cfg: TrainConfig
+    spec: ModelSpec
+    sharing: _Sharing
+    loss_fn: torch.nn.Module = field(default_factory=torch.nn.BCEWithLogitsLoss)
+
+    def __call__(self, part: Encoded, rows: np.ndarray, labels, played, rng: np.random.Generator) -> float:
+        """Trains on `rows` of `part`; returns the batch's summed loss."""
+        cfg = self.cfg
+        click, play = self.heads(*_rows_batch(part, rows, rng, cfg.cold_user_rate, self.spec, cfg.cold_entity_rate))
+        loss = self.loss_fn(click, labels[rows])
+        if cfg.listwise_weight > 0:
+            request = torch.from_numpy(part.inputs["cand_ctx"][rows])
+            loss = loss + cfg.listwise_weight * listwise_loss(click, labels[rows], request)
+        if play is not None:  # P(play | click): learned on the clicked rows only
+            clicked = labels[rows] > 0
+            if clicked.any():
+                loss = loss + self.loss_fn(play[clicked], played[rows][clicked])
+            elif self.sharing.distributed:  # DDP needs a gradient for every parameter on every rank
+                loss = loss + 0.0 * play.sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item() * len(rows)
+
+
+def _train_epoch(
+    step: _Step,
+    fit_enc: Encoded | EncodedChunks,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    shuffle_buffer: int,
+    epoch: int,
+) -> tuple[float, int]:
+    """One pass over the fit rows (on disk: `shuffle_buffer` chunks at a time); (summed loss, rows seen)."""
+    rng, order_rng = rngs
+    sharing, step_rows = step.sharing, step.sharing.step_rows(step.cfg.batch_size)
+    groups = _chunk_groups(fit_enc, order_rng, shuffle_buffer)
+    steps = sharing.steps(sum(-(-_group_rows(fit_enc, g) // step_rows) for g in groups))
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=sharing.rank > 0)
+    total, seen, taken = 0.0, 0, 0
+    for part, order in _epoch_parts(fit_enc, groups, order_rng, step.cfg.listwise_weight > 0):
+        if taken >= steps:
+            break
+        labels = torch.from_numpy(part.labels)
+        played = torch.from_numpy(part.played.astype(np.float32))
+        for s in range(0, len(order), step_rows):
+            if taken >= steps:
+                break
+            taken += 1
+            bar.update()
+            rows = sharing.rows_of(order[s : s + step_rows])
+            if rows is None:
+                continue
+            total += step(part, rows, labels, played, rng)
+            seen += len(rows)
+        if not isinstance(fit_enc, Encoded):  # on disk: let go of this part before the next is read
+            del part, order, labels, played
+            memory.release()
+    bar.close()
+    return total, seen
+
+
 def fit(
     tables: FeatureTables,
     fit_enc: Encoded | EncodedChunks,
@@ -314,109 +451,41 @@ def fit(
     shuffle_buffer: int = 2,
     sharded: bool = False,
 ) -> tuple[UnifiedRanker, dict]:
-    """With `world` > 1 (inside torch.distributed): every process walks the same permutation of the fit
-    rows and takes its slice of each batch of `cfg.batch_size` rows (so a step sees what one process's
-    step would), DDP averages the gradients, and rank 0's validation loss decides early stopping. Splits
-    on disk (`EncodedChunks`) are walked `shuffle_buffer` chunks at a time.
-
-    `sharded`: each rank holds only its own share of the fit rows (`val_enc` is needed on rank 0 only). It
-    walks its own shuffle and takes `cfg.batch_size / world` rows per step; every rank takes as many steps
-    as the smallest share gives (DDP steps together), so an epoch leaves out the few rows by which a
-    share exceeds the smallest, different ones each epoch."""
+    """The model fitted on `fit_enc`, early-stopped on `val_enc`, and its training history. With `world` >
+    1 (inside torch.distributed) the processes share the rows as `_Sharing` says (`sharded`: each rank
+    holds only its own share; `val_enc` is needed on rank 0 only) and DDP averages the gradients; an
+    epoch of a sharded run leaves out the few rows by which a share exceeds the smallest, different ones
+    each epoch. Splits on disk (`EncodedChunks`) are walked `shuffle_buffer` chunks at a time."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
-    order_rng = rng if world == 1 else np.random.default_rng(cfg.seed)  # the same order on every rank
-    if world > 1:
-        rng = np.random.default_rng([cfg.seed, rank])  # cold-start draws: each rank its own
-        if sharded:  # its own rows: its own order
-            order_rng = np.random.default_rng([cfg.seed, rank, 1])
-    step_rows = -(-cfg.batch_size // world) if sharded else cfg.batch_size
-    spec = make_spec(tables, fit_enc, cfg, sharded=sharded and world > 1)
+    sharing = _Sharing(rank, world, sharded)
+    rngs = sharing.generators(cfg.seed)
+    spec = make_spec(tables, fit_enc, cfg, sharded=sharing.own_rows)
     model = UnifiedRanker(spec)
     sparse = sparse_embeddings(cfg, spec)
     opt = _Optimizer(model, cfg, sparse)  # before DDP wraps the model: it reads which gradients are sparse
-    heads = _Heads(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        heads = DistributedDataParallel(heads)  # broadcasts rank 0's initial parameters
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    best, best_state, bad, history = float("inf"), None, 0, []
+    step = _Step(sharing.wrap(_Heads(model)), opt, cfg, spec, sharing)
+    stopping, history = _EarlyStopping(cfg.patience), []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         started = time.perf_counter()
-        groups = _chunk_groups(fit_enc, order_rng, shuffle_buffer)
-        steps = sum(-(-_group_rows(fit_enc, g) // step_rows) for g in groups)
-        if sharded and world > 1:
-            steps = _all_reduce_min(steps)
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False, disable=rank > 0)
-        total, seen, taken = 0.0, 0, 0
-        for part, order in _epoch_parts(fit_enc, groups, order_rng, cfg.listwise_weight > 0):
-            if taken >= steps:
-                break
-            labels = torch.from_numpy(part.labels)
-            played = torch.from_numpy(part.played.astype(np.float32))
-            for s in range(0, len(order), step_rows):
-                if taken >= steps:
-                    break
-                taken += 1
-                bar.update()
-                rows = order[s : s + step_rows]
-                if world > 1 and not sharded:
-                    if len(rows) < world:  # a last batch too small to share: skipped by every rank alike
-                        continue
-                    rows = np.array_split(rows, world)[rank]
-                click, play = heads(*_rows_batch(part, rows, rng, cfg.cold_user_rate, spec, cfg.cold_entity_rate))
-                loss = loss_fn(click, labels[rows])
-                if cfg.listwise_weight > 0:
-                    request = torch.from_numpy(part.inputs["cand_ctx"][rows])
-                    loss = loss + cfg.listwise_weight * listwise_loss(click, labels[rows], request)
-                if play is not None:  # P(play | click): learned on the clicked rows only
-                    clicked = labels[rows] > 0
-                    if clicked.any():
-                        loss = loss + loss_fn(play[clicked], played[rows][clicked])
-                    elif world > 1:  # DDP needs a gradient for every parameter on every rank
-                        loss = loss + 0.0 * play.sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(rows)
-                seen += len(rows)
-            if not isinstance(fit_enc, Encoded):  # on disk: let go of this part before the next is read
-                del part, order, labels, played
-                memory.release()
-        bar.close()
+        total, seen = _train_epoch(step, fit_enc, rngs, shuffle_buffer, epoch)
         seconds = time.perf_counter() - started
-        val = _validation_logloss(model, val_enc) if rank == 0 else 0.0
-        if world > 1:
-            val = _broadcast(val)
+        val = sharing.validation(model, val_enc)
         rows_s = seen * world / seconds
-        history.append(
-            {
-                "epoch": epoch,
-                "train_logloss": total / seen,
-                "val_logloss": val,
-                "seconds": seconds,
-                "rows_per_s": rows_s,
-            }
-        )
+        record = {"epoch": epoch, "train_logloss": total / seen, "val_logloss": val, "seconds": seconds}
+        history.append(record | {"rows_per_s": rows_s})
         log(
             f"epoch {epoch}: train logloss {total / seen:.4f}  val logloss {val:.4f}  "
             f"({seconds:.1f}s, {len(fit_enc)} rows, {rows_s:.0f} rows/s{f', {world} processes' if world > 1 else ''})"
         )
-        if val < best - 1e-4:
-            best, bad = val, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad > cfg.patience:
-                log(f"early stop after epoch {epoch}")
-                break
-    model.load_state_dict(best_state)
+        if stopping.stop(val, model):
+            log(f"early stop after epoch {epoch}")
+            break
+    model.load_state_dict(stopping.best_state)
     model.sparse_id_tables(False)
     model.eval()
-    return model, {"epochs": history, "best_val_logloss": best, "sparse_embeddings": sparse}
+    return model, {"epochs": history, "best_val_logloss": stopping.best, "sparse_embeddings": sparse}
 
 
 def _all_reduce_min(value: int) -> int:
