@@ -21,8 +21,9 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from loadtest.bench import _drive, _write, machine, save_results
+from loadtest.bench import _drive, _write, machine
 from loadtest.processes import AppServer, RedisServer
+from loadtest.report import figure, markdown_table, save_results
 from loadtest.scenarios import Scenarios
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
@@ -182,80 +183,73 @@ def _save(result: dict, out_dir: Path, name: str, table: str, plot) -> dict:
 
 
 def _scoring_table(r: dict) -> str:
-    lines = ["| config | candidates/call | p50 ms | p99 ms | candidates/s |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {x['config']} | {x['candidates']} | {x['p50_ms']:.3f} | {x['p99_ms']:.3f} | {x['candidates_per_s']:,.0f} |"
+    rows = [
+        (x["config"], x["candidates"], f"{x['p50_ms']:.3f}", f"{x['p99_ms']:.3f}", f"{x['candidates_per_s']:,.0f}")
         for x in r["rows"]
     ]
+    lines = [markdown_table(("config", "candidates/call", "p50 ms", "p99 ms", "candidates/s"), rows)]
     for name, by_n in r["ratios"].items():
         lines.append(f"\n{name}: " + ", ".join(f"{n}: {v:.1f}x" for n, v in by_n.items()))
     return "\n".join(lines) + "\n"
 
 
 def _batching_table(r: dict) -> str:
+    c = r["ceiling"]
+    headers = ("concurrency", "off req/s", "off p50 ms", "off p99 ms", "on req/s", "on p50 ms", "on p99 ms", "on/off")
+    rows = [
+        (
+            on["concurrency"],
+            f"{off['rps']:.0f}",
+            f"{off['p50_ms']:.2f}",
+            f"{off['p99_ms']:.2f}",
+            f"{on['rps']:.0f}",
+            f"{on['p50_ms']:.2f}",
+            f"{on['p99_ms']:.2f}",
+            f"{on['rps'] / max(off['rps'], 1e-9):.2f}x",
+        )
+        for off, on in zip(r["runs"]["off"], r["runs"]["on"], strict=True)
+    ]
     lines = [
         f"provider: {r['provider']}, window {r['window_ms']} ms, {r['workers']} worker(s), "
         "rank_200 (200 explicit candidates)",
-        "",
-        "| concurrency | off req/s | off p50 ms | off p99 ms | on req/s | on p50 ms | on p99 ms | on/off |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    c = r["ceiling"]
-    lines.insert(
-        1,
         f"ceiling (POST /bench/noop, same server and load generator, concurrency {c['concurrency']}): "
         f"{c['rps']:.0f} req/s",
-    )
-    for off, on in zip(r["runs"]["off"], r["runs"]["on"], strict=True):
-        lines.append(
-            f"| {on['concurrency']} | {off['rps']:.0f} | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {on['rps']:.0f} | "
-            f"{on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['rps'] / max(off['rps'], 1e-9):.2f}x |"
-        )
+        "",
+        markdown_table(headers, rows),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _scoring_plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cfg in dict.fromkeys(x["config"] for x in r["rows"]):
-        xs = [x for x in r["rows"] if x["config"] == cfg]
-        ax.plot([x["candidates"] for x in xs], [x["candidates_per_s"] for x in xs], marker="o", label=cfg)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="candidates per call",
-        ylabel="candidates / s",
-        title=f"One onnxruntime call: {r['machine'].get('gpu') or 'CPU only'}",
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, size=(7, 4.5), dpi=120) as (fig, ax):
+        for cfg in dict.fromkeys(x["config"] for x in r["rows"]):
+            xs = [x for x in r["rows"] if x["config"] == cfg]
+            ax.plot([x["candidates"] for x in xs], [x["candidates_per_s"] for x in xs], marker="o", label=cfg)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="candidates per call",
+            ylabel="candidates / s",
+            title=f"One onnxruntime call: {r['machine'].get('gpu') or 'CPU only'}",
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
 
 
 def _batching_plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for mode in ("off", "on"):
-        cs = [x["concurrency"] for x in r["runs"][mode]]
-        axes[0].plot(cs, [x["rps"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
-        axes[1].plot(cs, [x["p99_ms"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
-    axes[0].set(xscale="log", xlabel="concurrency", ylabel="req/s", title="POST /rank, 200 candidates")
-    axes[1].set(
-        xscale="log", yscale="log", xlabel="concurrency", ylabel="p99 ms", title=f"provider {r['provider'].get('on')}"
-    )
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 2, size=(10, 4), dpi=120) as (fig, axes):
+        for mode in ("off", "on"):
+            cs = [x["concurrency"] for x in r["runs"][mode]]
+            axes[0].plot(cs, [x["rps"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
+            axes[1].plot(cs, [x["p99_ms"] for x in r["runs"][mode]], marker="o", label=f"micro-batching {mode}")
+        axes[0].set(xscale="log", xlabel="concurrency", ylabel="req/s", title="POST /rank, 200 candidates")
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrency",
+            ylabel="p99 ms",
+            title=f"provider {r['provider'].get('on')}",
+        )
+        for ax in axes:
+            ax.grid(True, alpha=0.3)
+            ax.legend()

@@ -38,6 +38,7 @@ import orjson
 import redis
 
 from loadtest.processes import AppServer, RedisServer
+from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 from service.core.settings import Settings
 from service.store.redis_server import free_port, redis_server_binary
@@ -779,9 +780,12 @@ def format_table(result: dict) -> str:
     lines = [
         f"Fault suite ({result['mode']}), {result['machine']['cpu']}",
         "",
-        "| # | what we tested | what held | result |",
-        "|---|---|---|---|",
+        markdown_table(
+            ("#", "what we tested", "what held", "result"),
+            [
+                (i, row["case"], "yes" if row["held"] else "**no**", row["result"])
+                for i, row in enumerate(result["cases"], 1)
+            ],
+        ),
     ]
-    for i, row in enumerate(result["cases"], 1):
-        lines.append(f"| {i} | {row['case']} | {'yes' if row['held'] else '**no**'} | {row['result']} |")
     return "\n".join(lines) + "\n"

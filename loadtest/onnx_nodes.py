@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
@@ -85,13 +86,10 @@ def main() -> None:
     result = profile(args.bundle, args.candidates, args.runs)
     ns = result["ns_per_candidate"]
     print(f"{result['candidates']} candidates per call, {result['runs']} calls\n")
-    print("| node | operator | ns per candidate |\n|---|---|---|")
-    for node, value in list(ns["nodes"].items())[: args.top]:
-        print(f"| {node} | {result['ops_of_nodes'][node]} | {value:.1f} |")
-    print("\n| operator | ns per candidate |\n|---|---|")
-    for op, value in ns["ops"].items():
-        print(f"| {op} | {value:.1f} |")
-    print(f"| all nodes | {result['total_ns_per_candidate']:.1f} |")
+    nodes = [(node, result["ops_of_nodes"][node], f"{v:.1f}") for node, v in list(ns["nodes"].items())[: args.top]]
+    print(markdown_table(("node", "operator", "ns per candidate"), nodes))
+    ops = [(op, f"{v:.1f}") for op, v in ns["ops"].items()] + [("all nodes", f"{result['total_ns_per_candidate']:.1f}")]
+    print("\n" + markdown_table(("operator", "ns per candidate"), ops))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

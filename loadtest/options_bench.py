@@ -21,8 +21,9 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from loadtest.bench import machine, save_results
+from loadtest.bench import machine
 from loadtest.processes import AppServer, RedisServer
+from loadtest.report import figure, markdown_table, save_results
 from loadtest.scenarios import Scenarios
 from unirank.core.spec import ModelOptions, ModelSpec
 
@@ -140,45 +141,53 @@ def format_table(r: dict) -> str:
         f"bundle: {r['bundle']['path']} (options: {', '.join(on)}); baseline: {r['baseline']['path']}; "
         f"{r['n_per_scenario']} requests per scenario and bundle, interleaved",
         "",
-        "| scenario | baseline p50 ms | baseline p99 ms | bundle p50 ms | bundle p99 ms | p50 ratio | p99 ratio "
-        "| server p99 ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        markdown_table(
+            (
+                "scenario",
+                "baseline p50 ms",
+                "baseline p99 ms",
+                "bundle p50 ms",
+                "bundle p99 ms",
+                "p50 ratio",
+                "p99 ratio",
+                "server p99 ratio",
+            ),
+            [
+                (
+                    s,
+                    f"{row['baseline']['p50_ms']:.2f}",
+                    f"{row['baseline']['p99_ms']:.2f}",
+                    f"{row['bundle']['p50_ms']:.2f}",
+                    f"{row['bundle']['p99_ms']:.2f}",
+                    f"{row['ratio']['p50_ms']:.2f}x",
+                    f"{row['ratio']['p99_ms']:.2f}x",
+                    f"{row['server_ratio']['p99_ms']:.2f}x",
+                )
+                for s, row in r["scenarios"].items()
+            ],
+        ),
     ]
-    for s, row in r["scenarios"].items():
-        b, o = row["baseline"], row["bundle"]
-        lines.append(
-            f"| {s} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {o['p50_ms']:.2f} | {o['p99_ms']:.2f} | "
-            f"{row['ratio']['p50_ms']:.2f}x | {row['ratio']['p99_ms']:.2f}x | {row['server_ratio']['p99_ms']:.2f}x |"
-        )
     met = ", ".join(f"{s}: {'met' if ok else 'missed'}" for s, ok in r["target_met"].items())
     return "\n".join(lines) + f"\n\ntarget p99 ratio <= {r['target_p99_ratio']}: {met}\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(r["scenarios"])
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    for i, (who, stat) in enumerate(
-        (("baseline", "p50_ms"), ("bundle", "p50_ms"), ("baseline", "p99_ms"), ("bundle", "p99_ms"))
-    ):
-        ax.bar(x + (i - 1.5) * 0.2, [r["scenarios"][s][who][stat] for s in names], 0.2, label=f"{who} {stat[:3]}")
-    for j, s in enumerate(names):
-        ax.text(
-            j,
-            max(r["scenarios"][s]["bundle"]["p99_ms"], r["scenarios"][s]["baseline"]["p99_ms"]) * 1.03,
-            f"p99 {r['scenarios'][s]['ratio']['p99_ms']:.2f}x",
-            ha="center",
-        )
-    ax.set_xticks(x, names)
-    ax.set(ylabel="ms (client side, sequential)", title="POST /rank: bundle with model options vs baseline")
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, size=(9.5, 4.5), dpi=120) as (fig, ax):
+        for i, (who, stat) in enumerate(
+            (("baseline", "p50_ms"), ("bundle", "p50_ms"), ("baseline", "p99_ms"), ("bundle", "p99_ms"))
+        ):
+            ax.bar(x + (i - 1.5) * 0.2, [r["scenarios"][s][who][stat] for s in names], 0.2, label=f"{who} {stat[:3]}")
+        for j, s in enumerate(names):
+            ax.text(
+                j,
+                max(r["scenarios"][s]["bundle"]["p99_ms"], r["scenarios"][s]["baseline"]["p99_ms"]) * 1.03,
+                f"p99 {r['scenarios'][s]['ratio']['p99_ms']:.2f}x",
+                ha="center",
+            )
+        ax.set_xticks(x, names)
+        ax.set(ylabel="ms (client side, sequential)", title="POST /rank: bundle with model options vs baseline")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(True, axis="y", alpha=0.3)

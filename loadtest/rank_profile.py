@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
@@ -118,12 +119,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = profile(args.bundle, args.n, args.repeats)
-    print("| part of one rank_200 request | µs (fastest run) |\n|---|---|")
-    for name, us in result["us"].items():
-        print(f"| {name} | {us:.1f} |")
-    print("\n| requests per onnxruntime call | µs per request |\n|---|---|")
-    for k, us in result["onnxruntime_us_per_request_when_batched"].items():
-        print(f"| {k} | {us:.1f} |")
+    parts = [(name, f"{us:.1f}") for name, us in result["us"].items()]
+    print(markdown_table(("part of one rank_200 request", "µs (fastest run)"), parts))
+    batched = [(k, f"{us:.1f}") for k, us in result["onnxruntime_us_per_request_when_batched"].items()]
+    print("\n" + markdown_table(("requests per onnxruntime call", "µs per request"), batched))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

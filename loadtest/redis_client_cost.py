@@ -20,6 +20,7 @@ from pathlib import Path
 
 from loadtest.bench import _cpus
 from loadtest.processes import RedisServer
+from loadtest.report import markdown_table
 from service.store.redis_client import connect
 
 WAYS = ("one at a time", "one at a time, auto-pipelined", "8 at once", "8 at once, auto-pipelined")
@@ -64,9 +65,8 @@ def main() -> None:
         result = uvloop.run(_measure(redis.url, args.n, args.repeats))
     finally:
         redis.stop()
-    print("| LRANGE of a 20-entry history | client CPU µs per command |\n|---|---|")
-    for way, us in result.items():
-        print(f"| {way} | {us:.1f} |")
+    rows = [(way, f"{us:.1f}") for way, us in result.items()]
+    print(markdown_table(("LRANGE of a 20-entry history", "client CPU µs per command"), rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -18,8 +18,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from loadtest.bench import _cpus, _drive, _write, machine, save_results
+from loadtest.bench import _cpus, _drive, _write, machine
 from loadtest.processes import AppServer, RedisClusterServer, RedisServer
+from loadtest.report import figure, markdown_table, save_results
 from loadtest.scenarios import Scenarios
 
 SCENARIOS = ("keystroke_hit", "keystroke_miss", "rank_200", "events")
@@ -59,38 +60,37 @@ def run(bundle: Path, duration: float, warmup: float) -> dict:
 
 
 def table(r: dict) -> str:
-    lines = [
-        "| topology | scenario | req/s | p50 ms | p99 ms | errors | cluster / single (req/s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    headers = ("topology", "scenario", "req/s", "p50 ms", "p99 ms", "errors", "cluster / single (req/s)")
+    rows = []
     for row in r["rows"]:
         ratio = r["ratios"]["cluster_vs_single"][row["scenario"]] if row["topology"] == "cluster" else None
-        lines.append(
-            f"| {row['topology']} | {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['errors']} | {'' if ratio is None else f'{ratio:.2f}'} |"
+        rows.append(
+            (
+                row["topology"],
+                row["scenario"],
+                f"{row['rps']:.0f}",
+                f"{row['p50_ms']:.2f}",
+                f"{row['p99_ms']:.2f}",
+                row["errors"],
+                "" if ratio is None else f"{ratio:.2f}",
+            )
         )
-    return "\n".join(lines) + "\n"
+    return markdown_table(headers, rows) + "\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.38
-    for i, topology in enumerate(("single", "cluster")):
-        rps = [next(x["rps"] for x in r["rows"] if x["topology"] == topology and x["scenario"] == s) for s in SCENARIOS]
-        ax.bar([j + (i - 0.5) * width for j in range(len(SCENARIOS))], rps, width, label=topology)
-    ax.set_xticks(range(len(SCENARIOS)), SCENARIOS)
-    ax.set_ylabel("requests/s (one server core)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(f"unirank: one Redis vs a three-master Redis Cluster — {r['machine']['cpu']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, size=(8, 4), dpi=110) as (fig, ax):
+        width = 0.38
+        for i, topology in enumerate(("single", "cluster")):
+            rps = [
+                next(x["rps"] for x in r["rows"] if x["topology"] == topology and x["scenario"] == s) for s in SCENARIOS
+            ]
+            ax.bar([j + (i - 0.5) * width for j in range(len(SCENARIOS))], rps, width, label=topology)
+        ax.set_xticks(range(len(SCENARIOS)), SCENARIOS)
+        ax.set_ylabel("requests/s (one server core)")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title(f"unirank: one Redis vs a three-master Redis Cluster — {r['machine']['cpu']}")
 
 
 def main() -> None:

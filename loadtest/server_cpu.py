@@ -29,6 +29,7 @@ import psutil
 
 from loadtest.bench import _cpus, _drive, _write
 from loadtest.processes import AppServer, RedisServer
+from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 
 SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss", "ceiling")
@@ -129,21 +130,37 @@ def _or_na(value: float | None) -> str:
 def table(result: dict) -> str:
     lines = [
         f"{result['scenario']}, concurrency {result['concurrency']}, {result['seconds']:.0f} s per run",
-        "",
-        "| run | req/s | p99 ms | errors | server CPU µs per request | GC ms per 1,000 requests "
-        "| full collections (ms) | requests per inference call |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    headers = (
+        "run",
+        "req/s",
+        "p99 ms",
+        "errors",
+        "server CPU µs per request",
+        "GC ms per 1,000 requests",
+        "full collections (ms)",
+        "requests per inference call",
+    )
+    rows = []
     for i, r in enumerate(result["runs"], 1):
         gc = "n/a" if r["gc_ms_per_1000_requests"] is None else f"{r['gc_ms_per_1000_requests']:.1f}"
         full = (
             "n/a" if r["full_collections"] is None else f"{r['full_collections']:.0f} ({r['full_collection_ms']:.1f})"
         )
-        lines.append(
-            f"| {i} | {r['rps']:.0f} | {r['p99_ms']:.1f} | {r['errors']} | {r['server_cpu_us_per_request']:.0f} "
-            f"| {gc} | {full} | {_or_na(r.get('requests_per_inference_call'))} |"
+        cpu = f"{r['server_cpu_us_per_request']:.0f}"
+        rows.append(
+            (
+                i,
+                f"{r['rps']:.0f}",
+                f"{r['p99_ms']:.1f}",
+                r["errors"],
+                cpu,
+                gc,
+                full,
+                _or_na(r.get("requests_per_inference_call")),
+            )
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", markdown_table(headers, rows)]) + "\n"
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from loadtest.report import figure, markdown_table
 from model_export.data import SPLIT_BOUNDS, Dataset, Requests
 from model_export.metrics import ranking_metrics
 from service.core.schemas import RankRequest
@@ -160,31 +161,32 @@ def genre_probe(
 
 
 def write(result: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "session_adaptation.json").write_text(json.dumps(result, indent=2))
     lines = [
         f"Pre-query NDCG@10 on {result['requests']} requests that follow {result['after']} (personalization full)",
         "",
-        "| session candidates | NDCG@10 | vs off | 95 % CI |",
-        "|---|---|---|---|",
+        markdown_table(
+            ("session candidates", "NDCG@10", "vs off", "95 % CI"),
+            [
+                (
+                    n,
+                    f"{row['ndcg_at_10']:.4f}",
+                    f"{row['vs_off']:+.4f}",
+                    "[{:+.4f}, {:+.4f}]".format(*row["vs_off_ci95"]),
+                )
+                for n, row in result["settings"].items()
+            ],
+        ),
     ]
-    for n, row in result["settings"].items():
-        lo, hi = row["vs_off_ci95"]
-        lines.append(f"| {n} | {row['ndcg_at_10']:.4f} | {row['vs_off']:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
     (out / "session_adaptation.md").write_text("\n".join(lines) + "\n")
     names = list(result["settings"])
     values = [result["settings"][n]["ndcg_at_10"] for n in names]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar([f"{n} related" if n != "0" else "off" for n in names], values, color=["#adb5bd", "#3b5bdb"][: len(names)])
-    ax.set_ylabel("pre-query NDCG@10")
-    ax.set_title(f"after a click ({result['requests']} requests)")
-    fig.tight_layout()
-    fig.savefig(out / "session_adaptation.png", dpi=120)
+    with figure(out / "session_adaptation.png", size=(5, 3.2), dpi=120) as (_, ax):
+        labels = [f"{n} related" if n != "0" else "off" for n in names]
+        ax.bar(labels, values, color=["#adb5bd", "#3b5bdb"][: len(names)])
+        ax.set_ylabel("pre-query NDCG@10")
+        ax.set_title(f"after a click ({result['requests']} requests)")
     print("\n".join(lines))
 
 
@@ -202,12 +204,12 @@ def main() -> None:
         result = genre_probe(args.bundle, args.session_candidates)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "genre_probe.json").write_text(json.dumps(result, indent=2))
-        lines = [
-            f"| genre | before | {' | '.join(f'after, {n} session candidates' for n in args.session_candidates)} |"
+        headers = ("genre", "before", *(f"after, {n} session candidates" for n in args.session_candidates))
+        rows = [
+            (genre, *(f"{v:.1f}" for v in row.values()))
+            for genre, row in {**result["per_genre"], "mean": result["mean"]}.items()
         ]
-        lines.append("|---" * (2 + len(args.session_candidates)) + "|")
-        for genre, row in {**result["per_genre"], "mean": result["mean"]}.items():
-            lines.append(f"| {genre} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |")
+        lines = [markdown_table(headers, rows)]
         (args.out / "genre_probe.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from loadtest.bench import machine, save_results
+from loadtest.bench import machine
+from loadtest.report import figure, markdown_table, save_results
 
 CLI = [sys.executable, "-m", "unirank.cli"]
 
@@ -109,58 +110,55 @@ def targets(r: dict) -> dict:
 
 
 def table(r: dict) -> str:
-    lines = [
-        "| events | synth s | synth peak RSS MB | train s | train peak RSS MB | out of core | id tables | fit rows/s "
-        "| NDCG@10 search / prequery / mlt |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    sizes = []
     for s in r["sizes"]:
         train = s.get("train", {})
         ndcg = " / ".join(f"{v:.4f}" for v in s.get("ndcg@10", {}).values()) or f"failed (exit {train.get('exit')})"
-        lines.append(
-            f"| {s['events']:,} | {s['synth']['seconds']:.1f} | {s['synth']['peak_rss_mb']:.0f} | "
-            f"{train.get('seconds', float('nan')):.1f} | {train.get('peak_rss_mb', float('nan')):.0f} | "
-            f"{'yes' if s.get('out_of_core') else 'no'} | {'sparse' if s.get('sparse_embeddings') else 'dense'} | "
-            f"{s.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
+        sizes.append(
+            (
+                f"{s['events']:,}",
+                f"{s['synth']['seconds']:.1f}",
+                f"{s['synth']['peak_rss_mb']:.0f}",
+                f"{train.get('seconds', float('nan')):.1f}",
+                f"{train.get('peak_rss_mb', float('nan')):.0f}",
+                "yes" if s.get("out_of_core") else "no",
+                "sparse" if s.get("sparse_embeddings") else "dense",
+                f"{s.get('fit_rows_per_s', 0):.0f}",
+                ndcg,
+            )
         )
-    lines += [
-        "",
-        "| DDP processes | events | train s | fit rows/s | NDCG@10 search / prequery / mlt |",
-        "|---|---|---|---|---|",
-    ]
+    ddp = []
     for d in r["ddp"]:
         ndcg = " / ".join(f"{v:.4f}" for v in d.get("ndcg@10", {}).values()) or f"failed (exit {d['exit']})"
-        lines.append(
-            f"| {d['processes']} | {d['events']:,} | {d['seconds']:.1f} | {d.get('fit_rows_per_s', 0):.0f} | {ndcg} |"
+        ddp.append(
+            (d["processes"], f"{d['events']:,}", f"{d['seconds']:.1f}", f"{d.get('fit_rows_per_s', 0):.0f}", ndcg)
         )
+    headers = ("events", "synth s", "synth peak RSS MB", "train s", "train peak RSS MB", "out of core", "id tables")
+    lines = [
+        markdown_table((*headers, "fit rows/s", "NDCG@10 search / prequery / mlt"), sizes),
+        "",
+        markdown_table(("DDP processes", "events", "train s", "fit rows/s", "NDCG@10 search / prequery / mlt"), ddp),
+    ]
     lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items())]
     return "\n".join(lines) + "\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = [s for s in r["sizes"] if s.get("train", {}).get("exit") == 0]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    events = [s["events"] for s in done]
-    axes[0].plot(events, [s["train"]["peak_rss_mb"] for s in done], "o-", label="peak RSS (MB)")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("events")
-    axes[0].set_ylabel("MB")
-    twin = axes[0].twinx()
-    twin.plot(events, [s["train"]["seconds"] for s in done], "s--", color="tab:red", label="train time (s)")
-    twin.set_ylabel("seconds")
-    axes[0].set_title("unirank train vs data size")
-    axes[1].bar([str(d["processes"]) for d in r["ddp"]], [d.get("fit_rows_per_s", 0) for d in r["ddp"]])
-    axes[1].set_xlabel("DDP processes")
-    axes[1].set_ylabel("fit rows/s")
-    axes[1].set_title(f"data parallel on {r['ddp'][0]['events']:,} events")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, size=(11, 4), dpi=110) as (fig, axes):
+        events = [s["events"] for s in done]
+        axes[0].plot(events, [s["train"]["peak_rss_mb"] for s in done], "o-", label="peak RSS (MB)")
+        axes[0].set_xscale("log")
+        axes[0].set_xlabel("events")
+        axes[0].set_ylabel("MB")
+        twin = axes[0].twinx()
+        twin.plot(events, [s["train"]["seconds"] for s in done], "s--", color="tab:red", label="train time (s)")
+        twin.set_ylabel("seconds")
+        axes[0].set_title("unirank train vs data size")
+        axes[1].bar([str(d["processes"]) for d in r["ddp"]], [d.get("fit_rows_per_s", 0) for d in r["ddp"]])
+        axes[1].set_xlabel("DDP processes")
+        axes[1].set_ylabel("fit rows/s")
+        axes[1].set_title(f"data parallel on {r['ddp'][0]['events']:,} events")
 
 
 def bench_train(sizes: list[int], epochs: int, out: Path, keep: bool = False) -> dict:

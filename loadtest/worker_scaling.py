@@ -18,8 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from loadtest.bench import _drive, _write, machine, save_results
+from loadtest.bench import _drive, _write, machine
 from loadtest.processes import AppServer, RedisServer
+from loadtest.report import figure, markdown_table, save_results
 from loadtest.scenarios import Scenarios
 
 
@@ -54,35 +55,34 @@ def run(bundle: Path, workers: list[int], duration: float, warmup: float, per_wo
 
 
 def table(r: dict) -> str:
-    lines = ["| workers | scenario | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
-    for row in r["rows"]:
-        lines.append(
-            f"| {row['workers']} | {row['scenario']} | {row['concurrency']} | {row['rps']:.0f} | "
-            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |"
+    headers = ("workers", "scenario", "concurrency", "req/s", "p50 ms", "p99 ms", "errors")
+    rows = [
+        (
+            x["workers"],
+            x["scenario"],
+            x["concurrency"],
+            f"{x['rps']:.0f}",
+            f"{x['p50_ms']:.2f}",
+            f"{x['p99_ms']:.2f}",
+            x["errors"],
         )
-    return "\n".join(lines) + "\n"
+        for x in r["rows"]
+    ]
+    return markdown_table(headers, rows) + "\n"
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in sorted({row["scenario"] for row in r["rows"]}):
-        rows = [row for row in r["rows"] if row["scenario"] == name]
-        axes[0].plot([x["workers"] for x in rows], [x["rps"] for x in rows], "o-", label=name)
-        axes[1].plot([x["workers"] for x in rows], [x["p99_ms"] for x in rows], "s--", label=name)
-    axes[0].set_ylabel("requests/s")
-    axes[1].set_ylabel("p99 (ms)")
-    for ax in axes:
-        ax.set_xlabel("uvicorn workers")
-        ax.legend()
-    fig.suptitle(f"unirank worker scaling — {r['machine']['cpu']} ({r['machine']['cores']} cores)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, size=(11, 4), dpi=110) as (fig, axes):
+        for name in sorted({row["scenario"] for row in r["rows"]}):
+            rows = [row for row in r["rows"] if row["scenario"] == name]
+            axes[0].plot([x["workers"] for x in rows], [x["rps"] for x in rows], "o-", label=name)
+            axes[1].plot([x["workers"] for x in rows], [x["p99_ms"] for x in rows], "s--", label=name)
+        axes[0].set_ylabel("requests/s")
+        axes[1].set_ylabel("p99 (ms)")
+        for ax in axes:
+            ax.set_xlabel("uvicorn workers")
+            ax.legend()
+        fig.suptitle(f"unirank worker scaling — {r['machine']['cpu']} ({r['machine']['cores']} cores)")
 
 
 def main() -> None:

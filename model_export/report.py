@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.evaluate import METRICS
-from model_export.study import TASKS
+from unirank.core.vocab import TASKS
 
 
 def targets(result: dict) -> list[tuple[str, bool, str]]:

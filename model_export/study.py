@@ -27,6 +27,7 @@ from model_export.baselines import als_scores, bm25_scores, lambdamart_scores
 from model_export.data import Dataset
 from model_export.evaluate import METRICS, per_task, popularity_scores
 from model_export.event_log import IN_MEMORY_ROWS, sample_users
+from model_export.report import write_report
 from model_export.splits import Encoded, click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
@@ -240,7 +241,6 @@ def run_study(
     rows: tuple[str, ...] | None = None,
     max_events: int = IN_MEMORY_ROWS,
 ) -> Path:
-    from model_export.report import write_report
 
     started = time.perf_counter()
     study = Study(Path(data_dir), tuple(seeds), epochs, rows, max_events)
