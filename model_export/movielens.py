@@ -32,6 +32,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -188,6 +189,15 @@ class _Catalogue:
         return pa.table(columns, schema=ENTITY_SCHEMA)
 
 
+class _Request(NamedTuple):
+    """One rating's request: its task, query or source, and the pool its page draws from first."""
+
+    task: Task
+    query: str | None
+    source: int | None
+    pool: np.ndarray | None
+
+
 class _Pages:
     """What each rating's page draws from: the title index, other users' tags, genres, popularity, and
     when each user rated what; `events()` turns the ratings into requests of impressions."""
@@ -237,7 +247,7 @@ class _Pages:
             self._append(columns, request_id, r, task, query, source, rows, movie)
         return pa.table(columns, schema=EVENT_SCHEMA), tasks
 
-    def _request(self, r: dict, previous: int | None) -> tuple[str, str | None, int | None, np.ndarray | None]:
+    def _request(self, r: dict, previous: int | None) -> _Request:
         """The task of the rating's request, its query or source, and the pool its page draws from first."""
         params, rng = self.params, self.rng
         own_tags = self.user_tags.get((r["userId"], r["movieId"]))
@@ -245,20 +255,16 @@ class _Pages:
         if own_tags:
             query = own_tags[int(rng.integers(len(own_tags)))]
             matches = self.index.lookup(query) - 1
-            return (
-                Task.SEARCH,
-                query,
-                None,
-                np.union1d(matches[matches >= 0], self.tag_pool.get(query, np.zeros(0, int))),
-            )
+            tagged = self.tag_pool.get(query, np.zeros(0, int))
+            return _Request(Task.SEARCH, query, None, np.union1d(matches[matches >= 0], tagged))
         if draw < params.search_share:
             query = _typed_query(self.catalogue.titles[self.catalogue.index_of[r["movieId"]]], rng)
             matches = self.index.lookup(query) - 1
-            return Task.SEARCH, query, None, matches[matches >= 0]
+            return _Request(Task.SEARCH, query, None, matches[matches >= 0])
         if draw < params.search_share + params.mlt_share and previous is not None:
             shared = [self.genre_pool[g] for g in self.catalogue.genres[previous] if g in self.genre_pool]
-            return Task.MORE_LIKE_THIS, None, previous, np.unique(np.concatenate(shared)) if shared else None
-        return Task.PREQUERY, None, None, None
+            return _Request(Task.MORE_LIKE_THIS, None, previous, np.unique(np.concatenate(shared)) if shared else None)
+        return _Request(Task.PREQUERY, None, None, None)
 
     def _negatives(self, task: str, pool: np.ndarray | None, page: _Page) -> list[int]:
         """The other `impressions - 1` titles of the page: from the pool first, then popular titles."""

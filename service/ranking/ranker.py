@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -100,6 +101,13 @@ def top_k(scores: np.ndarray, ids: list[str], k: int) -> bytes:
     return orjson.dumps([{"entity_id": ids[i], "score": v} for v, i in ranked])
 
 
+class _Ranked(NamedTuple):
+    items: bytes  # the ranked items as a JSON array
+    cache: str  # how the cache was used: hit, miss or bypass
+    available: int | None  # how many candidates they came from (None: cached without the count)
+    unknown: list[str]  # the request's candidates the model does not know
+
+
 class Ranker:
     def __init__(
         self,
@@ -145,11 +153,11 @@ class Ranker:
         ctx = self.context(request)
         timings.add("context", at)
         with self.bundle.request_scope():
-            items, status, available, unknown = await self._items(request, ctx, timings, deadline)
+            ranked = await self._items(request, ctx, timings, deadline)
         at = time.perf_counter()
         if self.observe:
-            self._cache_results[status].inc()
-        answer = self._answer(request, ctx, items, status, available, unknown)
+            self._cache_results[ranked.cache].inc()
+        answer = self._answer(request, ctx, ranked.items, ranked.cache, ranked.available, ranked.unknown)
         timings.add("encode", at)
         timings.finish(self.observe)
         return answer
@@ -228,17 +236,15 @@ class Ranker:
 
     async def _items(
         self, request: RankRequest, ctx: RequestContext, timings: Timings, deadline: float = float("inf")
-    ) -> tuple[bytes, str, int | None, list[str]]:
-        """The ranked items as JSON, how the cache was used, how many candidates they came from, and the
-        given candidates the model does not know."""
+    ) -> _Ranked:
         if request.candidates is not None:
             ids, candidates = self._explicit_candidates(request, ctx)
             history = await self._history(ctx, timings) if ctx.level == Level.FULL else None
             weight = request.personalization_weight
             items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
-            return items, "bypass", len(ids), [ids[i] for i in np.flatnonzero(candidates == 0).tolist()]
+            return _Ranked(items, "bypass", len(ids), [ids[i] for i in np.flatnonzero(candidates == 0).tolist()])
         if ctx.unified.task == Task.SEARCH and not ctx.unified.query:  # nothing to match titles with
-            return b"[]", "bypass", 0, []
+            return _Ranked(b"[]", "bypass", 0, [])
         if ctx.level != Level.FULL:
             key = ctx.cache_key(self.bundle.cache_version, request.k)
             started = time.perf_counter()
@@ -251,14 +257,14 @@ class Ranker:
                 )
                 status = "miss"
             items, available = split_available(value)
-            return items, status, available, []
+            return _Ranked(items, status, available, [])
         candidates, status = await self._stage_one(ctx, timings, deadline)
         history = await self._history(ctx, timings)
         candidates = self.with_session(ctx, candidates, history)
         ids = [self.bundle.tables.entity_ids[i] for i in candidates.tolist()]
         weight = request.personalization_weight
         items = await self._score(ctx, candidates, ids, request.k, history, timings, deadline, weight)
-        return items, status, len(ids), []
+        return _Ranked(items, status, len(ids), [])
 
     def with_session(self, ctx: RequestContext, candidates: np.ndarray, history: History) -> np.ndarray:
         """The cluster's candidates plus titles related to the user's live (this session's) engagements,
