@@ -24,7 +24,7 @@ def live(bundle_dir, second_bundle_dir, redis_url):
     server = LiveServer(bundle_dir, redis_url, {"UNIRANK_ADMIN_TOKEN": TOKEN})
     server.wait_ready()
     r = server.client.post("/admin/models", json={"name": "b", "path": str(second_bundle_dir)}, headers=AUTH)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 201, r.text
     yield server
     server.stop()
 
