@@ -33,6 +33,7 @@ from unirank.core.spec import ModelSpec
 ROLLOUT_EVERY_S = 2.0
 TARGETS = {
     "log_on_vs_off": 1.1,
+    "log_rps_loss": 0.03,
     "rollout_p99_vs_rank_200_p99": 1.5,
     "keystroke_hit_vs_ceiling": 0.6,
     "keystroke_hit_p99_ms": 5.0,
@@ -229,7 +230,13 @@ def _logging_on_off(on: AppServer, off: AppServer, files: dict, duration: float,
         p99 = {side: float(np.median([r["p99_ms"] for r in rs])) for side, rs in runs.items()}
         rps = {side: float(np.mean([r["rps"] for r in rs])) for side, rs in runs.items()}
         errors = sum(r["errors"] for rs in runs.values() for r in rs)
-        out[name] = {"p99_ms": p99, "rps": rps, "errors": errors, "p99_ratio": p99["on"] / max(p99["off"], 1e-9)}
+        out[name] = {
+            "p99_ms": p99,
+            "rps": rps,
+            "errors": errors,
+            "p99_ratio": p99["on"] / max(p99["off"], 1e-9),
+            "rps_ratio": rps["on"] / max(rps["off"], 1e-9),
+        }
     return out
 
 
@@ -435,6 +442,7 @@ def _ratios(scenarios: dict, limits: dict, logging: dict) -> dict[str, float]:
             "rollout_p99_vs_rank_200_p99": s["rollout"]["p99_ms"] / max(s["rank_200"]["p99_ms"], 1e-9),
         }
         | {f"{name}_p99_log_on_vs_off": logging[name]["p99_ratio"] for name in LOGGED}
+        | {f"{name}_rps_log_on_vs_off": logging[name]["rps_ratio"] for name in LOGGED}
         | {
             "rank_200_vs_limit": s["rank_200"]["rps"] / limits["rank_200_rps"],
             "keystroke_miss_vs_limit": s["keystroke_miss"]["rps"] / limits["keystroke_miss_rps"],
@@ -460,6 +468,8 @@ RATIOS = (
     "rollout_p99_vs_rank_200_p99",
     "keystroke_hit_p99_log_on_vs_off",
     "rank_200_p99_log_on_vs_off",
+    "keystroke_hit_rps_log_on_vs_off",
+    "rank_200_rps_log_on_vs_off",
     "rank_200_vs_limit",
     "keystroke_miss_vs_limit",
     "rank_200_vs_onnxruntime_limit",
@@ -507,6 +517,9 @@ def check_targets(r: dict) -> dict:
         "impression log p99 on/off <= 1.1 (keystroke_hit, rank_200)": all(
             r["ratios"][f"{n}_p99_log_on_vs_off"] <= TARGETS["log_on_vs_off"] for n in LOGGED
         ),
+        "impression log costs <= 3 % of req/s (keystroke_hit, rank_200)": all(
+            r["ratios"][f"{n}_rps_log_on_vs_off"] >= 1 - TARGETS["log_rps_loss"] for n in LOGGED
+        ),
     }
 
 
@@ -546,7 +559,7 @@ def format_table(r: dict) -> str:
         *(
             f"- {n} with the impression log on / off (alternating segments): p99 {lg['p99_ms']['on']:.2f} / "
             f"{lg['p99_ms']['off']:.2f} ms = {lg['p99_ratio']:.2f}x, "
-            f"req/s {lg['rps']['on']:.0f} / {lg['rps']['off']:.0f}"
+            f"req/s {lg['rps']['on']:.0f} / {lg['rps']['off']:.0f} = {lg.get('rps_ratio', float('nan')):.3f}"
             for n, lg in r.get("impression_log", {}).items()
         ),
         "- scoring efficiency (model FLOP/s in /rank over numpy matmul FLOP/s, one core): "

@@ -29,6 +29,7 @@ from service.store.events import EventStore
 from service.store.impressions import ImpressionLog
 from service.store.redis_client import connect
 from service.store.redis_server import EmbeddedRedis
+from service.store.retention import StreamBound
 
 log = logging.getLogger("unirank.state")
 
@@ -81,7 +82,8 @@ class AppState:
             self.cache_redis = connect(
                 s.cache_redis_url, s.redis_timeout_s, s.redis_max_connections, self.cache_breaker, auto_pipeline=True
             )
-        self.events = EventStore(self.events_redis, s.history_ttl_s, s.feedback_stream, s.feedback_stream_max)
+        feedback = StreamBound(s.impression_retention_s, s.feedback_log_max_bytes)
+        self.events = EventStore(self.events_redis, s.history_ttl_s, s.feedback_stream, feedback)
         self.cache = RankCache(self.cache_redis, s.cache_ttl_s, s.local_cache_size, s.local_cache_ttl_s)
         control = ControlStore(self.control_redis, s.control_key, s.replica_id)
         self.fleet = Fleet(s, self.cache, self.redis, self.catalog_redis, control)
@@ -91,7 +93,7 @@ class AppState:
             self.impressions = ImpressionLog(
                 self.events_redis,
                 s.impression_stream,
-                s.impression_stream_max,
+                StreamBound(s.impression_retention_s, s.impression_log_max_bytes),
                 s.impression_buffer,
                 s.impression_flush_ms / 1000,
                 s.request_ttl_s,

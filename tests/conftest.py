@@ -90,6 +90,27 @@ def client(server) -> httpx.Client:
 
 
 @pytest.fixture(scope="session")
+def s3_env():
+    """A real S3-compatible server (moto in server mode) and the environment a client needs to reach it
+    (s3fs, boto3 and the service read AWS_ENDPOINT_URL)."""
+    pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    from service.store.redis_server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def prometheus_binaries() -> dict[str, str]:
     """Debian's prometheus and promtool, installed with apt-get when missing (CI machines start without)."""
     found = debian_binaries(lambda: {name: shutil.which(name) for name in ("prometheus", "promtool")}, ["prometheus"])

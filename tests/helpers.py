@@ -110,3 +110,15 @@ def spec_for(tables: FeatureTables, personalization: str = "full", **options) ->
     )
     n = len(DENSE_FEATURES)
     return ModelSpec(vocabulary, [0.0] * n, [1.0] * n, personalization, options=ModelOptions(**options))
+
+
+def s3_client(env: dict):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )

@@ -23,6 +23,8 @@ COMPLETE = {
         "rollout_p99_vs_rank_200_p99": 1.1,
         "keystroke_hit_p99_log_on_vs_off": 1.0,
         "rank_200_p99_log_on_vs_off": 1.0,
+        "keystroke_hit_rps_log_on_vs_off": 0.99,
+        "rank_200_rps_log_on_vs_off": 0.99,
         "rank_200_vs_limit": 0.3,
         "keystroke_miss_vs_limit": 0.4,
         "rank_200_vs_onnxruntime_limit": 0.5,

@@ -186,3 +186,53 @@ def test_an_id_with_a_slash_is_found_by_its_path(admin):
     assert r.status_code == 200, r.text
     assert r.json()["entity_id"] == eid and r.json()["title"] == "Slashed Title"
     assert admin.client.get(f"/entities/{quote('shows/nope', safe='')}").status_code == 404
+
+
+def test_the_log_is_compacted_into_a_snapshot_that_replicas_and_exports_read(bundle_dir, redis_url):
+    """Compaction folds the log into its snapshot and trims it; a replica that starts afterwards, a worker
+    that was following, and `unirank logs export` all still hold every entity's latest record."""
+    import asyncio
+
+    from service.model.catalog import CatalogSync
+    from service.store.redis_client import connect
+    from unirank.loop.logs import entities_table
+
+    own = f"ur:entities:compact:{uuid.uuid4().hex[:8]}"
+    env = {"UNIRANK_ADMIN_TOKEN": TOKEN, "UNIRANK_CATALOG_STREAM": own}
+    writer = LiveServer(bundle_dir, redis_url, env)
+    replica = None
+    try:
+        writer.wait_ready()
+        first, second, third, late = new_id(), new_id(), new_id(), new_id()
+        add(writer, [{"entity_id": first, "title": "Quorvane Before"}])
+        add(
+            writer, [{"entity_id": second, "title": "Quorvane Second"}, {"entity_id": third, "title": "Quorvane Third"}]
+        )
+        add(writer, [{"entity_id": first, "title": "Zeltrick After"}])  # replaces the first one's record
+
+        async def compact() -> int:
+            client = connect(redis_url, 2.0, 4)
+            try:  # compaction touches only the log: no catalog needed to fold it
+                return await CatalogSync(client, None, own, compact_entries=2, compact_after_s=0).compact()
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(compact()) == 3
+        store = redis_client(redis_url)
+        assert store.xlen(own) == 0 and store.exists(f"{own}:snapshot")
+        add(writer, [{"entity_id": late, "title": "Quorvane Late"}])
+        replica = LiveServer(bundle_dir, redis_url, {"UNIRANK_CATALOG_STREAM": own})
+        replica.wait_ready()  # replays the snapshot, then the entry after it
+        for live in (writer, replica):
+            assert set(ranked_ids(live, task="search", country="US", query="quorvane")) == {second, third, late}
+            assert ranked_ids(live, task="search", country="US", query="zeltrick") == [first]
+        exported = {r["entity_id"]: r["title"] for r in entities_table(bundle_dir, store, own).to_pylist()}
+        assert {e: exported[e] for e in (first, second, late)} == {
+            first: "Zeltrick After",
+            second: "Quorvane Second",
+            late: "Quorvane Late",
+        }
+    finally:
+        writer.stop()
+        if replica is not None:
+            replica.stop()

@@ -4,6 +4,10 @@ read back by training, simulated users, and the experiment report on constructed
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -11,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import LiveServer, metric
-from unirank.core.impression_log import Feedback, Impression, decode_batch
+from tests.helpers import LiveServer, metric, s3_client
+from unirank.core.impression_log import Feedback, Impression, decode_entry
 from unirank.core.schema import events_path, read_entities, read_events
 from unirank.loop.experiment import experiment_requests, p_value, power, report
 from unirank.loop.logs import Log, export_log, request_number, sink
@@ -58,7 +62,7 @@ def wait_for(predicate, timeout_s: float = 10.0):
 
 
 def logged_records(client, stream: str) -> dict[str, Impression]:
-    return {imp.rid: imp for _, f in client.xrange(stream) for imp in decode_batch(f[b"b"])}
+    return {imp.rid: imp for _, f in client.xrange(stream) for imp in decode_entry(f)}
 
 
 def test_every_answer_is_logged_cache_hits_included(logged):
@@ -137,7 +141,7 @@ def test_a_click_is_credited_to_the_exact_impression(logged, bundle_dir, tmp_pat
 
 
 def test_the_log_is_capped_and_a_full_buffer_drops_instead_of_waiting(bundle_dir, redis_url):
-    env = streams(f"ur:test:{uuid.uuid4().hex[:8]}") | {"UNIRANK_IMPRESSION_STREAM_MAX": "100"}
+    env = streams(f"ur:test:{uuid.uuid4().hex[:8]}") | {"UNIRANK_IMPRESSION_LOG_MAX_BYTES": "20000"}
     client = redis_client(redis_url)
     live = LiveServer(bundle_dir, redis_url, env | {"UNIRANK_IMPRESSION_FLUSH_MS": "10"})
     try:
@@ -145,7 +149,8 @@ def test_the_log_is_capped_and_a_full_buffer_drops_instead_of_waiting(bundle_dir
         for i in range(400):
             live.client.post("/rank", json={"task": "prequery", "country": "US", "k": 1 + i % 5})
         wait_for(lambda: metric(live.client, "unirank_impressions_total", {"result": "written"}) >= 400)
-        assert client.xlen(env["UNIRANK_IMPRESSION_STREAM"]) <= 200  # "MAXLEN ~ 100": whole nodes trimmed
+        # 20 kB hold ~50 entries of a few answers each; "MAXLEN ~" trims whole nodes (100 entries)
+        assert client.xlen(env["UNIRANK_IMPRESSION_STREAM"]) <= 200
     finally:
         live.stop()
     slow = LiveServer(
@@ -206,6 +211,66 @@ def test_the_sink_moves_the_log_and_trims_the_streams(logged, bundle_dir, tmp_pa
     )
     assert client.xlen(env["UNIRANK_IMPRESSION_STREAM"]) <= 1 < before  # the last one stays as the resume mark
     assert read_events(events_path(tmp_path / "sunk")).num_rows > 0
+
+
+def test_the_sink_writes_to_object_storage_that_unirank_train_reads(bundle_dir, data_dir, redis_url, s3_env, tmp_path):
+    """A replica's sink needs no shared disk: partitions go to an S3 bucket (moto), and `unirank train
+    --data s3://...` trains from them (mirrored into its data cache)."""
+    from unirank.loop.simulate import simulate
+
+    env = streams(f"ur:test:{uuid.uuid4().hex[:8]}") | {"UNIRANK_IMPRESSION_FLUSH_MS": "10"}
+    s3_client(s3_env).create_bucket(Bucket="served")
+    live = LiveServer(bundle_dir, redis_url, env)
+    try:
+        live.wait_ready()
+        done = simulate(live.url, data_dir, users=12, sessions=4, duration_s=60, seed=5, progress=False)
+        assert done["errors"] == 0 and sum(done["clicks"].values()) > 0
+        time.sleep(0.2)
+    finally:
+        live.stop()
+    client = redis_client(redis_url)
+    before = client.xlen(env["UNIRANK_IMPRESSION_STREAM"])
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_env.items():
+            patch.setenv(name, value)
+        sink(
+            client,
+            "s3://served/log",
+            bundle_dir,
+            every_s=0,
+            settle_s=0,
+            rounds=1,
+            log=lambda *_: None,
+            **export_streams(env),
+        )
+    assert client.xlen(env["UNIRANK_IMPRESSION_STREAM"]) <= 1 < before
+    keys = [o["Key"] for o in s3_client(s3_env).list_objects_v2(Bucket="served", Prefix="log/")["Contents"]]
+    assert {"log/entities.parquet", "log/export-state.json"} <= set(keys)
+    parts = [k for k in keys if k.startswith("log/events/date=") and k.endswith(".parquet")]
+    assert parts and not [k for k in keys if k.endswith(".tmp")]
+    cache, bundle = tmp_path / "data-cache", tmp_path / "from-s3"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unirank.cli",
+            "train",
+            "--data",
+            "s3://served/log",
+            "--out",
+            str(bundle),
+            "--epochs",
+            "1",
+        ],
+        env=os.environ | s3_env | {"UNIRANK_DATA_CACHE_DIR": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    state = json.loads(next(cache.glob("*/export-state.json")).read_text())
+    assert manifest["training_data"]["events"] == state["rows"] > 0 and (bundle / "model.onnx").is_file()
 
 
 # ---- the report on constructed logs ---------------------------------------------------------------------

@@ -8,37 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from service.store.redis_server import free_port
-from tests.helpers import LiveServer, fields_of
+from tests.helpers import LiveServer, fields_of, s3_client
 
 TOKEN = "store-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory, bundle_dir, second_bundle_dir):
-    """A local S3 with the two bundles, a corrupted copy, and the environment a service needs to reach it."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    client = boto3.client(
-        "s3",
-        **{
-            "endpoint_url": env["AWS_ENDPOINT_URL"],
-            "region_name": "us-east-1",
-            "aws_access_key_id": "test",
-            "aws_secret_access_key": "test",
-        },
-    )
+def s3(tmp_path_factory, bundle_dir, second_bundle_dir, s3_env):
+    """The two bundles, a corrupted copy, and the environment a service needs to reach them."""
+    env = dict(s3_env)
+    client = s3_client(env)
     client.create_bucket(Bucket="models")
 
     def upload(root: Path, prefix: str, corrupt: str | None = None) -> str:
@@ -57,7 +37,6 @@ def s3(tmp_path_factory, bundle_dir, second_bundle_dir):
     }
     env["UNIRANK_BUNDLE_CACHE_DIR"] = str(tmp_path_factory.mktemp("bundle-cache"))
     yield urls, env
-    server.stop()
 
 
 def test_the_start_up_bundle_and_a_loaded_model_come_from_s3(s3, redis_url):

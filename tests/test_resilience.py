@@ -60,6 +60,56 @@ def test_admission_answers_an_overload_with_fast_503s_and_keeps_health_up(bundle
         live.stop()
 
 
+async def _rank_burst_with_events(url: str, n: int, body: dict, batches: list[list[dict]]):
+    """n concurrent /rank requests and, while they run, the event batches, all at once."""
+    limits = httpx.Limits(max_connections=n + len(batches) + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        ranks = [asyncio.create_task(client.post("/rank", json=body)) for _ in range(n)]
+        await asyncio.sleep(0.01)
+        events = [asyncio.create_task(client.post("/events", json=batch)) for batch in batches]
+        return await asyncio.gather(*ranks), await asyncio.gather(*events)
+
+
+def _click_batches(prefix: str, n: int) -> list[list[dict]]:
+    click = {"task": "search", "entity_id": "e000001", "action": "click"}
+    return [[click | {"user_id": f"{prefix}-{i}"}] for i in range(n)]
+
+
+def test_a_ranking_overload_never_sheds_feedback(bundle_dir, redis_url):
+    """/rank and /events have budgets of their own: rankings shed under their overload, every click kept."""
+    live = LiveServer(bundle_dir, redis_url, {"UNIRANK_MAX_IN_FLIGHT": "4"})
+    try:
+        live.wait_ready()
+        body = {"task": "prequery", "country": "US", "user_id": "u0000001", "candidates": CANDIDATES}
+        prefix = f"budget-{uuid.uuid4().hex[:8]}"
+        ranks, events = asyncio.run(_rank_burst_with_events(live.url, 200, body, _click_batches(prefix, 30)))
+        codes = [r.status_code for r in ranks]
+        assert codes.count(503) >= 100, codes  # the rankings were over their budget ...
+        assert [r.status_code for r in events] == [202] * 30  # ... and no click was refused for it
+        store = redis.Redis.from_url(redis_url)
+        assert all(store.llen(history_key(f"{prefix}-{i}")) == 1 for i in range(30))
+        assert metric(live.client, "unirank_rejected_total", {"endpoint": "/events"}) == 0
+    finally:
+        live.stop()
+
+
+def test_feedback_has_its_own_limit(bundle_dir, redis_url):
+    """A flood of event batches is refused on its own budget, and rankings are not shed for it."""
+    live = LiveServer(bundle_dir, redis_url, {"UNIRANK_EVENTS_MAX_IN_FLIGHT": "1"})
+    try:
+        live.wait_ready()
+        body = {"task": "prequery", "country": "US", "user_id": "u0000001", "candidates": CANDIDATES[:20]}
+        prefix = f"flood-{uuid.uuid4().hex[:8]}"
+        ranks, events = asyncio.run(_rank_burst_with_events(live.url, 4, body, _click_batches(prefix, 60)))
+        statuses = [r.status_code for r in events]
+        assert set(statuses) == {202, 503} and [r.status_code for r in ranks] == [200] * 4, statuses
+        refused = next(r for r in events if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and refused.json()["detail"][0]["type"] == "overloaded"
+        assert metric(live.client, "unirank_rejected_total", {"endpoint": "/events"}) == statuses.count(503)
+    finally:
+        live.stop()
+
+
 def test_a_spent_budget_answers_with_the_fallback_ranking(client):
     body = {
         "task": "search",

@@ -9,7 +9,8 @@ Cases:
    events acknowledged (202) but missing afterwards, seconds until /events is acknowledged again;
    and Redis hung (SIGSTOP): /rank latency healthy, hung (the circuit breaker open) and after SIGCONT;
 4. an overload at 10x the measured capacity (open loop): share rejected (503), p99 of the admitted, p99
-   of /healthz meanwhile;
+   of /healthz meanwhile; and the same overload with a steady stream of click batches alongside: every
+   batch acknowledged, every click in the exported log;
 5. SIGTERM under load: requests the server accepted and dropped without an answer;
 6. a worker SIGKILLed under load (two workers): failed requests, and whether a worker comes back;
 7. the bundle directory corrupted, then removed, under a running service: answers keep coming, the same.

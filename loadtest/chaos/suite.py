@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from loadtest.chaos.api_cases import hostile_case, schemathesis_case
-from loadtest.chaos.load_cases import overload_case
+from loadtest.chaos.load_cases import events_under_overload_case, overload_case
 from loadtest.chaos.process_cases import bundle_case, sigterm_case, worker_kill_case
 from loadtest.chaos.redis_cases import redis_hang_case, redis_kill_case
 from loadtest.processes import RedisServer
@@ -21,6 +21,7 @@ CASES = [
     redis_kill_case,
     redis_hang_case,
     overload_case,
+    events_under_overload_case,
     sigterm_case,
     worker_kill_case,
     bundle_case,

@@ -1,12 +1,16 @@
-"""Admission control: a bound on the requests one worker handles at once on the ranking and ingest paths,
-and on the size of any request body.
+"""Admission control: a bound on the requests one worker handles at once, one budget per kind of work, and on
+the size of any request body.
 
-Contract: an ASGI middleware, before anything reads a body. A request to a guarded path is answered at
-once with 503, `Retry-After: 1` and the error body, and counted in `unirank_rejected_total{endpoint}`,
-when `limit` requests are in flight, or when the event loop has run over `max_queue_delay_s` late for a
-whole 100 ms (requests are queueing in the loop before they even reach this check: rejecting then is what
-drains the queue, as CoDel does). The work admitted stays bounded, so its latency does, and /healthz,
-/readyz and /metrics (never guarded) wait behind at most that much work. A body over `max_body` bytes is
+Contract: an ASGI middleware, before anything reads a body. Each guarded path belongs to one `Budget`, with
+its own count of requests in flight: ranking (`/rank`) and feedback (`/events`) never share one, so an
+overload of rankings never sheds a click. A request is answered at once with 503, `Retry-After: 1` and the
+error body, and counted in `unirank_rejected_total{endpoint}`, when its budget's `limit` requests are in
+flight, or, for a budget that `sheds_on_lag` (ranking), when the event loop has run over
+`max_queue_delay_s` late for a whole 100 ms (requests are queueing in the loop before they even reach this
+check: rejecting then is what drains the queue, as CoDel does). Feedback is not shed on lag: it is a parse
+and one Redis write, and the loop's lag under a ranking overload is ranking's; only its own limit (a bound
+on the memory its bodies hold) refuses it. The ranking work admitted stays bounded, so its latency does,
+and /healthz, /readyz and /metrics (never guarded) wait behind at most that much work. A body over `max_body` bytes is
 a 413 in the error shape: at once when its Content-Length says so, else as soon as that many bytes have
 arrived. While the worker drains (`service.ops.drain`), every response closes its connection.
 """
@@ -14,6 +18,7 @@ arrived. While the worker drains (`service.ops.drain`), every response closes it
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import orjson
 
@@ -67,28 +72,31 @@ class LoopLag:
                 self.standing = now - self._above_since >= self.interval_s
 
 
+@dataclass(eq=False)
+class Budget:
+    """The paths of one kind of work and how many of their requests one worker handles at once."""
+
+    paths: tuple[str, ...]
+    limit: int
+    sheds_on_lag: bool
+    in_flight: int = 0
+
+    def full(self, lag: LoopLag) -> bool:
+        return self.in_flight >= self.limit or (self.sheds_on_lag and lag.standing)
+
+
 class Admission:
-    def __init__(
-        self,
-        app,
-        drain: Drain,
-        limit: int,
-        max_body: int,
-        max_queue_delay_s: float = float("inf"),
-        paths: tuple[str, ...] = ("/rank", "/events"),
-    ):
+    def __init__(self, app, drain: Drain, budgets: list[Budget], max_body: int, max_queue_delay_s: float):
         self.app = app
         self.drain = drain
-        self.limit = limit
         self.max_body = max_body
         self.lag = LoopLag(max_queue_delay_s)
         self.too_large = _answer(
             {"detail": [{"field": "body", "message": f"bodies are at most {max_body} bytes", "type": "too_large"}]},
             retry=False,
         )
-        self.paths = frozenset(paths)
-        self.in_flight = 0
-        self._rejected = {p: REJECTED.labels(endpoint=p) for p in paths}
+        self.budgets = {path: budget for budget in budgets for path in budget.paths}
+        self._rejected = {p: REJECTED.labels(endpoint=p) for p in self.budgets}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,18 +110,23 @@ class Admission:
                 if declared > self.max_body:
                     return await _send(send, 413, self.too_large)
         path = scope["path"]
-        guarded = path in self.paths
-        if guarded:
+        budget = self.budgets.get(path)
+        if budget is not None:
             self.lag.ensure_running()
-            if self.in_flight >= self.limit or self.lag.standing:
+            if budget.full(self.lag):
                 self._rejected[path].inc()
                 return await _send(send, 503, OVERLOADED)
-        if declared is not None:  # the server stops the body at its declared length: nothing to count
-            self.in_flight += guarded
-            try:
+            budget.in_flight += 1
+        try:
+            if declared is not None:  # the server stops the body at its declared length: nothing to count
                 return await self.app(scope, receive, send)
-            finally:
-                self.in_flight -= guarded
+            return await self._counting_body(scope, receive, send)
+        finally:
+            if budget is not None:
+                budget.in_flight -= 1
+
+    async def _counting_body(self, scope, receive, send):
+        """The app with the body counted as it arrives: a 413 once it passes `max_body` bytes."""
         received, started = 0, False
 
         async def counted_receive():
@@ -129,14 +142,11 @@ class Admission:
             started = True
             await send(message)
 
-        self.in_flight += guarded
         try:
             await self.app(scope, counted_receive, watched_send)
         except _TooLarge:
             if not started:
                 await _send(send, 413, self.too_large)
-        finally:
-            self.in_flight -= guarded
 
 
 async def _send(send, status: int, answer: tuple[bytes, list]) -> None:

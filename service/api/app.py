@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api.admission import Admission
+from service.api.admission import Admission, Budget
 from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.routes import admin, demo, entities, events, keystroke, ops, rank
@@ -75,7 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         Admission,
         drain=state.drain,
-        limit=s.max_in_flight,
+        budgets=[
+            Budget(("/rank",), s.max_in_flight, sheds_on_lag=True),
+            Budget(("/events",), s.events_max_in_flight, sheds_on_lag=False),
+        ],
         max_body=s.max_body_bytes,
         max_queue_delay_s=s.max_queue_delay_ms / 1000,
     )

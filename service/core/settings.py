@@ -60,14 +60,18 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.05, description="Socket timeout of each Redis call on the /rank path")
     redis_breaker_failures: int = Field(5, ge=1, description="Consecutive Redis failures that open the circuit")
     redis_breaker_open_s: float = Field(2.0, gt=0, description="How long an open circuit skips Redis before a probe")
-    max_in_flight: int = Field(
-        32, ge=1, description="Requests a worker handles at once on /rank and /events; beyond: 503 at once"
-    )
+    max_in_flight: int = Field(32, ge=1, description="Requests a worker ranks at once (/rank); beyond: 503 at once")
     max_queue_delay_ms: float = Field(
         25.0,
         gt=0,
-        description="When the event loop runs this late for 100 ms on end (requests queueing in it), /rank and "
-        "/events are refused (503) until it catches up",
+        description="When the event loop runs this late for 100 ms on end (requests queueing in it), /rank is "
+        "refused (503) until it catches up; /events is not (it has a budget of its own)",
+    )
+    events_max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="/events batches a worker handles at once, counted apart from /rank (a ranking overload never "
+        "sheds feedback); beyond: 503 at once",
     )
     request_budget_ms: float = Field(
         150.0,

@@ -3,8 +3,11 @@ to every worker and replica.
 
 A Redis stream (`ur:entities`; UNIRANK_CATALOG_STREAM) is the runtime catalog's log. POST /entities
 appends one entry per accepted batch (the records and their MiniLM title embeddings); each worker's
-`CatalogSync` replays the log from the start when its bundle loads, then follows it with blocking
-reads, and applies every entry to its feature tables, title index and retriever (`RuntimeCatalog`).
+`CatalogSync` replays the log (its snapshot, then the entries after it: `unirank.core.catalog_log`)
+when its bundle loads, then follows it with blocking reads, and applies every entry to its feature
+tables, title index and retriever (`RuntimeCatalog`). Once the log holds more than
+UNIRANK_CATALOG_COMPACT_ENTRIES entries, one worker folds those older than ten minutes into the snapshot
+and trims them, so the log stays bounded however many batches were ever added.
 The worker that took the POST answers once its own sync applied the entry, so the entity ranks on the
 next request; other workers and replicas follow within a read's round trip. The last applied entry id
 is part of every cache key, so no cached ranking predates an entity this worker knows.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 import orjson
@@ -28,6 +32,8 @@ from service.core.schemas import NewEntity
 from service.model.retrieval import Retriever
 from service.model.text_encoder import TextEncoder
 from service.ops.metrics import RUNTIME_ENTITIES
+from unirank.core.catalog_log import after, fold, id_key, snapshot_key
+from unirank.core.catalog_log import entry_id as id_of
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text_features import EMBEDDING_DIM
 
@@ -101,13 +107,27 @@ class RuntimeCatalog:
 class CatalogSync:
     """Publishes batches to the log and applies the log, in order, to this worker's catalog."""
 
-    def __init__(self, client: aioredis.Redis, catalog: RuntimeCatalog, stream: str, block_s: float = 1.0):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        catalog: RuntimeCatalog,
+        stream: str,
+        block_s: float = 1.0,
+        compact_entries: int = 1000,
+        compact_after_s: float = 600.0,
+    ):
+        """compact_entries: fold the log into its snapshot once it holds more entries than this, the entries
+        older than compact_after_s (a reader is never that far behind the head, so none misses one)."""
         self.client = client
         self.stream = stream
+        self.snapshot = snapshot_key(stream)
         self.catalog = catalog
         self.block_ms = int(block_s * 1000)
+        self.compact_entries = compact_entries
+        self.compact_after_s = compact_after_s
         self.last_id = "0-0"
         self._applied = asyncio.Condition()
+        self._compact_due = 0.0
 
     async def publish(self, entities: list[NewEntity]) -> str:
         """Appends a batch to the log (with the title embeddings, computed off the event loop); returns its id."""
@@ -120,7 +140,9 @@ class CatalogSync:
     async def wait_applied(self, entry_id: str, timeout_s: float) -> bool:
         async with self._applied:
             try:
-                await asyncio.wait_for(self._applied.wait_for(lambda: _id(self.last_id) >= _id(entry_id)), timeout_s)
+                await asyncio.wait_for(
+                    self._applied.wait_for(lambda: id_key(self.last_id) >= id_key(entry_id)), timeout_s
+                )
                 return True
             except TimeoutError:
                 return False
@@ -133,23 +155,54 @@ class CatalogSync:
         return applied
 
     async def run(self) -> None:
-        """Follows the log until cancelled; Redis errors are counted and retried."""
+        """Follows the log until cancelled (compacting it now and then); Redis errors are counted and retried."""
         while True:
             try:
                 await self._apply(await self._read(block=True))
+                if time.monotonic() >= self._compact_due:
+                    self._compact_due = time.monotonic() + 60.0
+                    await self.compact()
             except STORE_ERRORS as exc:
                 count_error("catalog", exc)
                 log.warning("runtime catalog sync: %s; retrying", exc)
                 await asyncio.sleep(1.0)
 
     async def _read(self, block: bool) -> list:
+        """The next entries after what this worker applied; first the snapshot when it is past that (a
+        compaction folded entries this worker has not read)."""
+        folded = await self.client.hget(self.snapshot, "last_id")
+        if folded is not None and id_key(id_of(folded)) > id_key(self.last_id):
+            return [(folded, await self.client.hgetall(self.snapshot))]
         reply = await self.client.xread({self.stream: self.last_id}, count=100, block=self.block_ms if block else None)
         return reply[0][1] if reply else []
 
+    async def compact(self, now_s: float | None = None) -> int:
+        """Folds the log's entries older than compact_after_s into the snapshot and trims them, once the log
+        holds more than compact_entries (one worker of the fleet at a time); returns how many were folded."""
+        if await self.client.xlen(self.stream) <= self.compact_entries:
+            return 0
+        lock = f"{self.snapshot}:lock"
+        if not await self.client.set(lock, "1", nx=True, ex=60):
+            return 0
+        try:
+            snapshot = await self.client.hgetall(self.snapshot) or None
+            start = "-" if snapshot is None else f"({id_of(snapshot[b'last_id'])}"
+            until = str(int(((time.time() if now_s is None else now_s) - self.compact_after_s) * 1000))
+            entries = await self.client.xrange(self.stream, min=start, max=until)
+            if not entries:
+                return 0
+            folded = fold(snapshot, entries)
+            await self.client.hset(self.snapshot, mapping=folded)
+            await self.client.xtrim(self.stream, minid=after(id_of(folded[b"last_id"])), approximate=False)
+            log.info("runtime catalog: %d log entries folded into the snapshot", len(entries))
+            return len(entries)
+        finally:
+            await self.client.delete(lock)
+
     async def _apply(self, entries: list) -> int:
         n = 0
-        for entry_id, fields in entries:
-            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        for raw_id, fields in entries:
+            entry_id = id_of(raw_id)
             try:
                 n += await self._apply_entry(fields)
             except Exception:  # a malformed entry (written by hand, or by another version) must not stop the follower
@@ -171,8 +224,3 @@ class CatalogSync:
         ):
             embeddings = await asyncio.to_thread(self.catalog.embed, [r["title"] for r in records])
         return len(self.catalog.apply(records, embeddings))
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

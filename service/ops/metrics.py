@@ -68,6 +68,16 @@ MODEL_INFO = Gauge(
     multiprocess_mode="liveall",
 )
 IMPRESSIONS = Counter("unirank_impressions_total", "Served rankings for the impression log, by result", ["result"])
+IMPRESSION_LOG_OLDEST = Gauge(
+    "unirank_impression_log_oldest_seconds",
+    "Age of the impressions stream's oldest entry: the oldest impression the sink has not exported yet",
+    multiprocess_mode="max",
+)
+IMPRESSION_LOG_RETENTION = Gauge(
+    "unirank_impression_log_retention_seconds",
+    "How long the impression and feedback streams keep an entry (UNIRANK_IMPRESSION_RETENTION_S)",
+    multiprocess_mode="max",
+)
 EXPERIMENT_REQUESTS = Counter(
     "unirank_experiment_requests_total", "/rank answers per experiment and variant", ["experiment", "variant"]
 )

@@ -111,7 +111,13 @@ async def load_model(
     except Exception as exc:  # an unreadable table, a graph onnxruntime refuses, ...
         log.exception("bundle at %s failed to load", location)
         raise ModelLoadError(f"bundle at {location} failed to load: {type(exc).__name__}: {exc}") from None
-    sync = CatalogSync(catalog_redis, bundle.catalog, settings.catalog_stream, settings.catalog_block_s)
+    sync = CatalogSync(
+        catalog_redis,
+        bundle.catalog,
+        settings.catalog_stream,
+        settings.catalog_block_s,
+        settings.catalog_compact_entries,
+    )
     try:
         added = await sync.catch_up()
         log.info("model %s: %d entities added at run time replayed", name, added)

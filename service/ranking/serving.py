@@ -30,7 +30,6 @@ from service.ranking.routing import assign, team_draft
 from service.ranking.served_model import ServedModel
 from service.ranking.shadow import ShadowScorer
 from service.store.impressions import ImpressionLog
-from unirank.core.impression_log import ServedImpression
 
 # Request ids need to be unique, not unguessable: 64 bits from a generator seeded from os.urandom once per
 # process (again in a forked child), not a system call per request as secrets.token_hex makes.
@@ -70,7 +69,7 @@ async def serve_rank(
     answer.experiment = assignment.experiment
     answer.variant = assignment.variant
     if impressions is not None:
-        impressions.record(served_impression(request, answer))
+        impressions.record(request, answer)
     return answer
 
 
@@ -82,25 +81,6 @@ async def _degrading(model: ServedModel, request: RankRequest, timings: Timings,
         reason = "deadline" if isinstance(exc, DeadlineExceeded) else "model_error"
         DEGRADED.labels(reason=reason).inc()
         return model.ranker.fallback(request, reason, timings)
-
-
-def served_impression(request: RankRequest, answer: RankAnswer) -> ServedImpression:
-    """What the impression log keeps of an answer (an interleaved one names no model: its items do)."""
-    return ServedImpression(
-        rid=answer.request_id,
-        ts=int(time.time() * 1000),
-        model=answer.model,
-        version=answer.model_version,
-        experiment=answer.experiment,
-        variant=answer.variant,
-        task=request.task,
-        country=request.country.upper(),
-        user=request.user_id,
-        query=request.query,
-        source=request.source_entity_id,
-        level=answer.level,
-        items=answer.items,
-    )
 
 
 async def _interleave(

@@ -10,7 +10,8 @@ experiment and the variant to credit (for interleaving, the team that showed the
 whole batch is ONE command (a Lua script run atomically on the server): per-command client overhead,
 not Redis, is what limits ingestion otherwise. On a Redis Cluster it is one script call per slot of its
 users plus the feedback commands, in one pipeline. The caller acknowledges only after Redis did, so
-nothing acknowledged is lost.
+nothing acknowledged is lost. The feedback stream keeps what its `StreamBound` says: entries younger than
+UNIRANK_IMPRESSION_RETENTION_S (exactly) and about UNIRANK_FEEDBACK_LOG_MAX_BYTES.
 """
 
 from __future__ import annotations
@@ -22,19 +23,22 @@ from redis.crc import key_slot
 
 from service.core.schemas import Event
 from service.store.redis_client import is_cluster
+from service.store.retention import StreamBound
 from unirank.core.history import HISTORY_LENGTH, counters_key, event_kind, history_key
 from unirank.core.impression_log import ENGAGED, Feedback, request_key
 
 # KEYS: the counters and history key of each user in pairs, then (when the batch has feedback events)
 # the feedback stream and the request key of each feedback event in order. ARGV: ttl, history length,
-# feedback stream cap, number of users, then seven values per event, oldest first: the user's position
+# the feedback stream's MINID (entries older go) and MAXLEN (about), number of users, then seven values
+# per event, oldest first: the user's position
 # (1-based pair), action, task, history entry ("entity|kind"), engaged (1/0), the feedback record (""
 # when the event names no request) and its entity. Returns {events stored, {experiment, variant, team}
 # per feedback event (false when unknown)}.
 STORE_BATCH = """
-local ttl, hlen, fmax, nusers = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, hlen, fminid, fmax = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local nusers = tonumber(ARGV[5])
 local credits, f = {}, 0
-for i = 5, #ARGV, 7 do
+for i = 6, #ARGV, 7 do
   local u = tonumber(ARGV[i])
   local counters, history = KEYS[2 * u - 1], KEYS[2 * u]
   redis.call('HINCRBY', counters, ARGV[i + 1], 1)
@@ -42,27 +46,29 @@ for i = 5, #ARGV, 7 do
   if ARGV[i + 4] == '1' then redis.call('LPUSH', history, ARGV[i + 3]) end
   if ARGV[i + 5] ~= '' then
     f = f + 1
-    redis.call('XADD', KEYS[2 * nusers + 1], 'MAXLEN', '~', fmax, '*', 'f', ARGV[i + 5])
+    redis.call('XADD', KEYS[2 * nusers + 1], 'MINID', fminid, '*', 'f', ARGV[i + 5])
     credits[f] = redis.call('HMGET', KEYS[2 * nusers + 1 + f], '_x', '_v', ARGV[i + 6])
   end
 end
+if f > 0 then redis.call('XTRIM', KEYS[2 * nusers + 1], 'MAXLEN', '~', fmax) end
 for u = 1, nusers do
   redis.call('EXPIRE', KEYS[2 * u - 1], ttl)
   redis.call('LTRIM', KEYS[2 * u], 0, hlen - 1)
   redis.call('EXPIRE', KEYS[2 * u], ttl)
 end
-return {(#ARGV - 4) / 7, credits}
+return {(#ARGV - 5) / 7, credits}
 """
 
 
 class EventStore:
     def __init__(
-        self, client: aioredis.Redis, ttl_s: int, feedback_stream: str = "ur:feedback", feedback_max: int = 1_000_000
+        self, client: aioredis.Redis, ttl_s: int, feedback_stream: str = "ur:feedback", bound: StreamBound | None = None
     ):
+        """bound: how much of the feedback stream is kept (by default a day and 256 MiB)."""
         self.client = client
         self.ttl_s = ttl_s
         self.feedback_stream = feedback_stream
-        self.feedback_max = feedback_max
+        self.bound = bound or StreamBound(86_400, 256 << 20)
         self._store = client.register_script(STORE_BATCH)
 
     async def store(self, events: list[Event]) -> tuple[int, list[tuple[Event, str | None, str | None]]]:
@@ -102,12 +108,14 @@ class EventStore:
                 feedback.append(ev)
             args += (slot, ev.action, ev.task, entry, 1 if engaged else 0, record, ev.entity_id)
         keys = [*user_keys, self.feedback_stream, *request_keys] if feedback else user_keys
-        return keys, [self.ttl_s, HISTORY_LENGTH, self.feedback_max, len(users), *args], feedback
+        trim = [self.bound.minid(), self.bound.maxlen()]
+        return keys, [self.ttl_s, HISTORY_LENGTH, *trim, len(users), *args], feedback
 
-    @staticmethod
-    def _feedback_record(ev: Event) -> bytes:
+    def _feedback_record(self, ev: Event) -> bytes:
         ts = int(ev.ts * 1000) if ev.ts is not None else int(time.time() * 1000)
-        return Feedback(ev.request_id, ev.entity_id, ev.action, ev.position, ev.user_id, ts).encode()
+        record = Feedback(ev.request_id, ev.entity_id, ev.action, ev.position, ev.user_id, ts).encode()
+        self.bound.observe(len(record))
+        return record
 
     async def _store_in_one_call(self, events: list[Event]) -> list[tuple[Event, tuple]]:
         """One Redis: the whole batch is one atomic script call."""
@@ -132,10 +140,15 @@ class EventStore:
             # script could not be told apart from one that ran it); the server caches it by its hash
             pipe.eval(STORE_BATCH, len(keys), *keys, *args)
         for ev in feedback:
-            pipe.xadd(self.feedback_stream, {"f": self._feedback_record(ev)}, maxlen=self.feedback_max)
+            pipe.xadd(
+                self.feedback_stream, {"f": self._feedback_record(ev)}, minid=self.bound.minid(), approximate=False
+            )
             pipe.hmget(request_key(ev.request_id), "_x", "_v", ev.entity_id)
+        if feedback:
+            pipe.xtrim(self.feedback_stream, maxlen=self.bound.maxlen(), approximate=True)
         replies = await pipe.execute()
-        return list(zip(feedback, replies[len(by_slot) + 1 :: 2], strict=True))
+        credits = replies[len(by_slot) : len(by_slot) + 2 * len(feedback)][1::2]
+        return list(zip(feedback, credits, strict=True))
 
 
 async def recent_history(client: aioredis.Redis, user_id: str) -> list[bytes]:

@@ -1,30 +1,65 @@
 """The served-impression log: every /rank answer, recorded off the response path.
 
-Contract: `record(ServedImpression)` costs a list append: it never waits and never fails a request; when the buffer
-holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
+Contract: `record(request, answer)` costs a tuple append: it never waits and never fails a request; when the
+buffer holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
 (`unirank_impressions_total{result="dropped"}`). A background task encodes and appends the buffer to the
 impressions stream every `UNIRANK_IMPRESSION_FLUSH_MS`: what it holds then, in batches (one entry per
-batch of up to 500 records, the stream capped at about
-`UNIRANK_IMPRESSION_STREAM_MAX` entries), and for requests in an experiment writes `ur:req:<rid>` (its
-experiment, variant and interleaving teams, kept `UNIRANK_REQUEST_TTL_S`) so that /events can credit
-feedback to a variant. Records the store refuses stay buffered and are retried. The format is
-`unirank.core.impression_log`.
+batch of up to 500 records), the stream kept to `UNIRANK_IMPRESSION_RETENTION_S` and about
+`UNIRANK_IMPRESSION_LOG_MAX_BYTES` (`StreamBound`), and for requests in an experiment writes
+`ur:req:<rid>` (its experiment, variant and interleaving teams, kept `UNIRANK_REQUEST_TTL_S`) so that
+/events can credit feedback to a variant. Records the store refuses stay buffered and are retried. Every
+`age_every_s` it sets `unirank_impression_log_oldest_seconds`, the age of the stream's oldest entry: the
+sink (`unirank logs sink`) trims what it exported, so this is the age of the oldest impression not yet
+exported, and an alert fires when it nears the retention. The format is `unirank.core.impression_log`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
 
+from service.core.answer import RankAnswer
 from service.core.errors import STORE_ERRORS, count_error
 from service.core.rollout import INTERLEAVED
-from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSIONS
-from unirank.core.impression_log import ServedImpression, request_key
+from service.core.schemas import RankRequest
+from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSION_LOG_OLDEST, IMPRESSION_LOG_RETENTION, IMPRESSIONS
+from service.store.retention import StreamBound
+from unirank.core.impression_log import encode_impressions, request_key
 
 log = logging.getLogger("unirank.impressions")
+
+
+class Served(NamedTuple):
+    request: RankRequest
+    answer: RankAnswer
+    ts: int  # ms
+
+
+def columns(batch: list[Served]) -> dict[str, list]:
+    """The batch as the impression log's columns (`unirank.core.impression_log.IMPRESSION_SCHEMA`); an
+    interleaved answer names no model (its items name theirs)."""
+    requests = [s.request for s in batch]
+    answers = [s.answer for s in batch]
+    return {
+        "rid": [a.request_id for a in answers],
+        "ts": [s.ts for s in batch],
+        "model": [a.model for a in answers],
+        "version": [a.model_version for a in answers],
+        "experiment": [a.experiment for a in answers],
+        "variant": [a.variant for a in answers],
+        "task": [r.task for r in requests],
+        "country": [r.country.upper() for r in requests],
+        "user": [r.user_id for r in requests],
+        "query": [r.query for r in requests],
+        "source": [r.source_entity_id for r in requests],
+        "level": [a.level for a in answers],
+        "items": [a.items for a in answers],
+    }
 
 
 class ImpressionLog:
@@ -32,20 +67,23 @@ class ImpressionLog:
         self,
         client: aioredis.Redis,
         stream: str,
-        max_entries: int,
+        bound: StreamBound,
         buffer: int,
         flush_s: float,
         request_ttl_s: int,
         batch: int = 500,
+        age_every_s: float = 15.0,
     ):
         self.client = client
         self.stream = stream
-        self.max_entries = max_entries
+        self.bound = bound
+        self.age_every_s = age_every_s
+        self._age_due = 0.0
         self.capacity = buffer
         self.flush_s = flush_s
         self.request_ttl_s = request_ttl_s
         self.batch = batch
-        self._buffer: list[ServedImpression] = []
+        self._buffer: list[Served] = []
         self._dropped = IMPRESSIONS.labels(result="dropped")
         self._written = IMPRESSIONS.labels(result="written")
         self._task: asyncio.Task | None = None
@@ -58,13 +96,14 @@ class ImpressionLog:
             self._experiment_counters[key] = EXPERIMENT_REQUESTS.labels(experiment=experiment, variant=variant)
         return self._experiment_counters[key]
 
-    def record(self, impression: ServedImpression) -> None:
+    def record(self, request: RankRequest, answer: RankAnswer) -> None:
+        """The answer as served for the request (neither is changed afterwards: the flush reads them)."""
         if len(self._buffer) >= self.capacity:
             self._dropped.inc()
             return
-        self._buffer.append(impression)
-        if impression.experiment is not None:
-            self._experiment_counter(impression.experiment, impression.variant).inc()
+        self._buffer.append(Served(request, answer, int(time.time() * 1000)))
+        if answer.experiment is not None:
+            self._experiment_counter(answer.experiment, answer.variant).inc()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -85,9 +124,13 @@ class ImpressionLog:
             count_error("impressions", exc)
 
     async def _run(self) -> None:
+        IMPRESSION_LOG_RETENTION.set(self.bound.retention_s)
         while True:
             await asyncio.sleep(self.flush_s)
             try:
+                if time.monotonic() >= self._age_due:
+                    self._age_due = time.monotonic() + self.age_every_s
+                    await self.measure_age()
                 # what was buffered when the period ended, in batches; what arrives meanwhile waits for the
                 # next period (draining until empty, a busy worker flushed back to back: an XADD of a
                 # dozen records every round trip, ~15 us of CPU per keystroke hit instead of ~3)
@@ -105,18 +148,32 @@ class ImpressionLog:
         is what a record per entry would cost the worker."""
         batch = self._buffer[: self.batch]
         pipe = self.client.pipeline(transaction=False)
-        records = [impression.encode() for impression in batch]
-        pipe.xadd(self.stream, {"b": b"[" + b",".join(records) + b"]"}, maxlen=self.max_entries, approximate=True)
-        for impression in batch:
-            if impression.experiment is not None:
-                key = request_key(impression.rid)
-                teams = teams_of(impression.items) if impression.variant == INTERLEAVED else {}
-                pipe.hset(key, mapping={"_x": impression.experiment, "_v": impression.variant, **teams})
+        payload = encode_impressions(columns(batch))
+        self.bound.observe(len(payload))
+        pipe.xadd(self.stream, {"a": payload}, minid=self.bound.minid(), approximate=False)
+        pipe.xtrim(self.stream, maxlen=self.bound.maxlen(), approximate=True)
+        for _, answer, _ in batch:
+            if answer.experiment is not None:
+                key = request_key(answer.request_id)
+                teams = teams_of(answer.items) if answer.variant == INTERLEAVED else {}
+                pipe.hset(key, mapping={"_x": answer.experiment, "_v": answer.variant, **teams})
                 pipe.expire(key, self.request_ttl_s)
         await pipe.execute()
         del self._buffer[: len(batch)]
         self._written.inc(len(batch))
         return len(batch)
+
+    async def measure_age(self) -> float | None:
+        """Seconds since the stream's oldest entry (None: empty), also set as the gauge."""
+        oldest = await self.client.xrange(self.stream, count=1)
+        age = None if not oldest else max(time.time() - _ms(oldest[0][0]) / 1000, 0.0)
+        IMPRESSION_LOG_OLDEST.set(age or 0.0)
+        return age
+
+
+def _ms(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
 
 
 def teams_of(items_json: bytes) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from unirank.core.object_store import is_url, mirror
 from unirank.core.schema import TASKS, SchemaError
 from unirank.core.vocab import PERSONALIZATION_LEVELS
 
@@ -44,10 +45,17 @@ def parse_ints(value: str | tuple) -> tuple[int, ...]:
         raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def dataset_dir(value: Path | None) -> Path | None:
-    """A directory holding events.parquet and entities.parquet."""
+def dataset_dir(value: str | Path | None) -> Path | None:
+    """A directory holding events.parquet (or events/) and entities.parquet; an object-store URL (s3://, gs://)
+    is mirrored into a local cache first (UNIRANK_DATA_CACHE_DIR; only new files are fetched again)."""
     if value is None:
         return None
+    if is_url(value):
+        try:
+            value = mirror(str(value))
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"cannot read {value}: {exc}") from exc
+    value = Path(value)
     missing = [] if (value / "events.parquet").is_file() or (value / "events").is_dir() else ["events.parquet"]
     missing += [] if (value / "entities.parquet").is_file() else ["entities.parquet"]
     if not value.is_dir() or missing:

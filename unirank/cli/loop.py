@@ -50,7 +50,9 @@ def _client(url: str):
 
 @logs_app.command("export")
 def export(
-    out: Annotated[Path, typer.Option(help="Dataset directory (events/ partitions, entities.parquet)")],
+    out: Annotated[
+        str, typer.Option(help="Dataset directory (events/ partitions, entities.parquet), or an s3:// / gs:// URL")
+    ],
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
     bundle: Annotated[
         Path, typer.Option(help="The bundle whose catalogue the entities come from", callback=bundle_dir)
@@ -75,7 +77,7 @@ def export(
 
 @logs_app.command("sink")
 def sink_command(
-    out: Annotated[Path, typer.Option(help="Dataset directory the partitions accumulate in")],
+    out: Annotated[str, typer.Option(help="Dataset directory the partitions accumulate in, or an s3:// / gs:// URL")],
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
     bundle: Annotated[
         Path, typer.Option(help="The bundle whose catalogue the entities come from", callback=bundle_dir)

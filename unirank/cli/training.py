@@ -21,7 +21,9 @@ from unirank.cli.app import (
 )
 from unirank.core.vocab import TASKS
 
-DataDir = Annotated[Path, typer.Option(help="Dataset directory in the event schema", callback=dataset_dir)]
+DataDir = Annotated[
+    str, typer.Option(help="Dataset directory in the event schema, or its s3:// / gs:// URL", callback=dataset_dir)
+]
 BundleDir = Annotated[Path, typer.Option(help="Bundle directory", callback=bundle_dir)]
 
 
@@ -151,7 +153,7 @@ def evaluate(
 @user_errors(ValueError)
 def study(
     data: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="Dataset in the event schema (default: synthetic, generated)", callback=dataset_dir),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Small data, one seed, two epochs: a smoke test")] = False,
@@ -192,9 +194,9 @@ def study(
 @app.command("cold-start")
 @user_errors(ValueError)
 def cold_start(
-    data: Annotated[Path, typer.Option(help="Dataset in the event schema", callback=dataset_dir)] = Path(
-        "artifacts/demo-data"
-    ),
+    data: Annotated[
+        str, typer.Option(help="Dataset in the event schema", callback=dataset_dir)
+    ] = "artifacts/demo-data",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per row")] = 3,
     epochs: Annotated[int, typer.Option(min=1)] = 6,
     share: Annotated[

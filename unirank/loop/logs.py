@@ -8,10 +8,12 @@ Contract:
   ignores. An anonymous request's user is "" (the unknown user); request ids become int64 by a stable
   hash (`request_number`), so exports of different runs and machines agree.
 - `export_log` writes `events/date=YYYY-MM-DD/part-*.parquet` (a directory `unirank train` reads as one
-  dataset) and `entities.parquet` (the bundle's catalogue plus the entities added at run time), chunk by
-  chunk with a progress bar, and records in `export-state.json` the last impression exported: a rerun
-  continues after it. `--settle S` leaves out the impressions of the last S seconds, whose clicks may
-  still come. `sink` repeats that and trims from the streams what it moved.
+  dataset) and `entities.parquet` (the bundle's catalogue plus the entities added at run time), to a
+  local directory or an object-store URL (`s3://`, `gs://`: a replica's sink needs no shared disk;
+  `unirank train --data s3://...` reads it back), chunk by chunk with a progress bar, and records in
+  `export-state.json` the last impression exported: a rerun continues after it. `--settle S` leaves out
+  the impressions of the last S seconds, whose clicks may still come. `sink` repeats that and trims from
+  the streams what it moved.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from unirank.core.impression_log import ENGAGED, FEEDBACK_STREAM, IMPRESSIONS_STREAM, Feedback, Impression, decode_batch
+from unirank.core.catalog_log import entry_id as id_of
+from unirank.core.catalog_log import fold, snapshot_key
+from unirank.core.impression_log import ENGAGED, FEEDBACK_STREAM, IMPRESSIONS_STREAM, Feedback, Impression, decode_entry
+from unirank.core.object_store import DatasetLocation
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
 from unirank.core.vocab import Task
 
@@ -87,7 +92,7 @@ def read_log(
     end = str(until_ms) if until_ms is not None else "+"
     impressions = []
     for entry_id, fields in stream_entries(client, impressions_stream, start, end):
-        impressions += [(entry_id.decode(), imp) for imp in decode_batch(fields[b"b"])]
+        impressions += [(entry_id.decode(), imp) for imp in decode_entry(fields)]
         if limit is not None and len(impressions) >= limit:
             break  # whole entries only: a resumed export starts after the last one
     if not impressions:
@@ -145,15 +150,11 @@ def entities_table(bundle: Path, client: redis.Redis, catalog_stream: str = CATA
     """The bundle's catalogue, then the entities added at run time (the last record of an id wins)."""
     catalog = pq.read_table(bundle / "tables" / "entities.parquet").select(ENTITY_SCHEMA.names).cast(ENTITY_SCHEMA)
     trained = set(catalog.column("entity_id").to_pylist())
-    added: dict[str, dict] = {}
-    for _, fields in stream_entries(client, catalog_stream):
-        try:
-            records = orjson.loads(fields[b"entities"])
-        except (KeyError, orjson.JSONDecodeError):
-            continue  # a malformed entry: the service skips it too
-        for r in records:
-            if r["entity_id"] not in trained:
-                added[r["entity_id"]] = r
+    snapshot = client.hgetall(snapshot_key(catalog_stream)) or None
+    start = f"({id_of(snapshot[b'last_id'])}" if snapshot else "-"
+    # the snapshot and the entries after it, folded as the service's workers apply them
+    folded = fold(snapshot, list(stream_entries(client, catalog_stream, start)))
+    added = {r["entity_id"]: r for r in orjson.loads(folded[b"entities"]) if r["entity_id"] not in trained}
     if not added:
         return catalog
     countries = sorted({c for cs in catalog.column("countries").to_pylist() for c in cs})
@@ -173,7 +174,13 @@ def entities_table(bundle: Path, client: redis.Redis, catalog_stream: str = CATA
     return pa.concat_tables([catalog, pa.table(rows, schema=ENTITY_SCHEMA)])
 
 
-def write_parts(table: pa.Table, out: Path, name: str) -> list[Path]:
+def _parquet(table: pa.Table) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    return buffer.getvalue().to_pybytes()
+
+
+def write_parts(table: pa.Table, out: DatasetLocation, name: str) -> list[str]:
     """One Parquet file per impression date under out/events/date=YYYY-MM-DD/."""
     if table.num_rows == 0:
         return []
@@ -181,24 +188,19 @@ def write_parts(table: pa.Table, out: Path, name: str) -> list[Path]:
     written = []
     for date in sorted(set(dates)):
         part = table.filter(pa.array([d == date for d in dates]))
-        directory = out / "events" / f"date={date}"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"part-{name}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(part, tmp)
-        tmp.rename(path)
-        written.append(path)
+        written.append(out.write_bytes(_parquet(part), "events", f"date={date}", f"part-{name}.parquet"))
     return written
 
 
-def load_state(out: Path) -> dict:
-    path = out / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"last_id": None, "rows": 0, "impressions": 0, "parts": 0}
+def load_state(out: DatasetLocation) -> dict:
+    if out.exists(STATE_FILE):
+        return json.loads(out.read_bytes(STATE_FILE))
+    return {"last_id": None, "rows": 0, "impressions": 0, "parts": 0}
 
 
 def export_log(
     client: redis.Redis,
-    out: Path,
+    out: str | Path,
     bundle: Path,
     since_ms: int | None = None,
     until_ms: int | None = None,
@@ -209,11 +211,12 @@ def export_log(
     feedback_stream: str = FEEDBACK_STREAM,
     catalog_stream: str = CATALOG_STREAM,
 ) -> dict:
-    """Exports (resuming after the last exported impression); returns the state with this run's counts."""
+    """Exports (resuming after the last exported impression) to a directory or an object-store URL;
+    returns the state with this run's counts."""
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_state(out)
+    location = DatasetLocation(out)
+    state = load_state(location)
     settled = int((time.time() - settle_s) * 1000)
     until = settled if until_ms is None else min(until_ms, settled)
     total = client.xlen(impressions_stream)
@@ -225,26 +228,26 @@ def export_log(
             break
         table = joined_table(log)
         last_id = log.impressions[-1][0]
-        write_parts(table, out, last_id.replace("-", "_"))
+        write_parts(table, location, last_id.replace("-", "_"))
         state |= {
             "last_id": last_id,
             "rows": state["rows"] + table.num_rows,
             "impressions": state["impressions"] + len(log.impressions),
             "parts": state["parts"] + 1,
         }
-        (out / STATE_FILE).write_text(json.dumps(state, indent=2))
+        location.write_bytes(json.dumps(state, indent=2).encode(), STATE_FILE)
         run["impressions"] += len(log.impressions)
         run["rows"] += table.num_rows
         run["clicked"] += int(pc.sum(table.column("clicked")).as_py() or 0)
         bar.update(len(log.impressions))
     bar.close()
-    pq.write_table(entities_table(bundle, client, catalog_stream), out / "entities.parquet")
+    location.write_bytes(_parquet(entities_table(bundle, client, catalog_stream)), "entities.parquet")
     return state | {"this_run": run}
 
 
 def sink(
     client: redis.Redis,
-    out: Path,
+    out: str | Path,
     bundle: Path,
     every_s: float = 60.0,
     settle_s: float = 300.0,
