@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     catalog_block_s: float = Field(
         1.0, gt=0, description="Blocking read of the runtime catalog log (entities added at run time)"
     )
+    catalog_compact_entries: int = Field(
+        1000,
+        ge=1,
+        description="Once the runtime catalog log holds more entries than this, one worker folds those older than "
+        "ten minutes into its snapshot and trims them",
+    )
 
     replica_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
@@ -146,13 +152,21 @@ class Settings(BaseSettings):
     shadow_queue_size: int = Field(1000, ge=1, description="Requests waiting for shadow scoring, at most")
     impression_log: bool = Field(True, description="Record every /rank answer in the impressions stream")
     impression_stream: str = Field("ur:impressions", description="Redis stream of served rankings")
-    impression_stream_max: int = Field(
-        100_000, ge=1, description="Impressions stream entries kept, about (each a flushed batch of up to 500 records)"
+    impression_retention_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="How long the impression and feedback streams keep an entry (what `unirank logs sink` has not "
+        "moved by then is trimmed unexported; an alert fires at 80 %)",
+    )
+    impression_log_max_bytes: int = Field(
+        1 << 30, ge=1024, description="About how many bytes of Redis the impressions stream may take"
     )
     impression_buffer: int = Field(10_000, ge=1, description="Records a worker buffers for the log; beyond: dropped")
     impression_flush_ms: float = Field(50.0, gt=0, description="How often a worker appends its buffer to the stream")
     feedback_stream: str = Field("ur:feedback", description="Redis stream of clicks and plays that named their request")
-    feedback_stream_max: int = Field(1_000_000, ge=1, description="Feedback stream length, about")
+    feedback_log_max_bytes: int = Field(
+        256 << 20, ge=1024, description="About how many bytes of Redis the feedback stream may take"
+    )
     request_ttl_s: int = Field(
         86_400, ge=1, description="How long a request in an experiment is remembered to credit its feedback"
     )
