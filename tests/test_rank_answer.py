@@ -22,11 +22,13 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def live(bundle_dir, second_bundle_dir, redis_url):
     server = LiveServer(bundle_dir, redis_url, {"UNIRANK_ADMIN_TOKEN": TOKEN})
-    server.wait_ready()
-    r = server.client.post("/admin/models", json={"name": "b", "path": str(second_bundle_dir)}, headers=AUTH)
-    assert r.status_code == 201, r.text
-    yield server
-    server.stop()
+    try:
+        server.wait_ready()
+        r = server.client.post("/admin/models", json={"name": "b", "path": str(second_bundle_dir)}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Awaitable
 
 import orjson
 
@@ -55,16 +54,17 @@ async def serve_rank(
     routing = fleet.routing
     assignment = assign(routing, request.user_id, request_id)
     model = fleet.serving(assignment.model)
-    if assignment.partner is not None:
-        partner = fleet.serving(assignment.partner)
-        answer = await _degrading(
-            model, request, timings, _interleave(model, partner, request, request_id, timings, deadline)
-        )
-    else:
-        model.requests += 1
-        answer = await _degrading(model, request, timings, model.ranker.rank(request, timings, deadline=deadline))
-        if routing.shadow and routing.shadow != model.name:
-            shadow.offer(routing.shadow, request, answer.items)
+    try:
+        if assignment.partner is not None:
+            partner = fleet.serving(assignment.partner)
+            answer = await _interleave(model, partner, request, request_id, timings, deadline)
+        else:
+            model.requests += 1
+            answer = await model.ranker.rank(request, timings, deadline=deadline)
+    except (DeadlineExceeded, ModelFailure) as exc:
+        answer = _degraded(model, request, timings, exc)
+    if assignment.partner is None and routing.shadow and routing.shadow != model.name:
+        shadow.offer(routing.shadow, request, answer.items)
     answer.request_id = request_id
     answer.experiment = assignment.experiment
     answer.variant = assignment.variant
@@ -73,14 +73,11 @@ async def serve_rank(
     return answer
 
 
-async def _degrading(model: ServedModel, request: RankRequest, timings: Timings, ranking: Awaitable[RankAnswer]):
-    """The ranking's answer, or the model's fallback when its deadline passed or the model failed."""
-    try:
-        return await ranking
-    except (DeadlineExceeded, ModelFailure) as exc:
-        reason = "deadline" if isinstance(exc, DeadlineExceeded) else "model_error"
-        DEGRADED.labels(reason=reason).inc()
-        return model.ranker.fallback(request, reason, timings)
+def _degraded(model: ServedModel, request: RankRequest, timings: Timings, exc: Exception) -> RankAnswer:
+    """The model's fallback ranking, when its deadline passed or the model failed."""
+    reason = "deadline" if isinstance(exc, DeadlineExceeded) else "model_error"
+    DEGRADED.labels(reason=reason).inc()
+    return model.ranker.fallback(request, reason, timings)
 
 
 async def _interleave(

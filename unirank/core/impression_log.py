@@ -3,7 +3,7 @@ streams and the offline tools (`unirank logs`, `unirank experiment report`) read
 
 Contract:
 - impressions stream (every /rank answer, cache hits included; one entry per batch a worker flushed),
-  field `a`: the batch as one Arrow IPC record batch of `IMPRESSION_SCHEMA` — a column per field (`rid`,
+  field `a`: the batch as one Arrow IPC record batch message of `IMPRESSION_SCHEMA` — a column per field (`rid`,
   `ts` (ms), `model`, `version`, `experiment`, `variant`, `task`, `country`, `user`, `query`, `source`,
   `level`) and `items`, each answer's items as the JSON array the service served
   (`[{"entity_id", "score"[, "variant"]}]`: an item's position is its index; interleaved items carry the
@@ -119,19 +119,17 @@ IMPRESSION_SCHEMA = pa.schema(
 )
 
 
-def encode_impressions(columns: dict[str, list]) -> bytes:
+def encode_impressions(columns: dict[str, list]) -> memoryview:
     """One stream entry's field `a`: the columns (one list per field of IMPRESSION_SCHEMA, one value per
-    answer) as an Arrow IPC stream of one record batch."""
+    answer) as one Arrow IPC record batch message (its schema is IMPRESSION_SCHEMA: a change of schema
+    takes a new field name), without a copy."""
     arrays = [pa.array(columns[f.name], f.type) for f in IMPRESSION_SCHEMA]
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, IMPRESSION_SCHEMA) as writer:
-        writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=IMPRESSION_SCHEMA))
-    return sink.getvalue().to_pybytes()
+    return memoryview(pa.RecordBatch.from_arrays(arrays, schema=IMPRESSION_SCHEMA).serialize())
 
 
 def decode_entry(fields: dict) -> list[Impression]:
     """The records of one impressions stream entry (this version's Arrow batch, or an earlier JSON one)."""
     if b"a" in fields:
-        table = pa.ipc.open_stream(fields[b"a"]).read_all()
-        return [Impression.from_dict(row | {"items": orjson.loads(row["items"])}) for row in table.to_pylist()]
+        batch = pa.ipc.read_record_batch(pa.py_buffer(fields[b"a"]), IMPRESSION_SCHEMA)
+        return [Impression.from_dict(row | {"items": orjson.loads(row["items"])}) for row in batch.to_pylist()]
     return decode_batch(fields[b"b"])
