@@ -102,8 +102,8 @@ def chaos(
     case: Annotated[
         list[str] | None,
         typer.Option(
-            help="Only these cases: schemathesis, hostile, redis_kill, redis_hang, overload, sigterm, worker_kill, "
-            "bundle"
+            help="Only these cases: schemathesis, hostile, redis_kill, redis_hang, overload, events_under_overload, "
+            "sigterm, worker_kill, bundle"
         ),
     ] = None,
     out: Out = Path("results"),
