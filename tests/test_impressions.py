@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 import orjson
 
 from service.core.answer import RankAnswer
 from service.core.schemas import Event, RankRequest
 from service.store.events import EventStore
-from service.store.impressions import ImpressionLog, columns
+from service.store.impressions import ImpressionLog, columns, row
 from service.store.redis_client import connect
 from service.store.retention import StreamBound
 from unirank.core.impression_log import Feedback, decode_entry, encode_impressions
@@ -151,5 +152,5 @@ def test_an_entry_of_the_earlier_json_format_is_still_read():
     items = [{"entity_id": "e1", "score": 0.5}]
     old = decode_entry({b"b": orjson.dumps([record | {"items": items}])})
     request, answer = _served("r1", orjson.dumps(items))
-    new = decode_entry({b"a": encode_impressions(columns([(request, answer, 1)]))})
-    assert old == new and new[0].items == items and new[0].country == "US"
+    new = decode_entry({b"a": encode_impressions(columns([row(request, answer)]))})
+    assert [replace(r, ts=1) for r in new] == old and new[0].items == items and new[0].country == "US"

@@ -1,7 +1,7 @@
 """The served-impression log: every /rank answer, recorded off the response path.
 
-Contract: `record(request, answer)` costs a tuple append: it never waits and never fails a request; when the
-buffer holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
+Contract: `record(request, answer)` costs a tuple of plain values and an append: it never waits and never
+fails a request; when the buffer holds `UNIRANK_IMPRESSION_BUFFER` records, new ones are dropped and counted
 (`unirank_impressions_total{result="dropped"}`). A background task encodes and appends the buffer to the
 impressions stream every `UNIRANK_IMPRESSION_FLUSH_MS`: what it holds then, in batches (one entry per
 batch of up to 500 records), the stream kept to `UNIRANK_IMPRESSION_RETENTION_S` and about
@@ -28,35 +28,42 @@ from service.core.rollout import INTERLEAVED
 from service.core.schemas import RankRequest
 from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSION_LOG_OLDEST, IMPRESSION_LOG_RETENTION, IMPRESSIONS
 from service.store.retention import StreamBound
-from unirank.core.impression_log import encode_impressions, request_key
+from unirank.core.impression_log import IMPRESSION_SCHEMA, encode_impressions, request_key
 
 log = logging.getLogger("unirank.impressions")
 
 
-# what the log buffers of one answer: the request, the answer as served, and when (ms); a plain tuple,
-# built on the request's path (a NamedTuple costs twice as much to make)
-Served = tuple[RankRequest, RankAnswer, int]
+def row(request: RankRequest, answer: RankAnswer) -> tuple:
+    """One answer as a row of the log's columns, in `IMPRESSION_SCHEMA` order: plain values only, so that
+    the buffer keeps no request or answer object alive until the flush (thousands of them per second
+    would only feed the garbage collector); an interleaved answer names no model (its items name theirs)."""
+    return (
+        answer.request_id,
+        int(time.time() * 1000),
+        answer.model,
+        answer.model_version,
+        answer.experiment,
+        answer.variant,
+        request.task,
+        request.country.upper(),
+        request.user_id,
+        request.query,
+        request.source_entity_id,
+        answer.level,
+        answer.items,
+    )
 
 
-def columns(batch: list[Served]) -> dict[str, list]:
-    """The batch as the impression log's columns (`unirank.core.impression_log.IMPRESSION_SCHEMA`); an
-    interleaved answer names no model (its items name theirs)."""
-    requests, answers, times = zip(*batch, strict=True) if batch else ((), (), ())
-    return {
-        "rid": [a.request_id for a in answers],
-        "ts": list(times),
-        "model": [a.model for a in answers],
-        "version": [a.model_version for a in answers],
-        "experiment": [a.experiment for a in answers],
-        "variant": [a.variant for a in answers],
-        "task": [r.task for r in requests],
-        "country": [r.country.upper() for r in requests],
-        "user": [r.user_id for r in requests],
-        "query": [r.query for r in requests],
-        "source": [r.source_entity_id for r in requests],
-        "level": [a.level for a in answers],
-        "items": [a.items for a in answers],
-    }
+_RID, _EXPERIMENT, _VARIANT, _ITEMS = (
+    IMPRESSION_SCHEMA.get_field_index(n) for n in ("rid", "experiment", "variant", "items")
+)
+
+
+def columns(rows: list[tuple]) -> dict[str, list]:
+    """The buffered rows as the log's columns (`unirank.core.impression_log.IMPRESSION_SCHEMA`)."""
+    if not rows:
+        return {name: [] for name in IMPRESSION_SCHEMA.names}
+    return dict(zip(IMPRESSION_SCHEMA.names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 class ImpressionLog:
@@ -80,7 +87,7 @@ class ImpressionLog:
         self.flush_s = flush_s
         self.request_ttl_s = request_ttl_s
         self.batch = batch
-        self._buffer: list[Served] = []
+        self._buffer: list[tuple] = []  # rows of IMPRESSION_SCHEMA (`row`)
         self._dropped = IMPRESSIONS.labels(result="dropped")
         self._written = IMPRESSIONS.labels(result="written")
         self._task: asyncio.Task | None = None
@@ -98,7 +105,7 @@ class ImpressionLog:
         if len(self._buffer) >= self.capacity:
             self._dropped.inc()
             return
-        self._buffer.append((request, answer, int(time.time() * 1000)))
+        self._buffer.append(row(request, answer))
         if answer.experiment is not None:
             self._experiment_counter(answer.experiment, answer.variant).inc()
 
@@ -149,11 +156,11 @@ class ImpressionLog:
         self.bound.observe(len(payload))
         pipe.xadd(self.stream, {"a": payload}, minid=self.bound.minid(), approximate=False)
         pipe.xtrim(self.stream, maxlen=self.bound.maxlen(), approximate=True)
-        for _, answer, _ in batch:
-            if answer.experiment is not None:
-                key = request_key(answer.request_id)
-                teams = teams_of(answer.items) if answer.variant == INTERLEAVED else {}
-                pipe.hset(key, mapping={"_x": answer.experiment, "_v": answer.variant, **teams})
+        for r in batch:
+            if r[_EXPERIMENT] is not None:
+                key = request_key(r[_RID])
+                teams = teams_of(r[_ITEMS]) if r[_VARIANT] == INTERLEAVED else {}
+                pipe.hset(key, mapping={"_x": r[_EXPERIMENT], "_v": r[_VARIANT], **teams})
                 pipe.expire(key, self.request_ttl_s)
         await pipe.execute()
         del self._buffer[: len(batch)]
