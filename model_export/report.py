@@ -55,6 +55,14 @@ def markdown(result: dict) -> str:
         "Mean over seeds (± std over seeds where a row was trained per seed).",
         "",
     ]
+    if shares := result.get("task_share"):
+        kept = ", ".join(f"{task} {share:.0%}" for task, share in shares.items())
+        per_task = ", ".join(f"{task} {n:,}" for task, n in result.get("fit_rows_per_task", {}).items())
+        lines += [
+            f"Thinned tasks: the fit window keeps {kept} of the task's requests, for every trained row and "
+            f"LambdaMART alike (fit rows then: {per_task}); validation and test stay whole.",
+            "",
+        ]
     if sample := result.get("sample"):
         lines += [
             f"A sample of the users: {sample['events']:,} of the log's {sample['of']:,} events (every event of "

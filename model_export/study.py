@@ -7,7 +7,9 @@ same test requests for every row:
 - the research's options: task-conditioned feature gate, MMoE heads, the play head, the mixed-history
   encoder, title text features with the aspect gate, and gate + MMoE + play head together;
 - training choices: a listwise loss next to BCE, and it with new-entity training (DropoutNet);
-- baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART.
+- baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART;
+- with `task_share`, some tasks thinned to a share of their fit requests: where one task's data is thin,
+  does the unified model's sharing across tasks pay (UniCoRn's mechanism) where separate models cannot?
 
 Every trained row is repeated over seeds; the report gives the mean and spread and, for the headline
 comparisons, a paired test on per-request NDCG@10 (t-test and a bootstrap interval of the difference).
@@ -64,6 +66,7 @@ VARIANTS = {
     "+ play head": Variant(options=ModelOptions(play_head=True)),
     "+ history encoder": Variant(options=ModelOptions(history_encoder=True)),
     "+ text features": Variant(options=ModelOptions(text_features=True)),
+    "+ numeric encodings": Variant(options=ModelOptions(numeric_bins=8)),
     "+ task gate + mmoe + play head": Variant(options=ModelOptions(task_gate=True, mmoe_experts=3, play_head=True)),
     "+ listwise loss": Variant(listwise_weight=0.3),
     "+ listwise loss + new-entity training": Variant(listwise_weight=0.3, cold_entity_rate=0.2),
@@ -78,17 +81,56 @@ HEADLINES = [
     (REFERENCE, "implicit als", ("prequery", "more_like_this")),
     ("+ history encoder", REFERENCE, TASKS),
     ("+ text features", REFERENCE, TASKS),
+    ("+ numeric encodings", REFERENCE, TASKS),
+    ("+ numeric encodings", "lightgbm lambdamart", TASKS),
     ("+ listwise loss", REFERENCE, TASKS),
     ("+ listwise loss + new-entity training", REFERENCE, TASKS),
     ("+ listwise loss + new-entity training", "lightgbm lambdamart", TASKS),
 ]
 
 
-def task_subset(enc: Encoded, task: str) -> Encoded:
-    """The rows of one task; contexts stay whole (cand_ctx still points into them)."""
-    rows = np.flatnonzero(enc.row_task == task)
-    inputs = dict(enc.inputs) | {k: enc.inputs[k][rows] for k in ("cand_ids", "cand_genres", "cand_dense", "cand_ctx")}
+CANDIDATE_INPUTS = ("cand_ids", "cand_genres", "cand_dense", "cand_ctx", "cand_text")  # one row per impression
+
+
+def rows_subset(enc: Encoded, rows: np.ndarray) -> Encoded:
+    """Some rows of a split; contexts stay whole (cand_ctx still points into them)."""
+    inputs = dict(enc.inputs) | {k: enc.inputs[k][rows] for k in CANDIDATE_INPUTS if k in enc.inputs}
     return Encoded(inputs, enc.labels[rows], enc.played[rows], enc.row_task[rows], enc.requests)
+
+
+def task_subset(enc: Encoded, task: str) -> Encoded:
+    """The rows of one task."""
+    return rows_subset(enc, np.flatnonzero(enc.row_task == task))
+
+
+def parse_task_shares(values: list[str] | tuple[str, ...] | None) -> dict[str, float]:
+    """`TASK=SHARE` options ("more_like_this=0.1") as {task: share}; a bad one is a ValueError naming it."""
+    shares = {}
+    for value in values or ():
+        task, sep, share = value.partition("=")
+        try:
+            number = float(share)
+        except ValueError:
+            number = -1.0
+        if not sep or task not in TASKS or not 0 < number <= 1:
+            raise ValueError(
+                f"--task-share {value!r}: expected TASK=SHARE with a task of {', '.join(TASKS)} and 0 < SHARE <= 1"
+            )
+        shares[task] = number
+    return shares
+
+
+def thin(enc: Encoded, shares: dict[str, float], seed: int = 0) -> Encoded:
+    """The split with each task of `shares` kept for that share of its requests (whole requests, drawn once
+    from `seed`, so every row of the study trains on the same thinned data); other tasks whole."""
+    if not shares:
+        return enc
+    request = enc.inputs["cand_ctx"]
+    drawn = np.random.default_rng(seed).random(int(request.max()) + 1 if len(request) else 0)
+    keep = np.ones(len(enc), bool)
+    for task, share in shares.items():
+        keep &= ~((enc.row_task == task) & (drawn[request] >= share))
+    return rows_subset(enc, np.flatnonzero(keep))
 
 
 def check_rows(rows: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -109,10 +151,14 @@ class Study:
         epochs: int,
         rows: tuple[str, ...] | None = None,
         max_events: int = IN_MEMORY_ROWS,
+        task_share: dict[str, float] | None = None,
     ):
         """A log of more than `max_events` events is studied on a sample of its users (`sample_users`):
-        every row trains and is tested on the same sample, so the comparisons stay paired."""
+        every row trains and is tested on the same sample, so the comparisons stay paired. `task_share`
+        thins tasks' fit rows ({task: share of its requests kept}): every trained row and LambdaMART learn
+        from the same thinned fit window; validation and test stay whole."""
         self.seeds, self.epochs, self.rows = seeds, epochs, check_rows(rows)
+        self.task_share = task_share or {}
         sampled = sample_users(data_dir, max_events)
         self.dataset, self.sample = sampled if sampled is not None else (Dataset.load(data_dir), None)
         self.tables = build_tables(
@@ -128,10 +174,10 @@ class Study:
             if level == Level.FULL and self._clicks is None:
                 self._clicks = click_log(encoder, self.dataset)
             clicks = self._clicks if level == Level.FULL else None
-            self._encoded[key] = tuple(
-                encode_split(encoder, self.dataset, s, TASKS, impute, clicks)  # type: ignore[assignment]
-                for s in ("fit", "validation", "test")
+            fit, validation, test = (
+                encode_split(encoder, self.dataset, s, TASKS, impute, clicks) for s in ("fit", "validation", "test")
             )
+            self._encoded[key] = (thin(fit, self.task_share), validation, test)
         return self._encoded[key]
 
     def _config(self, v: Variant, seed: int) -> TrainConfig:
@@ -240,10 +286,10 @@ def run_study(
     log=print,
     rows: tuple[str, ...] | None = None,
     max_events: int = IN_MEMORY_ROWS,
+    task_share: dict[str, float] | None = None,
 ) -> Path:
-
     started = time.perf_counter()
-    study = Study(Path(data_dir), tuple(seeds), epochs, rows, max_events)
+    study = Study(Path(data_dir), tuple(seeds), epochs, rows, max_events, task_share)
     if study.sample:
         log(f"studying a sample of the users: {study.sample['events']} of {study.sample['of']} events")
     per_seed = study.run()
@@ -254,6 +300,8 @@ def run_study(
         "sample": study.sample,
         "seeds": list(seeds),
         "epochs": epochs,
+        "task_share": study.task_share,
+        "fit_rows_per_task": {task: int((study.encoded("full", True)[0].row_task == task).sum()) for task in TASKS},
         "rows": summarise(per_seed),
         "paired_tests": paired_tests(per_seed),
         "seconds": time.perf_counter() - started,

@@ -67,3 +67,41 @@ def test_a_larger_log_is_studied_on_a_sample_of_whole_users(data_dir, tmp_path):
     assert result["sample"]["events"] == dataset.events.num_rows
     assert result["rows"]["unified (full)"]["search"]["ndcg@10"] > 0
     assert "A sample of the users" in (out / "report.md").read_text()
+
+
+def test_a_thinned_task_keeps_a_share_of_its_fit_requests_and_nothing_else_changes(data_dir, tmp_path):
+    """`--task-share more_like_this=0.2`: that task's fit requests thinned (whole requests, the same for
+    every row), the other tasks and the validation and test windows whole; the report says so."""
+    import numpy as np
+
+    from model_export.study import Study, parse_task_shares, thin
+
+    whole = Study(data_dir, (0,), 1, rows=("unified (full)",))
+    thinned = Study(data_dir, (0,), 1, rows=("unified (full)",), task_share={"more_like_this": 0.2})
+    (fit_w, val_w, test_w), (fit_t, val_t, test_t) = whole.encoded("full", True), thinned.encoded("full", True)
+    count = lambda enc, task: int((enc.row_task == task).sum())  # noqa: E731
+    assert 0.1 < count(fit_t, "more_like_this") / count(fit_w, "more_like_this") < 0.3
+    for task in ("search", "prequery"):
+        assert count(fit_t, task) == count(fit_w, task)
+    assert len(val_t) == len(val_w) and len(test_t) == len(test_w)
+    # whole requests: every kept request keeps all of its rows
+    requests, rows = np.unique(fit_t.inputs["cand_ctx"], return_counts=True)
+    whole_rows = dict(zip(*np.unique(fit_w.inputs["cand_ctx"], return_counts=True), strict=True))
+    assert all(whole_rows[r] == n for r, n in zip(requests.tolist(), rows.tolist(), strict=True))
+    assert np.array_equal(thin(fit_w, {"more_like_this": 0.2}).labels, fit_t.labels)  # the same draw every time
+    out = run_study(
+        data_dir,
+        tmp_path,
+        seeds=(0,),
+        epochs=1,
+        log=lambda *_: None,
+        rows=("unified (full)",),
+        task_share={"more_like_this": 0.2},
+    )
+    result = json.loads((out / "study.json").read_text())
+    assert result["task_share"] == {"more_like_this": 0.2}
+    assert result["fit_rows_per_task"]["more_like_this"] == count(fit_t, "more_like_this")
+    assert "Thinned tasks" in (out / "report.md").read_text()
+    for bad in (["mlt=0.1"], ["more_like_this=0"], ["more_like_this=1.5"], ["more_like_this"]):
+        with pytest.raises(ValueError, match="TASK=SHARE"):
+            parse_task_shares(bad)

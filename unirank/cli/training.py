@@ -48,6 +48,12 @@ def train(
     text_vector: Annotated[
         bool, typer.Option(help="With --text-features: the title vector too, not only its similarities")
     ] = True,
+    numeric_bins: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Dense features as piecewise-linear encodings over this many quantile bins (0: raw values)"
+        ),
+    ] = 0,
     cold_entity_rate: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of training rows shown as a new entity (DropoutNet)")
     ] = 0.0,
@@ -85,6 +91,7 @@ def train(
         text_features=text_features,
         text_vector=text_vector,
         rank_by=RankBy(rank_by).value,
+        numeric_bins=numeric_bins,
     )
     cfg = TrainConfig(
         personalization=Personalization(personalization).value,
@@ -166,9 +173,15 @@ def study(
     max_events: Annotated[
         int, typer.Option(min=1, help="A larger log is studied on a sample of its users of about this many events")
     ] = 2_000_000,
+    task_share: Annotated[
+        list[str] | None,
+        typer.Option(help="Thin a task's fit requests to a share (repeat; e.g. more_like_this=0.1): data-thin tasks"),
+    ] = None,
 ) -> None:
     """Unified vs separate models, personalization lift, ablations and baselines, with paired tests."""
-    from model_export.study import run_study
+    from model_export.study import parse_task_shares, run_study
+
+    shares = parse_task_shares(task_share)
     from model_export.synth import SynthParams, generate
 
     if data is None:
@@ -187,6 +200,7 @@ def study(
         log=typer.echo,
         rows=tuple(row) if row else None,
         max_events=max_events,
+        task_share=shares,
     )
     typer.echo((path / "report.md").read_text())
 
