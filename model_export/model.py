@@ -144,6 +144,29 @@ class MMoE(nn.Module):
         return mixed, torch.gather(self.heads(mixed), 1, task.reshape(-1, 1)).squeeze(1)
 
 
+class PiecewiseLinear(nn.Module):
+    """Numeric features as piecewise-linear encodings (Gorishniy et al., "On Embeddings for Numerical Features
+    in Tabular Deep Learning", NeurIPS 2022): for bin t of feature f with edges [lo, hi), how far x is
+    through it, clipped to [0, 1] (so a value reads as 1, ..., 1, a fraction, 0, ..., 0); then each feature's
+    own linear map to `dim` columns and a ReLU. The edges are quantiles of the fit window (in the bundle):
+    a learned, thresholded view of popularity, counts and match scores, as a GBDT's splits are."""
+
+    def __init__(self, edges: list[list[float]], dim: int):
+        super().__init__()
+        e = torch.tensor(edges, dtype=torch.float32)  # (F, T + 1)
+        self.register_buffer("low", e[:, :-1])
+        self.register_buffer("inv_width", 1.0 / (e[:, 1:] - e[:, :-1]))
+        features, bins = self.low.shape
+        self.weight = nn.Parameter(torch.randn(features, bins, dim) / math.sqrt(bins))
+        self.bias = nn.Parameter(torch.zeros(features, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) raw values -> (N, F * dim)."""
+        encoded = ((x.unsqueeze(-1) - self.low) * self.inv_width).clamp(0.0, 1.0)  # (N, F, T)
+        mapped = torch.matmul(encoded.transpose(0, 1), self.weight).transpose(0, 1) + self.bias  # (N, F, dim)
+        return torch.relu(mapped).reshape(x.shape[0], -1)
+
+
 def _bag(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Mean of non-padding embeddings (id 0 is padding); written out so it exports to plain ONNX ops.
     For the query's tokens: one row per context."""
@@ -189,6 +212,7 @@ class UnifiedRanker(nn.Module):
         self.ctx_out = nn.Linear(arch.hidden, arch.ctx_dim + (d if arch.interaction else 0))
         self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
+        self.numeric = PiecewiseLinear(spec.dense_edges, options.numeric_dim) if options.numeric_bins else None
         width, groups = spec.width, spec.feature_groups()
         self.task_gate = TaskGate(d, groups) if options.task_gate else None
         self.cross = nn.ModuleList(CrossLayer(width, arch.cross_rank) for _ in range(arch.cross_layers))
@@ -234,7 +258,10 @@ class UnifiedRanker(nn.Module):
         """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
         # split per context, then gathered per candidate: no (N, width) slice copies
         ctx = self.context(ctx_ids, ctx_query)
-        dense = (cand_dense - self.dense_mean) / self.dense_std
+        if self.numeric is not None:
+            dense = self.numeric(cand_dense)
+        else:
+            dense = (cand_dense - self.dense_mean) / self.dense_std
         entity = self.entity(cand_ids[:, 0])
         parts = [ctx[:, : self.arch.ctx_dim].index_select(0, cand_ctx), entity]
         if self.arch.interaction:

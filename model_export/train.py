@@ -153,6 +153,8 @@ def make_spec(
     tables: FeatureTables, fit: Encoded | EncodedChunks, cfg: TrainConfig, sharded: bool = False
 ) -> ModelSpec:
     mean, std = _dense_moments(fit, across_ranks=sharded)
+    bins = cfg.options.numeric_bins
+    edges = dense_edges(fit, bins) if bins else None
     vocabulary = Vocabulary(
         n_countries=len(tables.countries) - 1,
         n_clusters=tables.n_clusters,
@@ -167,7 +169,24 @@ def make_spec(
         personalization=cfg.personalization,
         architecture=cfg.architecture,
         options=cfg.options,
+        dense_edges=edges,
     )
+
+
+def dense_edges(fit: Encoded | EncodedChunks, bins: int, sample: int = 200_000, seed: int = 0) -> list[list[float]]:
+    """Each dense feature's bin edges for piecewise-linear encodings: `bins` quantile bins of the fit rows (a
+    sample of `sample` rows at most), made strictly increasing in float32 (a value many rows share, as a 0
+    count, takes bins 1e-6 wide rather than none: a step instead of a slope, never a division by 0)."""
+    rng = np.random.default_rng(seed)
+    parts = [fit.inputs["cand_dense"]] if isinstance(fit, Encoded) else [p.inputs["cand_dense"] for p in fit]
+    take = max(sample // max(len(parts), 1), 1)
+    dense = np.concatenate([p[rng.choice(len(p), min(len(p), take), replace=False)] for p in parts if len(p)])
+    edges = np.quantile(dense.astype(np.float64), np.linspace(0.0, 1.0, bins + 1), axis=0).T.astype(np.float32)
+    for row in edges:  # (bins + 1,) per feature; a bin at least 1e-6 (relative) wide: 1 / width stays finite
+        for i in range(1, len(row)):
+            low = row[i - 1]
+            row[i] = max(row[i], low + np.float32(1e-6) * max(np.float32(1.0), abs(low)))
+    return edges.tolist()
 
 
 def _rows_batch(

@@ -27,6 +27,7 @@ OPTIONS = {
     "mmoe": dict(mmoe_experts=3),
     "history": dict(history_encoder=True),
     "text": dict(text_features=True),
+    "numeric": dict(numeric_bins=8),
     "all": dict(task_gate=True, mmoe_experts=3, play_head=True, history_encoder=True, text_features=True),
 }
 
@@ -66,6 +67,26 @@ def test_option_exports_with_parity_and_is_recorded(option_bundles, name):
     has_text = bool(OPTIONS[name].get("text_features"))
     assert (manifest["text_encoder"] is not None) is has_text
     assert (option_bundles[name] / "text_encoder.onnx").is_file() is has_text
+
+
+def test_numeric_encodings_carry_their_fit_window_edges_and_stay_finite(option_bundles, splits):
+    """Piecewise-linear encodings: each dense feature's 9 edges (8 quantile bins of the fit window) are in
+    the bundle, strictly increasing even for a feature most rows share a value of; the ONNX graph scores
+    every validation row finitely, as torch does (the export's parity check)."""
+    import onnxruntime as ort
+
+    from model_export.train import dense_edges
+    from unirank.core.features import DENSE_FEATURES
+
+    manifest = json.loads((option_bundles["numeric"] / "manifest.json").read_text())
+    edges = np.asarray(manifest["model"]["dense_edges"], np.float32)
+    assert edges.shape == (len(DENSE_FEATURES), 9) and (np.diff(edges, axis=1) > 0).all()
+    _, fit_enc, val_enc = splits
+    assert np.array_equal(edges, np.asarray(dense_edges(fit_enc, 8), np.float32))  # from the fit window alone
+    session = ort.InferenceSession(str(option_bundles["numeric"] / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    scores = session.run(None, {n: val_enc.inputs[n] for n in names})[0]
+    assert np.isfinite(scores).all() and 0 < scores.min() < scores.max() < 1
 
 
 def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundles):

@@ -50,6 +50,11 @@ class ModelOptions:
     text_features: bool = False  # MiniLM title features + an aspect gate (S&R Foundation model)
     text_vector: bool = True  # with text_features: the title vector too, not only its similarities
     rank_by: Literal["click", "play"] = "click"  # the bundle's default ranking score
+    # dense features as piecewise-linear encodings over this many quantile bins of the fit window, each
+    # feature's through its own learned linear map to `numeric_dim` columns (Gorishniy et al., NeurIPS 2022);
+    # 0: the standardised raw values
+    numeric_bins: int = 0
+    numeric_dim: int = 4
 
     def problems(self, personalization: str) -> list[str]:
         """What is wrong with these options for a model of this personalization level (empty: fine)."""
@@ -64,6 +69,8 @@ class ModelOptions:
             out.append(f"the history encoder needs personalization 'full', not {personalization!r}")
         if not self.text_vector and not self.text_features:
             out.append("--no-text-vector only applies with --text-features")
+        if self.numeric_bins < 0 or self.numeric_bins == 1 or self.numeric_dim < 1:
+            out.append("numeric_bins must be 0 (off) or at least 2, and numeric_dim at least 1")
         return out
 
 
@@ -86,12 +93,27 @@ class ModelSpec:
     personalization: str = "full"
     architecture: Architecture = field(default_factory=Architecture)
     options: ModelOptions = field(default_factory=ModelOptions)
+    # with options.numeric_bins: each dense feature's bin edges (numeric_bins + 1, increasing), from the fit window
+    dense_edges: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         if self.personalization not in PERSONALIZATION_LEVELS:
             raise ValueError(f"personalization must be one of {', '.join(PERSONALIZATION_LEVELS)}")
         if problems := self.options.problems(self.personalization):
             raise ValueError("; ".join(problems))
+        bins = self.options.numeric_bins
+        if bins and (
+            self.dense_edges is None
+            or len(self.dense_edges) != len(DENSE_FEATURES)
+            or any(len(e) != bins + 1 for e in self.dense_edges)
+        ):
+            raise ValueError(f"numeric_bins {bins} needs {bins + 1} bin edges for each of the dense features")
+
+    @property
+    def dense_width(self) -> int:
+        """Columns of the dense features in the per-candidate vector."""
+        o = self.options
+        return len(DENSE_FEATURES) * (o.numeric_dim if o.numeric_bins else 1)
 
     @property
     def user_embedding(self) -> bool:
@@ -110,7 +132,7 @@ class ModelSpec:
         return (
             [a.ctx_dim, a.dim]
             + ([a.dim] if a.interaction else [])
-            + [a.kind_dim, a.genre_dim, len(DENSE_FEATURES)]
+            + [a.kind_dim, a.genre_dim, self.dense_width]
             + ([a.dim] if o.history_encoder else [])
             + ([a.dim] if o.text_features else [])
         )
@@ -156,7 +178,8 @@ class ModelSpec:
         play = 2 * width if o.play_head else 0
         history = 2 * (a.dim * a.dim + 2 * a.history_length * a.dim) if o.history_encoder else 0
         text = 2 * self.text_input_width * a.dim if o.text_features else 0
-        return a.cross_layers * per_cross + tower + play + history + text
+        numeric = 2 * len(DENSE_FEATURES) * o.numeric_bins * o.numeric_dim  # the per-feature maps of the encodings
+        return a.cross_layers * per_cross + tower + play + history + text + numeric
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +195,7 @@ class ModelSpec:
                 personalization=d["personalization"],
                 architecture=Architecture(**d["architecture"]),
                 options=ModelOptions(**d["options"]),
+                dense_edges=d.get("dense_edges"),
             )
         pick = lambda kind: {f.name: d[f.name] for f in fields(kind) if f.name in d}  # noqa: E731
         return cls(
