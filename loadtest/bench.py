@@ -218,15 +218,18 @@ LOGGED = ("keystroke_hit", "rank_200")
 def _logging_on_off(on: AppServer, off: AppServer, files: dict, duration: float, warmup: float, cpus) -> dict:
     """keystroke_hit and rank_200 against the service with and without the impression log, in short
     alternating segments (on, off, on, off, ...: this machine's speed drifts by tens of percent within a
-    minute) so both see the same machine; each side's p99 is the median of its segments' p99s."""
+    minute), five pairs. Each ratio is the median over the pairs of on / off within a pair (the two
+    segments of a pair run seconds apart, so the drift between them is small); each side's p99 is the
+    median of its segments' p99s, its req/s their mean."""
     out = {}
     segment = max(duration / 3, 1.5)
     for name, bodies in (("keystroke_hit", files["hit"]), ("rank_200", files["rank_200"])):
         runs: dict[str, list[dict]] = {"on": [], "off": []}
-        print(f"bench: {name} with the impression log on and off (6 x {segment:.0f}s, alternating)", flush=True)
-        for side in ("on", "off") * 3:
+        print(f"bench: {name} with the impression log on and off (10 x {segment:.0f}s, alternating)", flush=True)
+        for side in ("on", "off") * 5:
             server = on if side == "on" else off
             runs[side].append(_drive(server.url, "/rank", bodies, 8, segment, 0.5, cpus))
+        pairs = list(zip(runs["on"], runs["off"], strict=True))
         p99 = {side: float(np.median([r["p99_ms"] for r in rs])) for side, rs in runs.items()}
         rps = {side: float(np.mean([r["rps"] for r in rs])) for side, rs in runs.items()}
         errors = sum(r["errors"] for rs in runs.values() for r in rs)
@@ -234,8 +237,11 @@ def _logging_on_off(on: AppServer, off: AppServer, files: dict, duration: float,
             "p99_ms": p99,
             "rps": rps,
             "errors": errors,
-            "p99_ratio": p99["on"] / max(p99["off"], 1e-9),
-            "rps_ratio": rps["on"] / max(rps["off"], 1e-9),
+            "p99_ratio": float(np.median([a["p99_ms"] / max(b["p99_ms"], 1e-9) for a, b in pairs])),
+            "rps_ratio": float(np.median([a["rps"] / max(b["rps"], 1e-9) for a, b in pairs])),
+            "pairs": [
+                {"on": a["rps"], "off": b["rps"], "p99_on": a["p99_ms"], "p99_off": b["p99_ms"]} for a, b in pairs
+            ],
         }
     return out
 
