@@ -258,10 +258,9 @@ class UnifiedRanker(nn.Module):
         """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
         # split per context, then gathered per candidate: no (N, width) slice copies
         ctx = self.context(ctx_ids, ctx_query)
-        if self.numeric is not None:
-            dense = self.numeric(cand_dense)
-        else:
-            dense = (cand_dense - self.dense_mean) / self.dense_std
+        dense = (cand_dense - self.dense_mean) / self.dense_std
+        if self.numeric is not None:  # the encodings beside the values: thresholds without losing the slope
+            dense = torch.cat([dense, self.numeric(cand_dense)], 1)
         entity = self.entity(cand_ids[:, 0])
         parts = [ctx[:, : self.arch.ctx_dim].index_select(0, cand_ctx), entity]
         if self.arch.interaction:

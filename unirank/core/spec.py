@@ -50,9 +50,9 @@ class ModelOptions:
     text_features: bool = False  # MiniLM title features + an aspect gate (S&R Foundation model)
     text_vector: bool = True  # with text_features: the title vector too, not only its similarities
     rank_by: Literal["click", "play"] = "click"  # the bundle's default ranking score
-    # dense features as piecewise-linear encodings over this many quantile bins of the fit window, each
-    # feature's through its own learned linear map to `numeric_dim` columns (Gorishniy et al., NeurIPS 2022);
-    # 0: the standardised raw values
+    # dense features also as piecewise-linear encodings over this many quantile bins of the fit window, each
+    # feature's through its own learned linear map to `numeric_dim` columns, beside the standardised raw
+    # values (Gorishniy et al., NeurIPS 2022); 0: the standardised raw values alone
     numeric_bins: int = 0
     numeric_dim: int = 4
 
@@ -111,9 +111,10 @@ class ModelSpec:
 
     @property
     def dense_width(self) -> int:
-        """Columns of the dense features in the per-candidate vector."""
+        """Columns of the dense features in the per-candidate vector: the standardised values, then their
+        encodings."""
         o = self.options
-        return len(DENSE_FEATURES) * (o.numeric_dim if o.numeric_bins else 1)
+        return len(DENSE_FEATURES) * (1 + (o.numeric_dim if o.numeric_bins else 0))
 
     @property
     def user_embedding(self) -> bool:
