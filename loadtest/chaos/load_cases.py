@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.chaos.tools import JSON_TYPE, keepalive_loop, overload, start_service
+from loadtest.chaos.tools import JSON_TYPE, keepalive_loop, overload, post_events, start_service
 from loadtest.scenarios import Scenarios
 from service.core.settings import Settings
 
@@ -126,10 +126,7 @@ class _ClickStream:
                     for rid, pos, e in picked
                 ]
                 n += 1
-                try:
-                    status = (await client.post("/events", json=batch)).status_code
-                except httpx.HTTPError:
-                    status = 0
+                status = await post_events(client, batch)
                 self.statuses.append(status)
                 if status == 202:
                     self.acknowledged |= {(rid, e) for rid, _, e in picked}

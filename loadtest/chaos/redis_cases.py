@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import redis
 
-from loadtest.chaos.tools import JSON_TYPE, DurableRedis, keepalive_loop, p99, start_service
+from loadtest.chaos.tools import JSON_TYPE, DurableRedis, keepalive_loop, p99, post_events, start_service
 from loadtest.scenarios import Scenarios
 from service.core.settings import Settings
 from unirank.core.history import history_key
@@ -55,10 +55,7 @@ class _EventStream:
                     for j in range(10)
                 ]
                 n += 1
-                try:
-                    status = (await client.post("/events", json=batch)).status_code
-                except httpx.HTTPError:
-                    status = 0
+                status = await post_events(client, batch)
                 self.statuses.append(status)
                 if status == 202:
                     self.acknowledged.extend((e["user_id"], e["entity_id"]) for e in batch)

@@ -171,6 +171,14 @@ async def open_loop_pool(
     return out, sent_rate
 
 
+async def post_events(client: httpx.AsyncClient, batch: list[dict]) -> int:
+    """POST /events; the status, or 0 when no answer came."""
+    try:
+        return (await client.post("/events", json=batch)).status_code
+    except httpx.HTTPError:
+        return 0
+
+
 def p99(values: list[float]) -> float:
     return float(np.percentile(np.asarray(values) * 1000, 99)) if values else float("nan")
 

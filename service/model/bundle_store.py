@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from unirank.core.bundle_files import MANIFEST, content_hash, file_hashes
+from unirank.core.object_store import is_url
 
 log = logging.getLogger("unirank.bundle_store")
 
@@ -28,10 +29,6 @@ class BundleMissing(FileNotFoundError):
 
 class BundleInvalid(ValueError):
     """Something is there, but not an intact bundle."""
-
-
-def is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
 
 
 def fetch_bundle(location: str | Path, cache_dir: str | Path) -> Path:

@@ -32,8 +32,9 @@ from service.core.schemas import NewEntity
 from service.model.retrieval import Retriever
 from service.model.text_encoder import TextEncoder
 from service.ops.metrics import RUNTIME_ENTITIES
-from unirank.core.catalog_log import after, fold, id_key, snapshot_key
-from unirank.core.catalog_log import entry_id as id_of
+from unirank.core.catalog_log import fold, snapshot_key
+from unirank.core.streams import after, id_key
+from unirank.core.streams import entry_id as id_of
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text_features import EMBEDDING_DIM
 

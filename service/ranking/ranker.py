@@ -105,7 +105,7 @@ class _Ranked(NamedTuple):
     items: bytes  # the ranked items as a JSON array
     cache: str  # how the cache was used: hit, miss or bypass
     available: int | None  # how many candidates they came from (None: cached without the count)
-    unknown: list[str]  # the request's candidates the model does not know
+    unknown: list[str] | None  # the request's candidates the model does not know (None: not looked up yet)
 
 
 class Ranker:
@@ -157,25 +157,19 @@ class Ranker:
         at = time.perf_counter()
         if self.observe:
             self._cache_results[ranked.cache].inc()
-        answer = self._answer(request, ctx, ranked.items, ranked.cache, ranked.available, ranked.unknown)
+        answer = self._answer(request, ctx, ranked)
         timings.add("encode", at)
         timings.finish(self.observe)
         return answer
 
     def _answer(
-        self,
-        request: RankRequest,
-        ctx: RequestContext,
-        items: bytes,
-        cache: str,
-        available: int | None,
-        unknown: list[str] | None = None,
-        degraded_reason: str | None = None,
+        self, request: RankRequest, ctx: RequestContext, ranked: _Ranked, degraded_reason: str | None = None
     ) -> RankAnswer:
+        items, available, unknown = ranked.items, ranked.available, ranked.unknown
         return RankAnswer(
             items=items,
             task=ctx.unified.task,
-            cache=cache,
+            cache=ranked.cache,
             model=self.name,
             model_version=self.bundle.version,
             level=ctx.level,
@@ -409,7 +403,7 @@ class Ranker:
         chosen = order[: request.k]
         n = max(len(chosen), 1)
         items = orjson.dumps([{"entity_id": ids[i], "score": (n - r) / n} for r, i in enumerate(chosen)])
-        answer = self._answer(request, ctx, items, "bypass", len(ids), degraded_reason=reason)
+        answer = self._answer(request, ctx, _Ranked(items, "bypass", len(ids), None), degraded_reason=reason)
         timings.finish(self.observe)
         return answer
 

@@ -29,6 +29,7 @@ from service.core.schemas import RankRequest
 from service.ops.metrics import EXPERIMENT_REQUESTS, IMPRESSION_LOG_OLDEST, IMPRESSION_LOG_RETENTION, IMPRESSIONS
 from service.store.retention import StreamBound
 from unirank.core.impression_log import IMPRESSION_SCHEMA, encode_impressions, request_key
+from unirank.core.streams import ms_of
 
 log = logging.getLogger("unirank.impressions")
 
@@ -170,14 +171,9 @@ class ImpressionLog:
     async def measure_age(self) -> float | None:
         """Seconds since the stream's oldest entry (None: empty), also set as the gauge."""
         oldest = await self.client.xrange(self.stream, count=1)
-        age = None if not oldest else max(time.time() - _ms(oldest[0][0]) / 1000, 0.0)
+        age = None if not oldest else max(time.time() - ms_of(oldest[0][0]) / 1000, 0.0)
         IMPRESSION_LOG_OLDEST.set(age or 0.0)
         return age
-
-
-def _ms(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
 
 
 def teams_of(items_json: bytes) -> dict[str, str]:

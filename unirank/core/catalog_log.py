@@ -15,26 +15,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
+from unirank.core.streams import entry_id
 from unirank.core.text_features import EMBEDDING_DIM
 
 
 def snapshot_key(stream: str) -> str:
     return f"{stream}:snapshot"
-
-
-def entry_id(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def id_key(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def after(value: str) -> str:
-    """The smallest stream id after `value` (XTRIM MINID of it removes `value` and everything before)."""
-    ms, seq = id_key(value)
-    return f"{ms}-{seq + 1}"
 
 
 def _field(fields: dict, name: str) -> bytes:

@@ -13,24 +13,25 @@ from enum import Enum
 from typing import Literal, get_args
 
 
-class Task(str, Enum):
-    SEARCH = "search"
-    PREQUERY = "prequery"
-    MORE_LIKE_THIS = "more_like_this"
+class _Name(str, Enum):
+    """A name that is its own string (`enum.StrEnum` before Python 3.11)."""
 
     def __str__(self) -> str:
         return self.value
 
 
-class Level(str, Enum):
+class Task(_Name):
+    SEARCH = "search"
+    PREQUERY = "prequery"
+    MORE_LIKE_THIS = "more_like_this"
+
+
+class Level(_Name):
     """How much of the user the context carries: none, their cluster, or the user (features and history)."""
 
     NONE = "none"
     CLUSTER = "cluster"
     FULL = "full"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TaskName = Literal["search", "prequery", "more_like_this"]

@@ -32,11 +32,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from unirank.core.catalog_log import entry_id as id_of
 from unirank.core.catalog_log import fold, snapshot_key
 from unirank.core.impression_log import ENGAGED, FEEDBACK_STREAM, IMPRESSIONS_STREAM, Feedback, Impression, decode_entry
 from unirank.core.object_store import DatasetLocation
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from unirank.core.streams import entry_id as id_of
+from unirank.core.streams import ms_of
 from unirank.core.vocab import Task
 
 LOG_SCHEMA = pa.schema(
@@ -56,11 +57,6 @@ CATALOG_STREAM = "ur:entities"
 def request_number(request_id: str) -> int:
     """A request id as the event schema's int64: a stable 63-bit hash."""
     return struct.unpack(">Q", hashlib.blake2b(request_id.encode(), digest_size=8).digest())[0] >> 1
-
-
-def _ms(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
 
 
 def stream_entries(client: redis.Redis, stream: str, start: str = "-", end: str = "+", page: int = 5_000) -> Iterator:
@@ -266,7 +262,7 @@ def sink(
                 streams.get("impressions_stream", IMPRESSIONS_STREAM), minid=state["last_id"], approximate=False
             )
             client.xtrim(
-                streams.get("feedback_stream", FEEDBACK_STREAM), minid=str(_ms(state["last_id"])), approximate=False
+                streams.get("feedback_stream", FEEDBACK_STREAM), minid=str(ms_of(state["last_id"])), approximate=False
             )
         log(
             f"sink: {state['this_run']['impressions']} impressions, {state['this_run']['rows']} rows moved "
