@@ -1,12 +1,13 @@
 """What a practitioner runs today, scored on the same test impressions as the model: popularity per
 country, BM25 over titles (bm25s) for search, implicit ALS for prequery and more_like_this, and
-LightGBM LambdaMART on the same hand-made features the model sees."""
+LightGBM LambdaMART on the same hand-made features the model sees (the lexical evidence included)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from model_export.splits import Encoded
+from unirank.core.features import DENSE_FEATURES
 from unirank.core.tables import FeatureTables
 from unirank.core.text import normalize
 from unirank.core.vocab import Task
@@ -71,7 +72,7 @@ def lambdamart_scores(fit: Encoded, val: Encoded, test: Encoded, seed: int) -> n
     (categorical); rows are grouped by request (they are stored request by request)."""
     import lightgbm as lgb
 
-    categorical = [12, 13, 14, 15, 16]
+    categorical = list(range(len(DENSE_FEATURES), len(DENSE_FEATURES) + 5))  # after the dense columns
     train = lgb.Dataset(_lgbm_features(fit), fit.labels, group=_groups(fit), categorical_feature=categorical)
     valid = lgb.Dataset(_lgbm_features(val), val.labels, group=_groups(val), categorical_feature=categorical)
     params = {

@@ -20,6 +20,9 @@ The mapping (docs/study.md, "Real data: MovieLens"):
   and never a title the user rates at that time or later (they chose it then: not a rejection now);
   titles they rated before may appear (home pages show watched titles; few are picked again).
 - Rows are shuffled inside every request: the positive's position carries nothing.
+- The entities' `tags` are every tag a user gave the movie (normalised): search finds a movie by them. A
+  tag query is the tag its user gave, so its movie carries it: on this data the tag queries are found by
+  construction, and the genre names are the fairer test of search beyond title words.
 - MovieLens has no country: every event and title is "US". Ids: users `u<userId>`, titles `m<movieId>`.
 """
 
@@ -30,7 +33,7 @@ import json
 import re
 import shutil
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from unirank.core.lexical import TitleIndex
-from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from unirank.core.lexical import TextIndex
+from unirank.core.schema import ENTITY_FULL_SCHEMA, EVENT_SCHEMA
 from unirank.core.text import normalize, tokens
 from unirank.core.vocab import Task
 
@@ -129,6 +132,7 @@ def import_movielens(src: Path, out: Path, params: MovieLensParams = MovieLensPa
     ratings = [r for r in _read_csv(src / "ratings.csv") if r["movieId"] in catalogue.index_of]
     ratings.sort(key=lambda r: (int(r["userId"]), int(r["timestamp"]), int(r["movieId"])))
     tags = _read_csv(src / "tags.csv") if (src / "tags.csv").exists() else []
+    catalogue.tag_with(tags)
     pages = _Pages(catalogue, ratings, tags, params, rng)
     events, tasks = pages.events(ratings, progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,7 @@ class _Catalogue:
     titles: list[str]
     genres: list[list[str]]
     year: np.ndarray
+    tags: list[list[str]] = field(default_factory=list)  # per movie: every tag users gave it, normalised
 
     @classmethod
     def of(cls, movies: list[dict]) -> _Catalogue:
@@ -177,6 +182,15 @@ class _Catalogue:
         index_of = {m["movieId"]: i for i, m in enumerate(movies)}
         return cls([f"m{m['movieId']}" for m in movies], index_of, titles, genres, year)
 
+    def tag_with(self, tags: list[dict]) -> None:
+        """The catalogue's tags: every tag (normalised, 2+ characters) any user gave the movie, sorted."""
+        given: dict[int, set[str]] = defaultdict(set)
+        for t in tags:
+            tag = normalize(t["tag"])
+            if len(tag) >= 2 and t["movieId"] in self.index_of:
+                given[self.index_of[t["movieId"]]].add(tag)
+        self.tags = [sorted(given.get(i, ())) for i in range(len(self.ids))]
+
     def table(self) -> pa.Table:
         columns = {
             "entity_id": self.ids,
@@ -185,8 +199,9 @@ class _Catalogue:
             "genres": self.genres,
             "release_year": pa.array(self.year, pa.int32()),
             "countries": [[COUNTRY]] * len(self.ids),
+            "tags": self.tags or [[]] * len(self.ids),
         }
-        return pa.table(columns, schema=ENTITY_SCHEMA)
+        return pa.table(columns, schema=ENTITY_FULL_SCHEMA)
 
 
 class _Request(NamedTuple):
@@ -214,7 +229,7 @@ class _Pages:
             for g in gs:
                 by_genre[g].append(i)
         self.genre_pool = {g: np.asarray(v) for g, v in by_genre.items()}
-        self.index = TitleIndex([""] + [normalize(t) for t in catalogue.titles])  # counts from 1 (0: unknown)
+        self.index = TextIndex([""] + [normalize(t) for t in catalogue.titles])  # counts from 1 (0: unknown)
         self.user_tags: dict[tuple[str, str], list[str]] = defaultdict(list)
         tagged: dict[str, set[int]] = defaultdict(set)
         for t in tags:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from unirank.core.lexical import TitleIndex
+from unirank.core.lexical import TextIndex
 from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
 from unirank.core.text import normalize
 from unirank.core.vocab import Task
@@ -295,7 +295,7 @@ def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
                 req_query.append(prefix)
                 last = prefix
     req_session = np.asarray(req_session)
-    index = TitleIndex(cat.norm_titles)
+    index = TextIndex(cat.norm_titles)
     # Candidates per unique (prefix, country): the 30 most popular lexical matches.
     keys = [(q, int(country[s])) for q, s in zip(req_query, req_session, strict=True)]
     uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}

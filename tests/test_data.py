@@ -79,6 +79,19 @@ def test_wrong_type_names_the_column(data_dir, tmp_path):
         read_entities(path)
 
 
+def test_entity_tags_are_optional_kept_when_given_and_checked(data_dir, tmp_path):
+    table = pq.read_table(data_dir / "entities.parquet")
+    assert "tags" not in read_entities(data_dir / "entities.parquet").column_names  # a catalogue without tags
+    tags = [["Feel Good", "pixar"], None] + [[] for _ in range(table.num_rows - 2)]
+    pq.write_table(table.append_column("tags", pa.array(tags, pa.list_(pa.string()))), tmp_path / "entities.parquet")
+    got = read_entities(tmp_path / "entities.parquet").column("tags").to_pylist()
+    assert got[:3] == [["Feel Good", "pixar"], [], []]  # a null is no tags
+    bad = table.append_column("tags", pa.array([[1]] * table.num_rows, pa.list_(pa.int64())))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(SchemaError, match=r"bad\.parquet.*'tags'.*int64"):
+        read_entities(tmp_path / "bad.parquet")
+
+
 def test_unknown_task_is_rejected(data_dir, tmp_path):
     table = pq.read_table(data_dir / "events.parquet")
     tasks = np.array(table.column("task").to_pylist(), dtype=object)

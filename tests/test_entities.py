@@ -143,6 +143,24 @@ def test_replacing_an_added_entity_moves_its_title(admin):
     assert ranked_ids(admin, task="search", country="US", query="ilmorq") == [eid]
 
 
+def test_search_finds_an_added_entity_by_its_tags_and_genres_and_forgets_replaced_tags(admin, tables):
+    eid = new_id()
+    genre = tables.genres[1]
+    add(admin, [{"entity_id": eid, "title": "Quelmor Vast", "genres": [genre], "tags": ["Brokkenvale Saga"]}])
+    assert ranked_ids(admin, task="search", country="US", query="brokkenv", k=200) == [eid]  # a tag's prefix
+    assert eid in ranked_ids(admin, task="search", country="US", query="brokkenvale saga", k=200)
+    r = admin.client.post("/rank", json={"task": "search", "country": "US", "query": genre, "k": 200})
+    found = [i["entity_id"] for i in r.json()["items"]]
+    # a genre name finds titles of the genre besides the titles that contain the word
+    genre_titles = {tables.entity_ids[e] for e in range(1, tables.n_entities + 1) if tables.genre_hot[e, 1]}
+    assert eid in found and len(genre_titles & set(found)) >= min(20, len(genre_titles))
+    add(admin, [{"entity_id": eid, "title": "Quelmor Vast", "tags": ["Trindlefen"]}])
+    assert ranked_ids(admin, task="search", country="US", query="brokkenv") == []
+    assert ranked_ids(admin, task="search", country="US", query="trindlefen") == [eid]
+    got = admin.client.get(f"/entities/{eid}", headers=AUTH)
+    assert got.status_code == 200 and got.json()["tags"] == ["Trindlefen"], got.text
+
+
 def test_replicas_follow_the_runtime_catalog(admin, bundle_dir, redis_url, stream):
     early = new_id()
     add(admin, [{"entity_id": early, "title": "Praxholm Early"}])

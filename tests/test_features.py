@@ -14,7 +14,7 @@ from tests.helpers import spec_for
 from unirank.core.context import build_context
 from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH
-from unirank.core.lexical import TitleIndex, match_features, match_features_many
+from unirank.core.lexical import TextIndex, lexical_evidence, match_features, match_features_many
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text import normalize, normalize_unicode
 
@@ -48,12 +48,77 @@ def test_prequery_has_neither_query_nor_source():
 
 
 def test_title_index_prefixes_and_typos():
-    index = TitleIndex(["", "stranger things", "strange days", "the crown"])
+    index = TextIndex(["", "stranger things", "strange days", "the crown"])
     assert set(index.lookup("str")) == {1, 2}
     assert set(index.lookup("stranger th")) == {1}
     assert set(index.lookup("strsnger")) == {1}  # substituted letter
     assert set(index.lookup("crwn")) == {3}  # dropped letter
     assert index.lookup("zzzz").size == 0
+
+
+_TOKENS = st.text(alphabet="abst", min_size=1, max_size=5)
+_TEXTS = st.lists(st.lists(_TOKENS, max_size=4).map(" ".join), min_size=1, max_size=8)
+
+
+def _reference_lexical(query: str, titles: list[str], facets: list[str], cand: list[int]) -> np.ndarray:
+    """LEXICAL_FEATURES by their definitions, on token lists (typo_match is left to the examples)."""
+    toks = query.split()
+    docs = [t.split() for t in titles[1:] if t]
+    n, avg = len(docs), (sum(map(len, docs)) / len(docs) if docs else 1.0)
+    out = np.zeros((len(cand), 4))
+    for row, e in enumerate(cand):
+        words, tags = titles[e].split(), facets[e].split()
+        first = next((j for j, w in enumerate(words) if toks and w.startswith(toks[0])), None)
+        out[row, 0] = 0.0 if first is None else 1 / (1 + first)
+        for q in toks:
+            df = sum(any(w.startswith(q) for w in d) for d in docs)
+            if df and any(w.startswith(q) for w in words):
+                idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+                out[row, 1] += idf * 2.2 / (1 + 1.2 * (0.25 + 0.75 * len(words) / avg))
+            out[row, 3] += any(w.startswith(q) for w in tags) / len(toks)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXTS, _TEXTS, st.lists(_TOKENS, min_size=1, max_size=3).map(" ".join))
+def test_lexical_evidence_equals_its_definition(titles, facets, query):
+    titles, facets = [""] + titles, [""] + (facets * len(titles))[: len(titles)]
+    cand = list(range(len(titles)))
+    got = lexical_evidence(query, np.array(cand), TextIndex(titles), TextIndex(facets))
+    want = _reference_lexical(query, titles, facets, cand)
+    assert np.allclose(got[:, [0, 1, 3]], want[:, [0, 1, 3]], rtol=1e-5, atol=1e-6)
+
+
+def test_typo_match_counts_the_query_tokens_only_one_edit_finds():
+    titles = TextIndex(["", "stranger things", "strange days", "the crown"])
+    facets = TextIndex(["", "drama", "", "drama history"])
+    got = lexical_evidence("strsnger crwn", np.array([1, 2, 3]), titles, facets)
+    assert got[:, 2].tolist() == [0.5, 0.0, 0.5]  # "strsnger" -> stranger (1 only), "crwn" -> crown (3)
+    assert got[:, 0].tolist() == [0.0, 0.0, 0.0]  # no exact prefix: no position
+    exact = lexical_evidence("drama cr", np.array([1, 2, 3]), titles, facets)
+    assert exact[:, 2].tolist() == [0.0, 0.0, 0.0] and exact[:, 3].tolist() == [0.5, 0.0, 0.5]
+    assert exact[:, 0].tolist() == [0.0, 0.0, 0.0] and exact[2, 1] > 0  # "drama" is no title word; "cr" is
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXTS, _TEXTS, st.integers(0, 7))
+def test_an_index_grown_and_changed_equals_one_built_whole(first, more, changed):
+    """add() and remove() (entities added and retitled at run time) keep the index a fresh build gives."""
+    texts = [""] + first + more
+    grown = TextIndex([""] + first)
+    for i, text in enumerate(more, len(first) + 1):
+        grown.add(i, text)
+    changed = 1 + changed % (len(texts) - 1)
+    grown.remove(changed, texts[changed])
+    texts[changed] = "tsab " + texts[changed]
+    grown.add(changed, texts[changed])
+    whole = TextIndex(texts)
+    live = {k: (v, grown.positions[k]) for k, v in grown.prefixes.items() if v.size}
+    assert set(live) == set(whole.prefixes)
+    for key, (entities, positions) in live.items():
+        assert entities.tolist() == whole.prefixes[key].tolist()
+        assert positions.tolist() == whole.positions[key].tolist()
+    assert grown.lengths.tolist() == whole.lengths.tolist() and grown.n_docs == whole.n_docs
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import pytest
 from service.core.schemas import RankRequest
 from service.model.context import build_request_context
 from tests.helpers import rank
-from unirank.core.features import FeatureEncoder, history_vector
+from unirank.core.features import DENSE_FEATURES, FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH, counters_key, history_key
+from unirank.core.lexical import LEXICAL_FEATURES
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
 from unirank.loop.redis_client import redis_client
@@ -30,7 +31,7 @@ def reference(bundle_dir):
     return spec, tables, session, manifest.get("train_config", {}).get("impute", True)
 
 
-def _reference_scores(reference, body: dict) -> dict[str, float]:
+def _reference_scores(reference, body: dict, seen_dense: list | None = None) -> dict[str, float]:
     """Every candidate's score as the training path encodes it (no live history: the user's snapshot)."""
     spec, tables, session, impute = reference
     request = RankRequest(**body)
@@ -42,6 +43,8 @@ def _reference_scores(reference, body: dict) -> dict[str, float]:
     ids = list(dict.fromkeys(c for c in request.candidates if c != request.source_entity_id))
     cand = encoder.entity_indices(ids)
     inputs = encoder.encode_candidates(contexts, cand, np.zeros(len(cand), np.int64))
+    if seen_dense is not None:
+        seen_dense.append(inputs["cand_dense"])
     scores = session.run(["score"], {i.name: inputs[i.name] for i in session.get_inputs()})[0]
     return dict(zip(ids, scores.tolist(), strict=True))
 
@@ -54,7 +57,7 @@ def test_rank_scores_are_the_reference_pipelines(client, reference, redis_url):
     for user in users:  # whatever other tests sent for them: their history is the bundle's snapshot here
         redis.delete(history_key(user))
         redis.delete(counters_key(user))
-    checked = 0
+    checked, dense = 0, []
     for level in ("none", "cluster", "full"):
         for i, body in enumerate(
             [
@@ -62,16 +65,32 @@ def test_rank_scores_are_the_reference_pipelines(client, reference, redis_url):
                 {"task": "search", "query": "th"},
                 {"task": "search", "query": tables.titles[5][:4]},
                 {"task": "more_like_this", "source_entity_id": tables.entity_ids[9]},
+                {"task": "search", "query": tables.genres[1][:5]},  # a genre name: the facet features
+                {"task": "search", "query": _typo_of_a_title(tables)},  # one edit off: the typo feature
             ]
         ):
             picked = rng.choice(np.arange(1, tables.n_entities + 1), 120, replace=False)
             candidates = [tables.entity_ids[e] for e in picked] + ["nobody-knows-this-one"]
             body = body | {"country": "US", "user_id": users[i % 3], "personalization": level, "k": 30}
             body["candidates"] = candidates
-            want = _reference_scores(reference, body)
+            want = _reference_scores(reference, body, dense)
             got = rank(client, **body)["items"]
             assert [(g["entity_id"], g["score"]) for g in got] == sorted(want.items(), key=lambda p: (-p[1], p[0]))[
                 :30
             ], (level, body["task"])
             checked += 1
-    assert checked == 12
+    assert checked == 18
+    lexical = [DENSE_FEATURES.index(f) for f in LEXICAL_FEATURES]
+    covered = (np.concatenate(dense)[:, lexical] != 0).any(0)
+    assert covered.all(), dict(zip(LEXICAL_FEATURES, covered.tolist(), strict=True))  # the requests exercise each
+
+
+def _typo_of_a_title(tables: FeatureTables) -> str:
+    """A title word with its second letter changed, so that no title has it as a prefix but one edit finds it."""
+    index = tables.title_index
+    for title in tables.norm_titles[1:]:
+        for word in title.split():
+            typo = word[0] + ("q" if word[1] != "q" else "x") + word[2:] if len(word) >= 4 else ""
+            if typo and typo not in index.prefixes and index._typo_matches(typo).size:
+                return typo
+    raise AssertionError("no title word gives a typo")

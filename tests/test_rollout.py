@@ -4,6 +4,7 @@ nothing, routing that survives a restart, unloading, and a default switched unde
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -161,6 +162,14 @@ def test_bad_path_and_corrupted_bundle_are_refused_and_nothing_changes(replica, 
     onnx.write_bytes(onnx.read_bytes()[:-100] + b"\0" * 100)
     r = replica.client.post("/admin/models", json={"name": "c", "path": str(corrupted)}, headers=AUTH)
     assert r.status_code == 422 and "content hash" in r.json()["detail"][0]["message"] and "model.onnx" in r.text
+    older = tmp_path / "older"  # a bundle trained before the lexical features: its graph reads 12 dense columns
+    shutil.copytree(second_bundle_dir, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["features"]["dense"] = manifest["features"]["dense"][:12]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    r = replica.client.post("/admin/models", json={"name": "c", "path": str(older)}, headers=AUTH)
+    message = r.json()["detail"][0]["message"]
+    assert r.status_code == 422 and "retrain" in message and "match_position" in message, r.text
     for bad in ({"name": "default", "path": str(second_bundle_dir)}, {"name": "bad name!", "path": "x"}, {"name": "c"}):
         assert replica.client.post("/admin/models", json=bad, headers=AUTH).status_code == 422
     after = replica.client.get("/admin/models", headers=AUTH).json()

@@ -87,6 +87,7 @@ class Entity(BaseModel):
     genres: list[str]
     release_year: int | None
     countries: list[str] | None
+    tags: list[str] = Field([], description="Catalogue tags (search finds the entity by them)")
     added_at_run_time: bool
 
 

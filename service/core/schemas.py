@@ -151,6 +151,9 @@ class NewEntity(BaseModel):
     )
     kind: Literal["video", "game"] = "video"
     genres: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=20)] = []
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=50)] = Field(
+        [], description="Catalogue tags: search finds the entity by them as by its genres"
+    )
     release_year: Annotated[int, Field(ge=1870, le=2100), Whole] | None = Field(
         None, description="unset: the catalog's median year"
     )

@@ -158,12 +158,14 @@ class LoadedBundle:
         manifest = read_manifest(path)
         tables = FeatureTables.load(path / "tables")
         spec = ModelSpec.from_dict(manifest["model"])
-        retriever = Retriever(tables, settings.retrieval_limit)
         text_encoder = None
         if manifest.get("text_encoder") and tables.text_projection is not None:
             text_encoder = TextEncoder(
                 path, manifest["text_encoder"], tables.text_projection, settings.intra_op_threads
             )
+        retriever = Retriever(
+            tables, settings.retrieval_limit, text_encoder.embed_query if text_encoder is not None else None
+        )
         bundle = cls(
             path=path,
             manifest=manifest,

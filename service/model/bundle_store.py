@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from unirank.core.bundle_files import MANIFEST, content_hash, file_hashes
+from unirank.core.features import DENSE_FEATURES
 from unirank.core.object_store import is_url
 
 log = logging.getLogger("unirank.bundle_store")
@@ -48,9 +49,17 @@ def read_manifest(path: Path) -> dict:
     if not present:
         raise BundleMissing(f"no bundle at {path} (manifest.json and model.onnx expected)")
     try:
-        return json.loads((path / MANIFEST).read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleInvalid(f"{path / MANIFEST} is not valid JSON: {exc}") from None
+    dense = (manifest.get("features") or {}).get("dense") if isinstance(manifest, dict) else None
+    if dense is not None and list(dense) != list(DENSE_FEATURES):
+        missing = [f for f in DENSE_FEATURES if f not in dense]
+        raise BundleInvalid(
+            f"{path} was trained on other dense features than this unirank computes (it lacks {missing}): "
+            "retrain it with this version (unirank train)"
+        )
+    return manifest
 
 
 def verify(path: Path) -> dict:

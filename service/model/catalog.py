@@ -86,6 +86,7 @@ class RuntimeCatalog:
                 title=r["title"],
                 kind=r.get("kind") or "video",
                 genres=tuple(r.get("genres") or ()),
+                tags=tuple(r.get("tags") or ()),
                 release_year=r.get("release_year"),
                 countries=None if r.get("countries") is None else tuple(r["countries"]),
                 text=text.get(r["entity_id"]),

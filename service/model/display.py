@@ -37,7 +37,7 @@ class Entities:
 
     def _trained_records(self) -> dict[str, dict]:
         if self._trained is None:  # built on first use: a large catalog costs its memory only when asked
-            self._trained = {r["entity_id"]: r for r in self.tables.entity_table.to_pylist()}
+            self._trained = {r["entity_id"]: {"tags": []} | r for r in self.tables.entity_table.to_pylist()}
         return self._trained
 
     def record(self, entity_id: str) -> dict | None:

@@ -1,6 +1,9 @@
 """Candidate retrieval when a request brings no candidates; only entities available in the country.
 
-- search: the title index (token prefixes, one-edit typos), most popular first when there are many;
+- search: the title index (token prefixes, one-edit typos), most popular first when there are many; then
+  the facet index (genre names and catalogue tags), a quarter of the limit kept for it when both are many;
+  then, when words found few, the semantic neighbours of the query (the bundle's MiniLM encoder, an exact
+  dot product over the catalogue's title vectors; bundles built with text features only);
 - prequery: popular in the country, plus favourites of the user's cluster, plus the newest entities
   added at run time (no engagement yet, so the model, not popularity, decides whether they show);
 - more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles;
@@ -9,7 +12,8 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,12 +29,24 @@ def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
 
 FRESH = 50  # newest runtime-added entities considered for prequery
 SESSION_PER_SOURCE = 10  # related titles taken per recent engagement (co-engaged, then same franchise)
+SEMANTIC_MIN_CHARS = 4  # shorter queries are unfinished words: their embedding means little
+SEMANTIC_NEIGHBOURS = 50
+QUERY_VECTORS_CACHED = 4096
 
 
 class Retriever:
-    def __init__(self, tables: FeatureTables, limit: int = 200):
+    def __init__(
+        self,
+        tables: FeatureTables,
+        limit: int = 200,
+        embed_query: Callable[[str], np.ndarray] | None = None,
+    ):
+        """embed_query: a normalised query -> its vector in the space of `tables.text_vec` (None: no
+        semantic retrieval)."""
         self.tables = tables
         self.limit = limit
+        self.embed_query = embed_query
+        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU: keystrokes repeat
         t = tables
         C = len(t.countries)
         self.country_top = [self._top(np.flatnonzero(t.avail[:, c]), t.pop[:, c], limit) for c in range(C)]
@@ -70,10 +86,41 @@ class Retriever:
         return self.more_like_this(ctx.source, ctx.country)
 
     def search(self, query: str, country: int) -> np.ndarray:
-        found = self._available(self.tables.title_index.lookup(query), country)
-        if found.size > self.limit:
-            found = found[np.argsort(-self.tables.pop[found, country], kind="stable")[: self.limit]]
-        return found
+        t = self.tables
+        titles = self._available(t.title_index.lookup(query), country)
+        facets = self._available(t.facet_index.lookup(query), country)
+        facets = facets[~np.isin(facets, titles, assume_unique=True)]
+        n_facets = min(facets.size, max(self.limit - titles.size, self.limit // 4))
+        n_titles = min(titles.size, self.limit - n_facets)
+        found = _unique_in_order([self._popular(titles, country, n_titles), self._popular(facets, country, n_facets)])
+        if found.size < self.limit // 4 and self.embed_query is not None and len(query) >= SEMANTIC_MIN_CHARS:
+            found = _unique_in_order([found, self.semantic(query, country, SEMANTIC_NEIGHBOURS)])
+        return found[: self.limit]
+
+    def _popular(self, cand: np.ndarray, country: int, n: int) -> np.ndarray:
+        if cand.size <= n:
+            return cand[np.argsort(-self.tables.pop[cand, country], kind="stable")]
+        return cand[np.argsort(-self.tables.pop[cand, country], kind="stable")[:n]]
+
+    def semantic(self, query: str, country: int, n: int) -> np.ndarray:
+        """The `n` entities available in the country whose title vectors are nearest the query's."""
+        vec = self._query_vectors.get(query)
+        if vec is None:
+            vec = self._query_vectors[query] = np.asarray(self.embed_query(query), np.float32)
+            if len(self._query_vectors) > QUERY_VECTORS_CACHED:
+                self._query_vectors.popitem(last=False)
+        else:
+            self._query_vectors.move_to_end(query)
+        text = self.tables.text_vec
+        scores = text @ vec
+        scores[0] = -np.inf
+        scores[~self.tables.avail[:, country]] = -np.inf
+        scores[~text.any(1)] = -np.inf  # entities without a title vector
+        n = min(n, int(np.isfinite(scores).sum()))
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        top = np.argpartition(-scores, n - 1)[:n]
+        return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
 
     def prequery(self, country: int, cluster: int) -> np.ndarray:
         favourites = self.tables.cluster_favourites[cluster]

@@ -32,3 +32,7 @@ class TextEncoder:
     def features(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, TEXT_DIM) text features of this bundle."""
         return self.projection.apply(embeddings)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """A query in the space of the catalogue's title vectors (`FeatureTables.text_vec`)."""
+        return self.projection.apply(self.embed([query]))[0]

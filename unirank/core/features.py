@@ -15,7 +15,7 @@ import numpy as np
 
 from unirank.core.context import TASK_INDEX, UnifiedContext, personalization_rank
 from unirank.core.history import HISTORY_LENGTH
-from unirank.core.lexical import match_features_many
+from unirank.core.lexical import LEXICAL_FEATURES, lexical_evidence, match_features_many
 from unirank.core.tables import FeatureTables
 from unirank.core.text import MAX_QUERY_TOKENS, token_ids
 
@@ -32,7 +32,9 @@ DENSE_FEATURES = (
     "als_affinity",
     "history_affinity",
     "query_length",
+    *LEXICAL_FEATURES,
 )
+_LEXICAL = slice(DENSE_FEATURES.index(LEXICAL_FEATURES[0]), len(DENSE_FEATURES))
 CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
@@ -227,6 +229,7 @@ class FeatureEncoder:
         inter, union = _genre_overlap(t.genre_bits[source], t.genre_bits[cand])
         titles, queries = t.norm_titles, ctx.queries
         match = np.zeros((len(cand), 2), np.float32)
+        lexical = np.zeros((len(cand), len(LEXICAL_FEATURES)), np.float32)
         with_query = np.flatnonzero(np.array([bool(q) for q in queries], bool)[cand_ctx])
         if with_query.size:  # prequery contexts have no query: nothing to match
             rows = with_query[np.argsort(cand_ctx[with_query], kind="stable")]  # each context's rows together
@@ -235,6 +238,9 @@ class FeatureEncoder:
             of, entities, values, start = of.tolist(), cand[rows].tolist(), [], 0
             for end in ends:
                 values += match_features_many(queries[of[start]], [titles[e] for e in entities[start:end]])
+                lexical[rows[start:end]] = lexical_evidence(
+                    queries[of[start]], cand[rows[start:end]], t.title_index, t.facet_index
+                )
                 start = end
             match[rows] = np.array(values, np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
@@ -246,6 +252,7 @@ class FeatureEncoder:
         dense[:, 9] = np.einsum("nf,nf->n", ctx.user_vec[cand_ctx], items)
         dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
         dense[:, 11] = np.minimum(qlen, 40.0) / 20.0
+        dense[:, _LEXICAL] = lexical
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
@@ -280,8 +287,10 @@ class FeatureEncoder:
             dense[:, 5:7] = np.array(
                 match_features_many(query, [titles[e] for e in cand.tolist()]), np.float32
             ).reshape(-1, 2)
+            dense[:, _LEXICAL] = lexical_evidence(query, cand, t.title_index, t.facet_index)
         else:  # prequery contexts have no query: nothing to match
             dense[:, 5:7] = 0.0
+            dense[:, _LEXICAL] = 0.0
         dense[:, 7] = np.log1p(co)
         if source_has_genres:
             dense[:, 8] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)

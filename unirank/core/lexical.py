@@ -1,13 +1,16 @@
-"""Instant-search title index: token-prefix look-ups with one-edit typo tolerance.
+"""Instant-search text indexes: token-prefix look-ups with one-edit typo tolerance, and the lexical
+evidence the features read from them.
 
-"str" finds every title with a token starting with "str"; "strsnger" (a typo) still finds "stranger"
+"str" finds every text with a token starting with "str"; "strsnger" (a typo) still finds "stranger"
 through single-deletion variants (SymSpell-style). Entity indices are 1-based; 0 means unknown.
-Used by the synthetic generator (lexical impressions), by the features (match signals) and by the
-service (candidate retrieval), so all three agree on what a prefix matches.
+One `TextIndex` holds the titles, another the facets (genre names and catalogue tags). Used by the
+synthetic generator (lexical impressions), by the features (match signals) and by the service
+(candidate retrieval), so all three agree on what a prefix matches.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -16,57 +19,99 @@ from unirank.core.text import tokens
 
 MAX_PREFIX = 16
 MIN_FUZZY = 3
+BM25_K1, BM25_B = 1.2, 0.75  # Robertson's defaults, as bm25s uses them
+# the dense features `lexical_evidence` computes, in its column order
+LEXICAL_FEATURES = ("match_position", "title_bm25", "typo_match", "facet_match")
 
 
 def _deletions(word: str) -> set[str]:
     return {word[:i] + word[i + 1 :] for i in range(len(word))}
 
 
-class TitleIndex:
-    def __init__(self, normalized_titles: list[str]):
-        """normalized_titles[i] is the title of entity i (index 0 is unused)."""
-        buckets: dict[str, list[int]] = defaultdict(list)
-        for idx, title in enumerate(normalized_titles):
-            if idx == 0:
+def _prefix_positions(normalized_text: str) -> dict[str, int]:
+    """Every token prefix of the text (up to MAX_PREFIX characters) -> the first token it starts."""
+    out: dict[str, int] = {}
+    for pos, tok in enumerate(tokens(normalized_text)):
+        for n in range(1, min(len(tok), MAX_PREFIX) + 1):
+            out.setdefault(tok[:n], pos)
+    return out
+
+
+class TextIndex:
+    def __init__(self, normalized_texts: list[str]):
+        """normalized_texts[i] is the text of entity i (index 0 is unused)."""
+        buckets: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        lengths = np.zeros(len(normalized_texts), np.int32)
+        for idx, text in enumerate(normalized_texts):
+            if idx == 0 or not text:
                 continue
-            for tok in set(tokens(title)):
-                for n in range(1, min(len(tok), MAX_PREFIX) + 1):
-                    buckets[tok[:n]].append(idx)
-        self.prefixes: dict[str, np.ndarray] = {k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in buckets.items()}
+            lengths[idx] = len(tokens(text))
+            for key, pos in _prefix_positions(text).items():
+                buckets[key].append((idx, pos))
+        # per prefix: the entities whose text has a token starting with it (sorted), and the position of
+        # the first such token in each, aligned with them
+        self.prefixes: dict[str, np.ndarray] = {}
+        self.positions: dict[str, np.ndarray] = {}
+        for key, pairs in buckets.items():
+            both = np.asarray(pairs, np.int64)  # entities come in order, each once per key
+            self.prefixes[key] = both[:, 0]
+            self.positions[key] = both[:, 1].astype(np.int16)
         fuzzy: dict[str, set[str]] = defaultdict(set)
         for key in self.prefixes:
             if len(key) >= MIN_FUZZY:
                 for variant in _deletions(key):
                     fuzzy[variant].add(key)
         self.fuzzy = dict(fuzzy)
+        self.lengths = lengths  # tokens per text, for BM25's length normalisation
+        self.n_docs = int((lengths > 0).sum())
+        self.avg_length = float(lengths[lengths > 0].mean()) if self.n_docs else 1.0  # of the texts built with
         self._empty = np.zeros(0, dtype=np.int64)
 
-    @staticmethod
-    def _prefixes(normalized_title: str) -> set[str]:
-        return {tok[:n] for tok in set(tokens(normalized_title)) for n in range(1, min(len(tok), MAX_PREFIX) + 1)}
-
-    def add(self, idx: int, normalized_title: str) -> None:
-        """Indexes one more title (an entity added at run time)."""
-        for key in self._prefixes(normalized_title):
+    def add(self, idx: int, normalized_text: str) -> None:
+        """Indexes one more text (an entity added at run time)."""
+        if idx >= len(self.lengths):
+            self.lengths = np.concatenate([self.lengths, np.zeros(idx + 1 - len(self.lengths), np.int32)])
+        if not normalized_text:
+            return
+        self.lengths[idx] = len(tokens(normalized_text))
+        self.n_docs += 1
+        for key, pos in _prefix_positions(normalized_text).items():
             known = self.prefixes.get(key)
-            self.prefixes[key] = np.union1d(known, [idx]) if known is not None else np.array([idx], np.int64)
-            if known is None and len(key) >= MIN_FUZZY:
-                for variant in _deletions(key):
-                    self.fuzzy.setdefault(variant, set()).add(key)
+            if known is None:
+                self.prefixes[key] = np.array([idx], np.int64)
+                self.positions[key] = np.array([pos], np.int16)
+                if len(key) >= MIN_FUZZY:
+                    for variant in _deletions(key):
+                        self.fuzzy.setdefault(variant, set()).add(key)
+                continue
+            at = int(np.searchsorted(known, idx))
+            if at < len(known) and known[at] == idx:
+                self.positions[key][at] = pos
+            else:
+                self.prefixes[key] = np.insert(known, at, idx)
+                self.positions[key] = np.insert(self.positions[key], at, pos)
 
-    def remove(self, idx: int, normalized_title: str) -> None:
-        """Forgets an entity's old title (its title changed); emptied keys stay, matching nothing."""
-        for key in self._prefixes(normalized_title):
+    def remove(self, idx: int, normalized_text: str) -> None:
+        """Forgets an entity's old text (it changed); emptied keys stay, matching nothing."""
+        if not normalized_text:
+            return
+        self.lengths[idx] = 0
+        self.n_docs -= 1
+        for key in _prefix_positions(normalized_text):
             if (known := self.prefixes.get(key)) is not None:
-                self.prefixes[key] = known[known != idx]
+                keep = known != idx
+                self.prefixes[key], self.positions[key] = known[keep], self.positions[key][keep]
 
     def _token_matches(self, tok: str) -> np.ndarray:
         exact = self.prefixes.get(tok[:MAX_PREFIX])
         if exact is not None:
             return exact
+        return self._typo_matches(tok[:MAX_PREFIX])
+
+    def _typo_matches(self, tok: str) -> np.ndarray:
+        """Entities with a token prefix one edit away from `tok` (which is no prefix itself)."""
         if len(tok) < MIN_FUZZY:
             return self._empty
-        tok = tok[:MAX_PREFIX]
         variants = _deletions(tok) | {tok}
         keys: set[str] = set()
         for v in variants:
@@ -90,6 +135,49 @@ class TitleIndex:
         if result.size or len(sets) == 1:
             return result
         return np.unique(np.concatenate(sets))
+
+    def idf(self, df: int) -> float:
+        """BM25's inverse document frequency of a prefix found in `df` of the indexed texts."""
+        return math.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5))
+
+
+def _members(keys: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each candidate is in the sorted `keys`, where it is there, clipped)."""
+    at = np.minimum(np.searchsorted(keys, cand), len(keys) - 1)
+    return keys[at] == cand, at
+
+
+def lexical_evidence(query: str, cand: np.ndarray, titles: TextIndex, facets: TextIndex) -> np.ndarray:
+    """(n, 4) float32, the LEXICAL_FEATURES of each candidate entity for a normalised query:
+
+    - match_position: 1 / (1 + the index of the first title token the query's first token prefixes), 0 if none;
+    - title_bm25: BM25 of the query against the title, each query token a prefix (at the keystroke the last
+      word is unfinished) with the document frequency of that prefix, term frequency 1;
+    - typo_match: share of query tokens that prefix no title in the catalogue but match this title within
+      one edit (the typo the retrieval tolerated);
+    - facet_match: share of query tokens that prefix one of the candidate's genre names or tags.
+    """
+    cand = np.asarray(cand, np.int64)
+    out = np.zeros((len(cand), len(LEXICAL_FEATURES)), np.float32)
+    toks = [t[:MAX_PREFIX] for t in tokens(query)]
+    if not toks or not len(cand):
+        return out
+    lengths = titles.lengths[np.minimum(cand, len(titles.lengths) - 1)]
+    saturation = (BM25_K1 + 1) / (1 + BM25_K1 * (1 - BM25_B + BM25_B * lengths / titles.avg_length))
+    for j, tok in enumerate(toks):
+        keys = titles.prefixes.get(tok)
+        if keys is not None and keys.size:
+            hit, at = _members(keys, cand)
+            if j == 0:
+                out[:, 0] = np.where(hit, 1.0 / (1.0 + titles.positions[tok][at]), 0.0)
+            out[:, 1] += np.where(hit, titles.idf(keys.size) * saturation, 0.0)
+        elif keys is None and (typo := titles._typo_matches(tok)).size:
+            out[:, 2] += _members(typo, cand)[0]
+        facet = facets.prefixes.get(tok)
+        if facet is not None and facet.size:
+            out[:, 3] += _members(facet, cand)[0]
+    out[:, 2:] /= len(toks)
+    return out
 
 
 def match_features(query: str, title: str) -> tuple[float, float]:

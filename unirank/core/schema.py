@@ -21,6 +21,7 @@ Entities:
     genres        list<string>
     release_year  int32
     countries     list<string>  where it is available
+    tags          list<string>? optional: catalogue tags search finds the entity by (with its genres)
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ ENTITY_SCHEMA = pa.schema(
 )
 
 NULLABLE = {"query", "source_entity_id"}
+# optional entity columns: kept when a file has them (a null is an empty list)
+ENTITY_OPTIONAL = pa.schema([("tags", pa.list_(pa.string()))])
+ENTITY_FULL_SCHEMA = pa.schema([*ENTITY_SCHEMA, *ENTITY_OPTIONAL])  # what unirank writes: every column
+
+
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """An entities table with every optional column (empty lists where it had none), in ENTITY_FULL_SCHEMA."""
+    for field in ENTITY_OPTIONAL:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.array([[]] * table.num_rows, field.type))
+    return table.select(ENTITY_FULL_SCHEMA.names).cast(ENTITY_FULL_SCHEMA)
 
 
 class SchemaError(ValueError):
@@ -106,7 +118,16 @@ def read_events(path: Path | str) -> pa.Table:
 
 
 def read_entities(path: Path | str) -> pa.Table:
-    return validate(pq.read_table(path), ENTITY_SCHEMA, path)
+    raw = pq.read_table(path)
+    table = validate(raw, ENTITY_SCHEMA, path)
+    for field in ENTITY_OPTIONAL:
+        if field.name in raw.column_names:
+            actual = raw.schema.field(field.name).type
+            if not _compatible(actual, field.type):
+                raise SchemaError(f"{path}: column '{field.name}' has type {actual}, expected {field.type}")
+            column = raw.column(field.name).cast(field.type).fill_null(pa.scalar([], field.type))
+            table = table.append_column(field, column)
+    return table
 
 
 def events_path(data_dir: Path | str) -> Path:

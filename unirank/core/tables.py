@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unirank.core.lexical import TitleIndex
+from unirank.core.lexical import TextIndex
 from unirank.core.text import normalize
 from unirank.core.text_features import TEXT_DIM, TextProjection
 
@@ -33,6 +33,7 @@ class RuntimeEntity:
     genres: tuple[str, ...] = ()
     release_year: float | None = None  # None: the catalog's median year
     countries: tuple[str, ...] | None = None  # None: available everywhere
+    tags: tuple[str, ...] = ()  # catalogue tags: what search finds it by besides its title and genres
     text: np.ndarray | None = None  # (TEXT_DIM,) projected title embedding
 
 
@@ -42,6 +43,11 @@ def pack_genres(genre_hot: np.ndarray) -> np.ndarray:
     padded = np.zeros((len(genre_hot), words * 64), bool)
     padded[:, : genre_hot.shape[1]] = genre_hot
     return np.packbits(padded, axis=1, bitorder="little").view("<u8")
+
+
+def facet_text(genres, tags) -> str:
+    """The normalised text the facet index holds for an entity: its genre names, then its tags."""
+    return " ".join(t for t in (normalize(x) for x in (*genres, *tags)) if t)
 
 
 def year_feature(year: np.ndarray) -> np.ndarray:
@@ -115,28 +121,55 @@ class FeatureTables:
         self.user_index = {u: i for i, u in enumerate(self.user_ids) if i}
         self.norm_titles = [normalize(t) for t in self.titles]
         self._genre_index = {g: i for i, g in enumerate(self.genres) if i}
-        self._title_index: TitleIndex | None = None
+        self._title_index: TextIndex | None = None
+        self._facet_index: TextIndex | None = None
+        self._facet_texts: list[str] | None = None
 
     @property
     def n_entities(self) -> int:
         return len(self.entity_ids) - 1
 
     @property
-    def title_index(self) -> TitleIndex:
+    def title_index(self) -> TextIndex:
         if self._title_index is None:
-            self._title_index = TitleIndex(self.norm_titles)
+            self._title_index = TextIndex(self.norm_titles)
         return self._title_index
+
+    @property
+    def facet_texts(self) -> list[str]:
+        """Each entity's genre names and catalogue tags (the entities table's optional `tags`), normalised."""
+        if self._facet_texts is None:
+            tags = (
+                self.entity_table.column("tags").to_pylist()
+                if "tags" in self.entity_table.column_names
+                else [None] * self.n_model_entities
+            )
+            self._facet_texts = [""] + [
+                facet_text([self.genres[g] for g in np.flatnonzero(hot)], t or ())
+                for hot, t in zip(self.genre_hot[1 : self.n_model_entities + 1], tags, strict=True)
+            ]
+            self._facet_texts += [""] * (self.n_entities - self.n_model_entities)
+        return self._facet_texts
+
+    @property
+    def facet_index(self) -> TextIndex:
+        """The index of `facet_texts`: what search finds besides title words."""
+        if self._facet_index is None:
+            self._facet_index = TextIndex(self.facet_texts)
+        return self._facet_index
 
     def upsert_runtime_entities(self, entities: list[RuntimeEntity]) -> list[int]:
         """Adds entities beyond the trained catalog, or replaces earlier runtime ones; returns their
         indices. Trained entities are not touched (the caller refuses them). Names the vocabularies do
         not know (genres, countries) are dropped."""
+        self.facet_index  # noqa: B018 (built from the trained catalogue before it grows)
         new_ids = [e.entity_id for e in entities if e.entity_id not in self.entity_index]
         if new_ids:
             self._grow(len(new_ids))
             self.entity_ids += new_ids
             self.titles += [""] * len(new_ids)
             self.norm_titles += [""] * len(new_ids)
+            self.facet_texts.extend([""] * len(new_ids))
             self.entity_index.update({e: len(self.entity_ids) - len(new_ids) + k for k, e in enumerate(new_ids)})
         indices = []
         for entity in entities:
@@ -148,8 +181,14 @@ class FeatureTables:
             self._fill_runtime_row(i, entity)
             self.titles[i], self.norm_titles[i] = entity.title, normalize(entity.title)
             self.title_index.add(i, self.norm_titles[i])
+            self.facet_index.remove(i, self.facet_texts[i])
+            self.facet_texts[i] = facet_text(self.genres_of(i), entity.tags)
+            self.facet_index.add(i, self.facet_texts[i])
             indices.append(i)
         return indices
+
+    def genres_of(self, i: int) -> list[str]:
+        return [self.genres[g] for g in np.flatnonzero(self.genre_hot[i])]
 
     def genre_indices(self, names) -> list[int]:
         return [g for g in (self._genre_index.get(n, 0) for n in names) if g]

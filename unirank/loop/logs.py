@@ -35,7 +35,7 @@ import redis
 from unirank.core.catalog_log import fold, snapshot_key
 from unirank.core.impression_log import ENGAGED, FEEDBACK_STREAM, IMPRESSIONS_STREAM, Feedback, Impression, decode_entry
 from unirank.core.object_store import DatasetLocation
-from unirank.core.schema import ENTITY_SCHEMA, EVENT_SCHEMA
+from unirank.core.schema import ENTITY_FULL_SCHEMA, EVENT_SCHEMA, with_optional_columns
 from unirank.core.streams import entry_id as id_of
 from unirank.core.streams import ms_of
 from unirank.core.vocab import Task
@@ -144,7 +144,7 @@ def joined_table(log: Log) -> pa.Table:
 
 def entities_table(bundle: Path, client: redis.Redis, catalog_stream: str = CATALOG_STREAM) -> pa.Table:
     """The bundle's catalogue, then the entities added at run time (the last record of an id wins)."""
-    catalog = pq.read_table(bundle / "tables" / "entities.parquet").select(ENTITY_SCHEMA.names).cast(ENTITY_SCHEMA)
+    catalog = with_optional_columns(pq.read_table(bundle / "tables" / "entities.parquet"))
     trained = set(catalog.column("entity_id").to_pylist())
     snapshot = client.hgetall(snapshot_key(catalog_stream)) or None
     start = f"({id_of(snapshot[b'last_id'])}" if snapshot else "-"
@@ -166,8 +166,9 @@ def entities_table(bundle: Path, client: redis.Redis, catalog_stream: str = CATA
         "countries": [
             [c.upper() for c in r["countries"]] if r.get("countries") is not None else countries for r in added.values()
         ],
+        "tags": [list(r.get("tags") or []) for r in added.values()],
     }
-    return pa.concat_tables([catalog, pa.table(rows, schema=ENTITY_SCHEMA)])
+    return pa.concat_tables([catalog, pa.table(rows, schema=ENTITY_FULL_SCHEMA)])
 
 
 def _parquet(table: pa.Table) -> bytes:
