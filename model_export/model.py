@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from unirank.core.context import N_TASKS
+from unirank.core.features import DENSE_FEATURES
 from unirank.core.history import HISTORY_KINDS
+from unirank.core.lexical import LEXICAL_FEATURES
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import KINDS
 from unirank.core.text import TOKEN_BUCKETS
@@ -213,6 +215,10 @@ class UnifiedRanker(nn.Module):
         self.register_buffer("dense_mean", torch.tensor(spec.dense_mean, dtype=torch.float32))
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
         self.numeric = PiecewiseLinear(spec.dense_edges, options.numeric_dim) if options.numeric_bins else None
+        mask = None
+        if not options.lexical_features:  # the lexical columns read as zeros, whatever the input holds
+            mask = torch.tensor([f not in LEXICAL_FEATURES for f in DENSE_FEATURES], dtype=torch.float32)
+        self.register_buffer("dense_mask", mask)
         width, groups = spec.width, spec.feature_groups()
         self.task_gate = TaskGate(d, groups) if options.task_gate else None
         self.cross = nn.ModuleList(CrossLayer(width, arch.cross_rank) for _ in range(arch.cross_layers))
@@ -258,6 +264,8 @@ class UnifiedRanker(nn.Module):
         """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
         # split per context, then gathered per candidate: no (N, width) slice copies
         ctx = self.context(ctx_ids, ctx_query)
+        if self.dense_mask is not None:
+            cand_dense = cand_dense * self.dense_mask
         dense = (cand_dense - self.dense_mean) / self.dense_std
         if self.numeric is not None:  # the encodings beside the values: thresholds without losing the slope
             dense = torch.cat([dense, self.numeric(cand_dense)], 1)

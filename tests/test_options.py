@@ -28,6 +28,7 @@ OPTIONS = {
     "history": dict(history_encoder=True),
     "text": dict(text_features=True),
     "numeric": dict(numeric_bins=8),
+    "no_lexical": dict(lexical_features=False),
     "all": dict(task_gate=True, mmoe_experts=3, play_head=True, history_encoder=True, text_features=True),
 }
 
@@ -87,6 +88,30 @@ def test_numeric_encodings_carry_their_fit_window_edges_and_stay_finite(option_b
     names = [i.name for i in session.get_inputs()]
     scores = session.run(None, {n: val_enc.inputs[n] for n in names})[0]
     assert np.isfinite(scores).all() and 0 < scores.min() < scores.max() < 1
+
+
+def test_without_lexical_features_the_graph_ignores_them_and_the_service_skips_them(option_bundles, splits):
+    import onnxruntime as ort
+
+    from unirank.core.features import DENSE_FEATURES
+    from unirank.core.lexical import LEXICAL_FEATURES
+
+    _, _, val_enc = splits
+    lexical = [DENSE_FEATURES.index(f) for f in LEXICAL_FEATURES]
+    assert (val_enc.inputs["cand_dense"][:, lexical] != 0).any()  # training computes them for every option
+    session = ort.InferenceSession(str(option_bundles["no_lexical"] / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    inputs = {n: val_enc.inputs[n] for n in names}
+    changed = dict(inputs, cand_dense=inputs["cand_dense"].copy())
+    changed["cand_dense"][:, lexical] = np.random.default_rng(0).normal(size=(len(changed["cand_dense"]), 4))
+    assert np.array_equal(session.run(None, inputs)[0], session.run(None, changed)[0])
+    bundle = LoadedBundle.load(option_bundles["no_lexical"], Settings())
+    from service.core.schemas import RankRequest
+    from service.model.context import build_request_context
+
+    rc = build_request_context(RankRequest(task="search", country="US", query="a"), bundle.tables, "cluster")
+    served = bundle.features.inputs(rc, np.arange(1, 101))["cand_dense"]
+    assert (served[:, lexical] == 0).all() and (served[:, DENSE_FEATURES.index("token_match")] != 0).any()
 
 
 def test_play_is_click_times_play_given_click_and_ranks_differently(option_bundles):

@@ -57,7 +57,9 @@ class ServingFeatures:
     def __init__(self, tables: FeatureTables, spec: ModelSpec):
         """Builds only the inputs `spec`'s model reads (history tensors, text features)."""
         self.tables = tables
-        self.encoder = FeatureEncoder(tables, spec.personalization, text=spec.options.text_features)
+        self.encoder = FeatureEncoder(
+            tables, spec.personalization, text=spec.options.text_features, lexical=spec.options.lexical_features
+        )
         self.history_length = spec.architecture.history_length
         self.history_encoder = spec.options.history_encoder
         self.text_features = spec.options.text_features

@@ -2,8 +2,11 @@
 
 - search: the title index (token prefixes, one-edit typos), most popular first when there are many; then
   the facet index (genre names and catalogue tags), a quarter of the limit kept for it when both are many;
-  then, when words found few, the semantic neighbours of the query (the bundle's MiniLM encoder, an exact
-  dot product over the catalogue's title vectors; bundles built with text features only);
+  then, when words find nothing, the semantic neighbours of the query (the bundle's MiniLM encoder, an exact
+  dot product over the catalogue's title vectors; bundles built with text features only). Only then: the
+  model learned search from logs of word matches, so it cannot be trusted to rank a near meaning below
+  an exact title, and a search box that answers "nebulon harv" with its one title is what users expect;
+  one that answers "space pirates" with nothing is what they complain about;
 - prequery: popular in the country, plus favourites of the user's cluster, plus the newest entities
   added at run time (no engagement yet, so the model, not popularity, decides whether they show);
 - more_like_this: co-engaged neighbours, titles sharing words (franchises), popular same-genre titles;
@@ -93,8 +96,8 @@ class Retriever:
         n_facets = min(facets.size, max(self.limit - titles.size, self.limit // 4))
         n_titles = min(titles.size, self.limit - n_facets)
         found = _unique_in_order([self._popular(titles, country, n_titles), self._popular(facets, country, n_facets)])
-        if found.size < self.limit // 4 and self.embed_query is not None and len(query) >= SEMANTIC_MIN_CHARS:
-            found = _unique_in_order([found, self.semantic(query, country, SEMANTIC_NEIGHBOURS)])
+        if found.size == 0 and self.embed_query is not None and len(query) >= SEMANTIC_MIN_CHARS:
+            found = self.semantic(query, country, SEMANTIC_NEIGHBOURS)
         return found[: self.limit]
 
     def _popular(self, cand: np.ndarray, country: int, n: int) -> np.ndarray:

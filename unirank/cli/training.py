@@ -54,6 +54,9 @@ def train(
             min=0, help="Dense features as piecewise-linear encodings over this many quantile bins (0: raw values)"
         ),
     ] = 0,
+    lexical_features: Annotated[
+        bool, typer.Option(help="Match position, BM25, typo and facet match as features (off: an ablation)")
+    ] = True,
     cold_entity_rate: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of training rows shown as a new entity (DropoutNet)")
     ] = 0.0,
@@ -92,6 +95,7 @@ def train(
         text_vector=text_vector,
         rank_by=RankBy(rank_by).value,
         numeric_bins=numeric_bins,
+        lexical_features=lexical_features,
     )
     cfg = TrainConfig(
         personalization=Personalization(personalization).value,

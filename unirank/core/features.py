@@ -147,12 +147,14 @@ def history_vector(tables: FeatureTables, recent: np.ndarray, table: np.ndarray 
 
 
 class FeatureEncoder:
-    def __init__(self, tables: FeatureTables, level: str, text: bool = True):
+    def __init__(self, tables: FeatureTables, level: str, text: bool = True, lexical: bool = True):
         """level: the personalization level of the model these features feed; text: whether to build
-        `cand_text` (training encodes it for every option; the service only for models that read it)."""
+        `cand_text` (training encodes it for every option; the service only for models that read it);
+        lexical: whether to compute the LEXICAL_FEATURES (zeros otherwise: a model without them masks them)."""
         self.tables = tables
         self.level = level
         self.text = text
+        self.lexical = lexical
         self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
@@ -238,9 +240,10 @@ class FeatureEncoder:
             of, entities, values, start = of.tolist(), cand[rows].tolist(), [], 0
             for end in ends:
                 values += match_features_many(queries[of[start]], [titles[e] for e in entities[start:end]])
-                lexical[rows[start:end]] = lexical_evidence(
-                    queries[of[start]], cand[rows[start:end]], t.title_index, t.facet_index
-                )
+                if self.lexical:
+                    lexical[rows[start:end]] = lexical_evidence(
+                        queries[of[start]], cand[rows[start:end]], t.title_index, t.facet_index
+                    )
                 start = end
             match[rows] = np.array(values, np.float32).reshape(-1, 2)
         qlen = np.array([len(q) for q in queries], np.float32)[cand_ctx]
@@ -287,7 +290,7 @@ class FeatureEncoder:
             dense[:, 5:7] = np.array(
                 match_features_many(query, [titles[e] for e in cand.tolist()]), np.float32
             ).reshape(-1, 2)
-            dense[:, _LEXICAL] = lexical_evidence(query, cand, t.title_index, t.facet_index)
+            dense[:, _LEXICAL] = lexical_evidence(query, cand, t.title_index, t.facet_index) if self.lexical else 0.0
         else:  # prequery contexts have no query: nothing to match
             dense[:, 5:7] = 0.0
             dense[:, _LEXICAL] = 0.0

@@ -55,6 +55,9 @@ class ModelOptions:
     # values (Gorishniy et al., NeurIPS 2022); 0: the standardised raw values alone
     numeric_bins: int = 0
     numeric_dim: int = 4
+    # the lexical evidence (LEXICAL_FEATURES: match position, BM25, typo and facet match); off, the graph
+    # zeroes those columns and the service does not compute them (an ablation, and what it costs at /rank)
+    lexical_features: bool = True
 
     def problems(self, personalization: str) -> list[str]:
         """What is wrong with these options for a model of this personalization level (empty: fine)."""
