@@ -57,7 +57,7 @@ def read_manifest(path: Path) -> dict:
         missing = [f for f in DENSE_FEATURES if f not in dense]
         raise BundleInvalid(
             f"{path} was trained on other dense features than this unirank computes (it lacks {missing}): "
-            "retrain it with this version (unirank train)"
+            "retrain it with this version (unirank train; the demo bundle: unirank build-demo, or make clean serve)"
         )
     return manifest
 
