@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtest.bench import SCENARIO_FIELDS, SCENARIOS, completeness_problems
@@ -197,3 +198,26 @@ def test_the_io_bound_call_the_profile_times_gives_the_plain_calls_scores(bundle
     inputs = rank_200_inputs(bundle, bundle_dir, 64)
     call = _bound_call(bundle.scorer, inputs)
     assert np.array_equal(call(), bundle.scorer.score(inputs)) and np.array_equal(call(), call())
+
+
+def test_retrieval_recall_counts_each_request_once_and_facets_find_genres(bundle_dir, data_dir, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from loadtest.retrieval_recall import _requests, recall
+    from service.core.settings import Settings
+    from service.model.bundle import LoadedBundle
+
+    bundle = LoadedBundle.load(bundle_dir, Settings(micro_batch=False))
+    sets = _requests(bundle, data_dir)
+    assert sets["typed"] and sets["genre"] and not sets["tag"]  # the synthetic catalogue has no tags
+    got = recall(bundle, sets, 100)
+    assert got["typed"]["title_words"] > 0.9 and got["typed"]["service"] > 0.9  # typed prefixes of titles
+    assert got["genre"]["service"] > got["genre"]["title_words"]  # genre names find titles beyond their words
+    shuffled = tmp_path / "shuffled"  # row order carries nothing: the same requests, the same recall
+    shuffled.mkdir()
+    events = pq.read_table(data_dir / "events.parquet")
+    pq.write_table(events.take(np.random.default_rng(0).permutation(events.num_rows)), shuffled / "events.parquet")
+    shutil.copy(data_dir / "entities.parquet", shuffled / "entities.parquet")
+    assert recall(bundle, _requests(bundle, shuffled), 100) == got
