@@ -29,10 +29,17 @@ def test_a_genre_name_finds_the_genre_beyond_title_words(tables):
 
 def test_title_matches_come_first_and_keep_three_quarters_of_the_limit(tables):
     retriever = Retriever(tables, limit=40)
-    found = retriever.search("a", 0)  # a prefix of many titles and of genre names
-    titles = set(tables.title_index.lookup("a").tolist())
+    query = max(tables.genres[1:], key=lambda g: (len(tables.title_index.lookup(g[:3])), g))[:3]
+    found = retriever.search(query, 0)  # prefixes titles and a genre name
+    titles = set(tables.title_index.lookup(query).tolist())
+    facets = set(tables.facet_index.lookup(query).tolist()) - titles
+    assert titles and facets
     first = [e in titles for e in found.tolist()]
-    assert len(found) == 40 and sum(first) == min(30, len(titles)) and first == sorted(first, reverse=True)
+    n_facets = min(len(facets), max(40 - len(titles), 10))
+    assert sum(first) == min(len(titles), 40 - n_facets) and first == sorted(first, reverse=True)
+    assert len(found) == min(40, len(titles) + len(facets))
+    short = retriever.search("se", 0)  # two letters prefix every genre: title words alone
+    assert set(short.tolist()) <= set(tables.title_index.lookup("se").tolist())
 
 
 def test_semantic_neighbours_answer_when_words_find_nothing(tables):

@@ -1,7 +1,8 @@
 """Candidate retrieval when a request brings no candidates; only entities available in the country.
 
-- search: the title index (token prefixes, one-edit typos), most popular first when there are many; then
-  the facet index (genre names and catalogue tags), a quarter of the limit kept for it when both are many;
+- search: the title index (token prefixes, one-edit typos), most popular first when there are many; then,
+  from the third character, the facet index (genre names and catalogue tags; exact prefixes), a quarter of
+  the limit kept for it when both find many;
   then, when words find nothing, the semantic neighbours of the query (the bundle's MiniLM encoder, an exact
   dot product over the catalogue's title vectors; bundles built with text features only). Only then: the
   model learned search from logs of word matches, so it cannot be trusted to rank a near meaning below
@@ -32,6 +33,7 @@ def _unique_in_order(parts: list[np.ndarray]) -> np.ndarray:
 
 FRESH = 50  # newest runtime-added entities considered for prequery
 SESSION_PER_SOURCE = 10  # related titles taken per recent engagement (co-engaged, then same franchise)
+FACET_MIN_CHARS = 3  # genre names and tags are searched from the third character on
 SEMANTIC_MIN_CHARS = 4  # shorter queries are unfinished words: their embedding means little
 SEMANTIC_NEIGHBOURS = 50
 QUERY_VECTORS_CACHED = 4096
@@ -91,19 +93,26 @@ class Retriever:
     def search(self, query: str, country: int) -> np.ndarray:
         t = self.tables
         titles = self._available(t.title_index.lookup(query), country)
-        facets = self._available(t.facet_index.lookup(query), country)
+        if len(query) < FACET_MIN_CHARS:  # a letter or two prefixes every genre: title words alone
+            return self._popular(titles, country, self.limit)
+        facets = self._available(t.facet_index.lookup(query, typos=False), country)  # typos: titles only
         facets = facets[~np.isin(facets, titles, assume_unique=True)]
         n_facets = min(facets.size, max(self.limit - titles.size, self.limit // 4))
-        n_titles = min(titles.size, self.limit - n_facets)
-        found = _unique_in_order([self._popular(titles, country, n_titles), self._popular(facets, country, n_facets)])
+        found = np.concatenate(
+            [self._popular(titles, country, self.limit - n_facets), self._popular(facets, country, n_facets)]
+        )
         if found.size == 0 and self.embed_query is not None and len(query) >= SEMANTIC_MIN_CHARS:
             found = self.semantic(query, country, SEMANTIC_NEIGHBOURS)
-        return found[: self.limit]
+        return found
 
     def _popular(self, cand: np.ndarray, country: int, n: int) -> np.ndarray:
-        if cand.size <= n:
-            return cand[np.argsort(-self.tables.pop[cand, country], kind="stable")]
-        return cand[np.argsort(-self.tables.pop[cand, country], kind="stable")[:n]]
+        """The `n` most popular of `cand` in the country, most popular first (ties in index order; which of
+        those tied at the cut are kept is fixed by the input, not by the index order)."""
+        pop = -self.tables.pop[cand, country]
+        if cand.size > n:  # partial selection first: a short prefix matches thousands
+            keep = np.sort(np.argpartition(pop, n - 1)[:n]) if n > 0 else np.zeros(0, np.int64)
+            cand, pop = cand[keep], pop[keep]
+        return cand[np.argsort(pop, kind="stable")]
 
     def semantic(self, query: str, country: int, n: int) -> np.ndarray:
         """The `n` entities available in the country whose title vectors are nearest the query's."""

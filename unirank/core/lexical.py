@@ -102,11 +102,11 @@ class TextIndex:
                 keep = known != idx
                 self.prefixes[key], self.positions[key] = known[keep], self.positions[key][keep]
 
-    def _token_matches(self, tok: str) -> np.ndarray:
+    def _token_matches(self, tok: str, typos: bool = True) -> np.ndarray:
         exact = self.prefixes.get(tok[:MAX_PREFIX])
         if exact is not None:
             return exact
-        return self._typo_matches(tok[:MAX_PREFIX])
+        return self._typo_matches(tok[:MAX_PREFIX]) if typos else self._empty
 
     def _typo_matches(self, tok: str) -> np.ndarray:
         """Entities with a token prefix one edit away from `tok` (which is no prefix itself)."""
@@ -123,12 +123,13 @@ class TextIndex:
             return self._empty
         return np.unique(np.concatenate([self.prefixes[k] for k in keys]))
 
-    def lookup(self, normalized_query: str) -> np.ndarray:
-        """Entities matching every query token as a prefix (typo-tolerant); if none match all, any."""
+    def lookup(self, normalized_query: str, typos: bool = True) -> np.ndarray:
+        """Entities matching every query token as a prefix (one-edit typos tolerated unless `typos` is
+        False); if none match all, any."""
         toks = tokens(normalized_query)
         if not toks:
             return self._empty
-        sets = [self._token_matches(t) for t in toks]
+        sets = [self._token_matches(t, typos) for t in toks]
         result = sets[0]
         for s in sets[1:]:
             result = np.intersect1d(result, s, assume_unique=True)
