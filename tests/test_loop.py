@@ -185,7 +185,9 @@ def test_simulated_traffic_exports_to_data_that_trains(logged, bundle_dir, data_
     assert state["this_run"]["impressions"] >= 1 and state["rows"] == rows_then + state["this_run"]["rows"]
     events = read_events(events_path(out))
     assert (
-        events.num_rows == state["rows"] and len(set(events.column("request_id").to_pylist())) == state["impressions"]
+        # an answer with no items (a search that found nothing) is an impression without rows
+        events.num_rows == state["rows"]
+        and 0 < len(set(events.column("request_id").to_pylist())) <= state["impressions"]
     )
     assert read_entities(out / "entities.parquet").num_rows >= 600
     bundle = tmp_path / "from-served"

@@ -102,6 +102,7 @@ def test_sparse_id_tables_move_only_the_rows_a_batch_touches(bundle_dir):
     parts of the model still learn. The default turns it on only for large id tables."""
     import torch
 
+    from unirank.core.features import DENSE_FEATURES
     from unirank.core.spec import ModelSpec
 
     spec = ModelSpec.from_dict(json.loads((bundle_dir / "manifest.json").read_text())["model"])
@@ -117,7 +118,7 @@ def test_sparse_id_tables_move_only_the_rows_a_batch_touches(bundle_dir):
         torch.zeros(2, 8, dtype=torch.int64),
         torch.stack([entities, torch.ones(2, dtype=torch.int64)], 1),
         torch.zeros(2, 3, dtype=torch.int64),
-        torch.randn(2, 12),
+        torch.randn(2, len(DENSE_FEATURES)),
         torch.arange(2),
     ]
     torch.nn.functional.binary_cross_entropy_with_logits(model.logits(*inputs), torch.tensor([1.0, 0.0])).backward()
