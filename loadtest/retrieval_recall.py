@@ -10,8 +10,9 @@ candidates, K of them, as the service does for a search request that brings none
 
 Two retrievals: `title words` (the title index alone, most popular first: search retrieval before the facet
 index) and `service` (`service.model.retrieval.Retriever.search`: titles, facets and, for bundles with the
-text encoder, semantic neighbours). Writes JSON + markdown + PNG under --out; the ratio of the two is what
-changed. Invariant to row order: each (query, country, entity) counts once.
+text encoder, semantic neighbours when words find nothing); for such bundles also the semantic neighbours
+alone, as if words had found nothing (what the query's meaning finds). Writes JSON + markdown + PNG under
+--out; the ratio of the first two is what changed. Invariant to row order: each (query, country, entity) counts once.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def recall(bundle: LoadedBundle, sets: dict, k: int) -> dict:
         after = sum(e in bundle.retriever.search(q, c) for q, c, e in rows)
         n = max(len(rows), 1)
         out[name] = {"requests": len(rows), "title_words": before / n, "service": after / n}
+        if bundle.retriever.embed_query is not None:  # the semantic neighbours alone, as if words found nothing
+            out[name]["semantic_alone"] = sum(e in bundle.retriever.semantic(q, c, k) for q, c, e in rows) / n
     return out
 
 
@@ -103,8 +106,14 @@ def main() -> None:
         "semantic": bundle.retriever.embed_query is not None,
         "recall": recall(bundle, sets, args.k),
     }
-    rows = [(n, r["requests"], f"{r['title_words']:.3f}", f"{r['service']:.3f}") for n, r in result["recall"].items()]
-    table = markdown_table(["queries", "requests", f"title words R@{args.k}", f"service R@{args.k}"], rows)
+    semantic = result["semantic"]
+    rows = [
+        (n, r["requests"], f"{r['title_words']:.3f}", f"{r['service']:.3f}")
+        + ((f"{r['semantic_alone']:.3f}",) if semantic else ())
+        for n, r in result["recall"].items()
+    ]
+    headers = ["queries", "requests", f"title words R@{args.k}", f"service R@{args.k}"]
+    table = markdown_table(headers + ([f"semantic alone R@{args.k}"] if semantic else []), rows)
     save_results(result, args.out, "retrieval-recall", table + "\n", _plot)
     print(table)
     print("files:", result["files"])
