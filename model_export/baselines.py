@@ -67,7 +67,7 @@ def _groups(enc: Encoded) -> np.ndarray:
     return sizes[sizes > 0]
 
 
-def lambdamart_scores(fit: Encoded, val: Encoded, test: Encoded, seed: int) -> np.ndarray:
+def lambdamart_booster(fit: Encoded, val: Encoded, seed: int):
     """LightGBM lambdarank on the dense features plus task, country, cluster, kind and first genre
     (categorical); rows are grouped by request (they are stored request by request)."""
     import lightgbm as lgb
@@ -86,5 +86,10 @@ def lambdamart_scores(fit: Encoded, val: Encoded, test: Encoded, seed: int) -> n
         "verbose": -1,
         "num_threads": 2,
     }
-    booster = lgb.train(params, train, 400, valid_sets=[valid], callbacks=[lgb.early_stopping(30, verbose=False)])
+    return lgb.train(params, train, 400, valid_sets=[valid], callbacks=[lgb.early_stopping(30, verbose=False)])
+
+
+def lambdamart_scores(fit: Encoded, val: Encoded, test: Encoded, seed: int) -> np.ndarray:
+    """The test rows' scores by `lambdamart_booster` at its best iteration."""
+    booster = lambdamart_booster(fit, val, seed)
     return booster.predict(_lgbm_features(test), num_iteration=booster.best_iteration).astype(np.float32)

@@ -51,6 +51,7 @@ class Variant:
     options: ModelOptions = ModelOptions()
     listwise_weight: float = 0.0
     cold_entity_rate: float = 0.0
+    cold_user_rate: float = 0.1  # TrainConfig's default
 
 
 VARIANTS = {
@@ -69,6 +70,7 @@ VARIANTS = {
     "+ numeric encodings": Variant(options=ModelOptions(numeric_bins=8)),
     "no lexical features": Variant(options=ModelOptions(lexical_features=False)),
     "+ task gate + mmoe + play head": Variant(options=ModelOptions(task_gate=True, mmoe_experts=3, play_head=True)),
+    "no cold-user training": Variant(cold_user_rate=0.0),
     "+ listwise loss": Variant(listwise_weight=0.3),
     "+ listwise loss + new-entity training": Variant(listwise_weight=0.3, cold_entity_rate=0.2),
 }
@@ -190,6 +192,7 @@ class Study:
             impute=v.impute,
             listwise_weight=v.listwise_weight,
             cold_entity_rate=v.cold_entity_rate,
+            cold_user_rate=v.cold_user_rate,
             architecture=v.architecture,
             options=v.options,
         )

@@ -105,3 +105,11 @@ def test_a_thinned_task_keeps_a_share_of_its_fit_requests_and_nothing_else_chang
     for bad in (["mlt=0.1"], ["more_like_this=0"], ["more_like_this=1.5"], ["more_like_this"]):
         with pytest.raises(ValueError, match="TASK=SHARE"):
             parse_task_shares(bad)
+
+
+def test_lambdamart_gain_shares_cover_every_column_largest_first(data_dir):
+    from model_export.lambdamart_gain import COLUMNS, gain_shares
+
+    shares = gain_shares(data_dir, "search")
+    assert set(shares) == set(COLUMNS) and abs(sum(shares.values()) - 1) < 1e-6
+    assert list(shares.values()) == sorted(shares.values(), reverse=True) and max(shares.values()) > 0
