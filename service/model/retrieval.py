@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -51,7 +52,8 @@ class Retriever:
         self.tables = tables
         self.limit = limit
         self.embed_query = embed_query
-        self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU: keystrokes repeat
+        # keystrokes repeat: the last queries' vectors are kept
+        self._query_vector = lru_cache(QUERY_VECTORS_CACHED)(embed_query) if embed_query is not None else None
         t = tables
         C = len(t.countries)
         self.country_top = [self._top(np.flatnonzero(t.avail[:, c]), t.pop[:, c], limit) for c in range(C)]
@@ -116,15 +118,8 @@ class Retriever:
 
     def semantic(self, query: str, country: int, n: int) -> np.ndarray:
         """The `n` entities available in the country whose title vectors are nearest the query's."""
-        vec = self._query_vectors.get(query)
-        if vec is None:
-            vec = self._query_vectors[query] = np.asarray(self.embed_query(query), np.float32)
-            if len(self._query_vectors) > QUERY_VECTORS_CACHED:
-                self._query_vectors.popitem(last=False)
-        else:
-            self._query_vectors.move_to_end(query)
         text = self.tables.text_vec
-        scores = text @ vec
+        scores = text @ np.asarray(self._query_vector(query), np.float32)
         scores[0] = -np.inf
         scores[~self.tables.avail[:, country]] = -np.inf
         scores[~text.any(1)] = -np.inf  # entities without a title vector

@@ -35,4 +35,4 @@ class TextEncoder:
 
     def embed_query(self, query: str) -> np.ndarray:
         """A query in the space of the catalogue's title vectors (`FeatureTables.text_vec`)."""
-        return self.projection.apply(self.embed([query]))[0]
+        return self.features(self.embed([query]))[0]

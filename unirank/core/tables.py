@@ -144,10 +144,7 @@ class FeatureTables:
                 if "tags" in self.entity_table.column_names
                 else [None] * self.n_model_entities
             )
-            self._facet_texts = [""] + [
-                facet_text([self.genres[g] for g in np.flatnonzero(hot)], t or ())
-                for hot, t in zip(self.genre_hot[1 : self.n_model_entities + 1], tags, strict=True)
-            ]
+            self._facet_texts = [""] + [facet_text(self.genres_of(i), t or ()) for i, t in enumerate(tags, 1)]
             self._facet_texts += [""] * (self.n_entities - self.n_model_entities)
         return self._facet_texts
 
