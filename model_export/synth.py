@@ -10,6 +10,12 @@ Structure a model can learn, with every part of the unified context mattering:
 - optionally (`continuation` > 0) a search-to-recommendation transition: on a home-page visit after a
   search click on a franchise title, the row shows more of that franchise and the user takes it up
   far more often — what the user did last, and where, matters beyond their average taste;
+- optionally (`session_intent` > 0) sessions with a short-term intent: for that share of search
+  sessions, a genre drawn around the user's long-term taste pulls the session's taste toward it
+  (`INTENT_WEIGHT`); the search looks for a title of it, a home-page visit before the search
+  (recommendation -> search) and after it (search -> recommendation), and the title page of what was
+  found (more like this) are clicked and played by the same pulled taste: what the user did in the last
+  minutes says what they want next, beyond their average taste;
 - search: the user types a title (or a keyword of it) keystroke by keystroke, sometimes with a typo;
   impressions are lexical candidates for each prefix; clicks depend on relevance and taste;
 - prequery: impressions from popularity and taste; clicks by taste;
@@ -110,6 +116,12 @@ class SynthParams:
     themes: int = 0  # hidden title themes users have a taste for (0: off; at most len(THEME_WORDS))
     theme_weight: float = 1.0  # how much theme taste weighs against genre taste
     continuation: float = 0.0  # share of home-page visits that continue the franchise of the last search click
+    session_intent: float = 0.0  # share of search sessions with a short-term intent (0: off)
+
+
+INTENT_WEIGHT = 0.7  # an intent session's taste: this much the intent genre, the rest the user's own taste
+INTENT_BEFORE, INTENT_MLT = 0.5, 0.5  # how often an intent session has a home visit before / a title page after
+INTENT_GAP_S = (10.0, 300.0)  # seconds between an intent session's search and its home visits / title page
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -232,11 +244,27 @@ class _Catalog:
             self.titles[e] = title.title()
         self.norm_titles = [normalize(t) for t in self.titles]
 
-    def log_taste(self, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
-        """log taste of users[i] for ents[i, j] (genres, and themes when on); ents may hold -1 pads (entity 0)."""
+    def session_taste(self, users: np.ndarray, intent: np.ndarray | None = None) -> np.ndarray:
+        """Genre taste of users[i] in a session with intent genre intent[i] (-1: none, the user's own)."""
+        taste = self.taste[users]
+        if intent is None or not (on := intent >= 0).any():
+            return taste
+        taste = taste.copy()
+        taste[on] *= 1.0 - INTENT_WEIGHT
+        taste[np.flatnonzero(on), intent[on]] += INTENT_WEIGHT
+        return taste
+
+    def draw_intent(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A session's intent genre, around the user's long-term taste: half their taste, half uniform."""
+        p = 0.5 * self.taste[users] + 0.5 / self.taste.shape[1]
+        return (p.cumsum(1) > rng.random((len(users), 1))).argmax(1)
+
+    def log_taste(self, users: np.ndarray, ents: np.ndarray, intent: np.ndarray | None = None) -> np.ndarray:
+        """log taste of users[i] for ents[i, j] (genres, and themes when on) in a session with intent
+        genre intent[i] (None or -1: none); ents may hold -1 pads (entity 0)."""
         safe = np.maximum(ents, 0)
         share = self.genre_share[safe]  # (R, K, G)
-        t = np.log(np.maximum(np.einsum("rkg,rg->rk", share, self.taste[users]), 1e-3))
+        t = np.log(np.maximum(np.einsum("rkg,rg->rk", share, self.session_taste(users, intent)), 1e-3))
         if self.p.themes:
             theme = self.theme_taste[users[:, None], self.theme[safe]] * self.theme_taste.shape[1]  # 1.0: indifferent
             t = t + self.p.theme_weight * np.log(np.maximum(theme, 1e-3))
@@ -266,13 +294,42 @@ def _sample_by_country(cat, countries, k, rng, weights_fn=None):
     return out
 
 
-def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
+@dataclass
+class _Drawn:
+    """One task's requests (R) and impressions (R, K): who, where, what was shown, its click logit; `session`
+    (search: each request's session), `intent` (each request's intent genre, -1 none), `ts` (seconds, when
+    drawn by the caller), `sessions` (search: each session's user, target and intent)."""
+
+    users: np.ndarray
+    country: np.ndarray
+    query: np.ndarray | None
+    source: np.ndarray | None
+    ents: np.ndarray
+    logit: np.ndarray
+    intent: np.ndarray
+    session: np.ndarray | None = None
+    ts: np.ndarray | None = None
+    sessions: dict | None = None
+
+
+def _concat(a: _Drawn, b: _Drawn) -> _Drawn:
+    """Two draws of one task (no query, no sessions) as one, a's requests first; times are the caller's."""
+    fields = ("users", "country", "query", "source", "ents", "logit", "intent")
+    return _Drawn(*(None if getattr(a, f) is None else np.concatenate([getattr(a, f), getattr(b, f)]) for f in fields))
+
+
+def _search(cat: _Catalog, n_events: int, rng: np.random.Generator, intent_rng: np.random.Generator | None = None):
     p = cat.p
     n_sessions = max(1, int(n_events / (SEARCH_IMPRESSIONS * 0.75) / 4.5))
     users = _pick_users(cat, n_sessions, rng)
     country = cat.user_country[users]
     pool = _sample_by_country(cat, country, 30, rng)
-    target = pool[np.arange(n_sessions), np.argmax(cat.log_taste(users, pool) + rng.gumbel(size=pool.shape), 1)]
+    intent = np.full(n_sessions, -1)
+    if intent_rng is not None:
+        on = intent_rng.random(n_sessions) < p.session_intent
+        intent[on] = cat.draw_intent(users[on], intent_rng)
+    taste = cat.log_taste(users, pool, intent)
+    target = pool[np.arange(n_sessions), np.argmax(taste + rng.gumbel(size=pool.shape), 1)]
     # What the user types: the title or one keyword of it, stopping after a few keystrokes.
     stop = 1 + rng.geometric(0.22, n_sessions)
     keyword = rng.random(n_sessions) < p.keyword_rate
@@ -319,14 +376,21 @@ def _search(cat: _Catalog, n_events: int, rng: np.random.Generator):
             for q, row in zip(req_query, ents, strict=True)
         ]
     )
-    logit = search_logit(cat, ru, ents, is_target, prefix_match)
+    ri = intent[req_session]
+    logit = search_logit(cat, ru, ents, is_target, prefix_match, ri)
     query = np.asarray(req_query, dtype=object)
-    return ru, rc, query, None, ents, logit, req_session
+    sessions = {"users": users, "target": target, "intent": intent}
+    return _Drawn(ru, rc, query, None, ents, logit, ri, session=req_session, sessions=sessions)
 
 
-def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
-    n = max(1, n_events // PREQUERY_IMPRESSIONS)
-    users = _pick_users(cat, n, rng)
+def _prequery(
+    cat: _Catalog, n_events: int, rng: np.random.Generator, users: np.ndarray | None = None, intent=None
+) -> _Drawn:
+    """Home-page rows; `users` (and their sessions' `intent`) given: one row each, else n_events' worth."""
+    if users is None:
+        users = _pick_users(cat, max(1, n_events // PREQUERY_IMPRESSIONS), rng)
+    n = len(users)
+    intent = np.full(n, -1) if intent is None else intent
     country = cat.user_country[users]
     size = min(400, cat.p.entities)
     pool = np.zeros((n, size), dtype=np.int64)
@@ -337,50 +401,63 @@ def _prequery(cat: _Catalog, n_events: int, rng: np.random.Generator):
     logits = np.where(pop > 0, np.log(pop + 1e-12) + 0.5 * taste, -np.inf)
     shown = _gumbel_topk(logits, PREQUERY_IMPRESSIONS, rng)
     ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
-    return users, country, None, None, ents, _prequery_logit(cat, users, ents), None
+    return _Drawn(users, country, None, None, ents, _prequery_logit(cat, users, ents, intent), intent)
 
 
 def search_logit(
-    cat: Catalog, users: np.ndarray, ents: np.ndarray, is_target: np.ndarray, prefix_match: np.ndarray
+    cat: Catalog,
+    users: np.ndarray,
+    ents: np.ndarray,
+    is_target: np.ndarray,
+    prefix_match: np.ndarray,
+    intent: np.ndarray | None = None,
 ) -> np.ndarray:
     """Click logit of a search result: the title the user looks for, a title starting with what was
-    typed, taste, quality, popularity."""
+    typed, taste (the session's, with `intent`), quality, popularity."""
     return (
         -3.2
         + 3.5 * is_target
         + 0.8 * prefix_match
-        + 1.2 * cat.log_taste(users, ents)
+        + 1.2 * cat.log_taste(users, ents, intent)
         + cat.quality[np.maximum(ents, 0)]
         + 0.3 * np.log(cat.pop[np.maximum(ents, 0)] * len(cat.pop) + 1e-9) / 3
     )
 
 
-def mlt_logit(cat: Catalog, users: np.ndarray, ents: np.ndarray, jaccard: np.ndarray, same_franchise: np.ndarray):
-    """Click logit of a more-like-this result: genres shared with the source, its franchise, taste, quality."""
+def mlt_logit(
+    cat: Catalog,
+    users: np.ndarray,
+    ents: np.ndarray,
+    jaccard: np.ndarray,
+    same_franchise: np.ndarray,
+    intent: np.ndarray | None = None,
+):
+    """Click logit of a more-like-this result: genres shared with the source, its franchise, taste (the
+    session's, with `intent`), quality."""
     return (
         -3.0
         + 2.0 * jaccard
         + 2.5 * same_franchise
-        + 1.0 * cat.log_taste(users, ents)
+        + 1.0 * cat.log_taste(users, ents, intent)
         + cat.quality[np.maximum(ents, 0)]
     )
 
 
-def play_probability(cat: Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
-    """P(play | click)."""
-    return _sigmoid(0.5 + 0.8 * cat.log_taste(users, ents) + cat.quality[np.maximum(ents, 0)])
+def play_probability(cat: Catalog, users: np.ndarray, ents: np.ndarray, intent: np.ndarray | None = None) -> np.ndarray:
+    """P(play | click), by the session's taste with `intent`."""
+    return _sigmoid(0.5 + 0.8 * cat.log_taste(users, ents, intent) + cat.quality[np.maximum(ents, 0)])
 
 
-def prequery_logit(cat: Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
-    """Click logit of a home-page recommendation: taste, quality, popularity."""
-    return _prequery_logit(cat, users, ents)
+def prequery_logit(cat: Catalog, users: np.ndarray, ents: np.ndarray, intent: np.ndarray | None = None) -> np.ndarray:
+    """Click logit of a home-page recommendation: taste (the session's, with `intent`), quality, popularity."""
+    return _prequery_logit(cat, users, ents, intent)
 
 
-def _prequery_logit(cat: _Catalog, users: np.ndarray, ents: np.ndarray) -> np.ndarray:
+def _prequery_logit(cat: _Catalog, users: np.ndarray, ents: np.ndarray, intent: np.ndarray | None = None) -> np.ndarray:
     safe = np.maximum(ents, 0)
     return (
         -3.0
-        + 1.8 * cat.log_taste(users, ents)
+        + 1.8 * cat.log_taste(users, ents, intent)
         + cat.quality[safe]
         + 0.3 * np.log(cat.pop[safe] * len(cat.pop) + 1e-9) / 3
     )
@@ -422,11 +499,17 @@ def _continue_franchises(cat: _Catalog, last_search: tuple, users, country, ts, 
     return ents, clicked, played
 
 
-def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
-    n = max(1, n_events // MLT_IMPRESSIONS)
-    users = _pick_users(cat, n, rng)
+def _more_like_this(
+    cat: _Catalog, n_events: int, rng: np.random.Generator, users=None, source=None, intent=None
+) -> _Drawn:
+    """Title pages; `users`, their `source` titles and their sessions' `intent` given: one page each."""
+    if users is None:
+        users = _pick_users(cat, max(1, n_events // MLT_IMPRESSIONS), rng)
+    n = len(users)
+    intent = np.full(n, -1) if intent is None else intent
     country = cat.user_country[users]
-    source = _sample_by_country(cat, country, 1, rng)[:, 0]
+    if source is None:
+        source = _sample_by_country(cat, country, 1, rng)[:, 0]
     popular = _sample_by_country(cat, country, 30, rng)
     primary = np.argmax(cat.genres[source], 1)
     same_genre = np.zeros((n, 30), dtype=np.int64)
@@ -458,8 +541,32 @@ def _more_like_this(cat: _Catalog, n_events: int, rng: np.random.Generator):
     ents = np.where(shown >= 0, np.take_along_axis(pool, np.maximum(shown, 0), 1), -1)
     j = np.take_along_axis(jacc, np.maximum(shown, 0), 1)
     f = np.take_along_axis(same_fr, np.maximum(shown, 0), 1)
-    logit = mlt_logit(cat, users, ents, j, f)
-    return users, country, None, source, ents, logit, None
+    logit = mlt_logit(cat, users, ents, j, f, intent)
+    return _Drawn(users, country, None, source, ents, logit, intent)
+
+
+def _intent_followups(cat: _Catalog, search: _Drawn, start: np.ndarray, window, rng: np.random.Generator) -> dict:
+    """The other requests of the search sessions with an intent, by the same pulled taste: a home visit
+    before the search (for INTENT_BEFORE of them), one after it, and the title page of the title looked
+    for (for INTENT_MLT of them), INTENT_GAP_S apart from the typing; times kept inside the window."""
+    s = search.sessions
+    on = np.flatnonzero(s["intent"] >= 0)
+    typed_until = start + 0.3 * (np.bincount(search.session, minlength=len(start)) - 1)
+    before = on[rng.random(len(on)) < INTENT_BEFORE]
+    titled = on[rng.random(len(on)) < INTENT_MLT]
+
+    def gap(n: int) -> np.ndarray:
+        return rng.uniform(*INTENT_GAP_S, n)
+
+    def clip(ts: np.ndarray) -> np.ndarray:
+        return np.clip(ts, window[0], np.nextafter(window[1], window[0]))
+
+    home = np.concatenate([before, on])
+    prequery = _prequery(cat, 0, rng, users=s["users"][home], intent=s["intent"][home])
+    prequery.ts = clip(np.concatenate([start[before] - gap(len(before)), typed_until[on] + gap(len(on))]))
+    mlt = _more_like_this(cat, 0, rng, users=s["users"][titled], source=s["target"][titled], intent=s["intent"][titled])
+    mlt.ts = clip(typed_until[titled] + gap(len(titled)))
+    return {Task.PREQUERY: prequery, Task.MORE_LIKE_THIS: mlt}
 
 
 def _events_part(
@@ -472,6 +579,7 @@ def _events_part(
     rng: np.random.Generator,
     continuation_seed: list[int],
     steps,
+    intent_seed: list[int] | None = None,
 ) -> tuple[pa.Table, int]:
     """The events of one time window (seconds from the log's start), request ids from `first_request` in
     time order, rows sorted by request then entity; and how many requests it drew."""
@@ -480,19 +588,44 @@ def _events_part(
     columns: dict[str, list] = {k: [] for k in EVENT_SCHEMA.names}
     next_request = 0
     last_search = None
-    for task, fn in (("search", _search), ("prequery", _prequery), ("more_like_this", _more_like_this)):
-        users, country, query, source, ents, logit, session = fn(cat, int(n_events * TASK_EVENT_SHARE[task]), rng)
+    intent_rng = np.random.default_rng(intent_seed) if p.session_intent > 0 else None  # off: data unchanged
+    follow: dict[str, _Drawn] = {}
+    for task in (Task.SEARCH, Task.PREQUERY, Task.MORE_LIKE_THIS):
+        n_task = int(n_events * TASK_EVENT_SHARE[task])
+        extra = follow.get(task)  # an intent session's home visits and title pages take their task's budget
+        taken = 0 if extra is None else len(extra.users)
+        if task == Task.SEARCH:
+            d = _search(cat, n_task, rng, intent_rng)
+        elif task == Task.PREQUERY:
+            d = _prequery(cat, n_task - taken * PREQUERY_IMPRESSIONS, rng)
+        else:
+            d = _more_like_this(cat, n_task - taken * MLT_IMPRESSIONS, rng)
+        n_regular = len(d.users)
+        if extra is not None:
+            d = _concat(d, extra)
+        users, country, query, source, ents, logit, session = (
+            d.users,
+            d.country,
+            d.query,
+            d.source,
+            d.ents,
+            d.logit,
+            d.session,
+        )
         R, K = ents.shape
         valid = ents > 0
         clicked = (rng.random(ents.shape) < _sigmoid(logit)) & valid
-        play_p = play_probability(cat, users, ents)
+        play_p = play_probability(cat, users, ents, d.intent)
         played = clicked & (rng.random(ents.shape) < play_p)
         if session is None:
-            ts = rng.uniform(window[0], window[1], R)
+            ts = rng.uniform(window[0], window[1], n_regular)
+            ts = ts if extra is None else np.concatenate([ts, extra.ts])
         else:  # keystrokes of one session are ~300 ms apart
             start = rng.uniform(window[0], window[1], session.max() + 1)
             first = np.searchsorted(session, session, side="left")
             ts = start[session] + 0.3 * (np.arange(R) - first)
+            if intent_rng is not None:
+                follow = _intent_followups(cat, d, start, window, intent_rng)
         if task == Task.SEARCH:
             rows_c, cols_c = np.nonzero(clicked)
             last_search = (users[rows_c], ts[rows_c], ents[rows_c, cols_c])
@@ -563,8 +696,9 @@ def generate(p: SynthParams, out_dir: Path | str, part_events: int = PART_EVENTS
         # one part: the random stream of every earlier version of this generator, unchanged output
         part_rng = rng if parts == 1 else np.random.default_rng([p.seed, 1, part])
         continuation_seed = [p.seed, 2] if parts == 1 else [p.seed, 2, part]
+        intent_seed = [p.seed, 3] if parts == 1 else [p.seed, 3, part]
         table, n_requests = _events_part(
-            cat, p, eids, p.events // parts, window, totals["requests"], part_rng, continuation_seed, steps
+            cat, p, eids, p.events // parts, window, totals["requests"], part_rng, continuation_seed, steps, intent_seed
         )
         totals["events"] += table.num_rows
         totals["requests"] += n_requests

@@ -195,6 +195,27 @@ def test_simulated_traffic_exports_to_data_that_trains(logged, bundle_dir, data_
     assert manifest["training_data"]["events"] == events.num_rows and (bundle / "model.onnx").is_file()
 
 
+def test_simulated_users_with_session_intent_search_then_come_back_home(logged, data_dir, tmp_path):
+    """A world generated with session intent: every session of a simulated user (share 1.0) is an intent
+    session, a search then a home visit after it, against the live service; without it, as before."""
+    import json
+    import shutil
+
+    from unirank.loop.simulate import World, simulate
+
+    live, _, _ = logged
+    world = tmp_path / "intent-world"
+    world.mkdir()
+    summary = json.loads((data_dir / "synth.json").read_text())
+    summary["params"]["session_intent"] = 1.0
+    (world / "synth.json").write_text(json.dumps(summary))
+    shutil.copy(data_dir / "entities.parquet", world / "entities.parquet")
+    assert np.array_equal(World(world).cat.taste, World(data_dir).cat.taste)  # the same users and catalogue
+    done = simulate(live.url, world, users=6, sessions=3, duration_s=60, seed=7, progress=False)
+    assert done["errors"] == 0 and done["sessions"] == 18
+    assert done["requests"]["search"] >= 18 and done["requests"]["prequery"] >= 18  # each: a search, then home
+
+
 def test_the_sink_moves_the_log_and_trims_the_streams(logged, bundle_dir, tmp_path):
     live, env, client = logged
     for _ in range(5):

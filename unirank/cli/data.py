@@ -25,6 +25,15 @@ def data_synth(
         float,
         typer.Option(min=0.0, max=1.0, help="Share of home visits continuing the franchise of the last search click"),
     ] = 0.0,
+    session_intent: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of search sessions with a short-term intent (a genre) that also drives the home visit "
+            "before and after the search and the title page of what was found",
+        ),
+    ] = 0.0,
     part_events: Annotated[
         int,
         typer.Option(
@@ -39,7 +48,13 @@ def data_synth(
 
     started = time.perf_counter()
     params = SynthParams(
-        users=users, entities=entities, events=events, seed=seed, themes=themes, continuation=continuation
+        users=users,
+        entities=entities,
+        events=events,
+        seed=seed,
+        themes=themes,
+        continuation=continuation,
+        session_intent=session_intent,
     )
     summary = generate(params, out, part_events)
     parts = f" in {summary['parts']} parts" if summary["parts"] > 1 else ""

@@ -9,6 +9,10 @@ or each has had `sessions` sessions. A user's choices come from its own random s
 reproducible for the same model and catalogue. Click model: P(click at position p) =
 examination(p) x P(attractive), examination(p) = 1 / (1 + p)^EXAMINATION_DECAY, attractiveness the
 generator's own click probability for that user, item and context; P(play | click) the generator's.
+With a world generated with `session_intent`, that share of sessions carries an intent genre (drawn as
+the generator draws it) and runs as the generator's intent sessions do: a home visit before the search (half
+of them), the search for a title of that genre, a home visit after it, and the found title's page (half of
+them), every choice by the session's pulled taste.
 Returns counts per task and per variant as the responses reported them.
 """
 
@@ -26,6 +30,8 @@ import numpy as np
 
 from model_export.synth import (
     COUNTRIES,
+    INTENT_BEFORE,
+    INTENT_MLT,
     Catalog,
     SynthParams,
     mlt_logit,
@@ -126,7 +132,10 @@ class SimulatedUser:
         done = 0
         while time.monotonic() < deadline and (sessions is None or done < sessions):
             async with self.slots:
-                if self.rng.random() < SEARCH_SHARE:
+                share = self.w.params.session_intent  # drawn only when on: runs without it are what they were
+                if share > 0 and self.rng.random() < share:
+                    await self.intent_session(int(self.w.cat.draw_intent(np.full(1, self.user), self.rng)[0]))
+                elif self.rng.random() < SEARCH_SHARE:
                     await self.search_session()
                 else:
                     await self.home_session()
@@ -147,15 +156,18 @@ class SimulatedUser:
         self.tally.by_variant[answer.get("variant") or answer.get("model") or ""]["requests"] += 1
         return answer
 
-    async def _react(self, answer: dict, task: str, logits: np.ndarray, ents: np.ndarray) -> list[int]:
-        """Position-biased clicks (and plays) on an answer; posts them; returns the clicked entities."""
+    async def _react(
+        self, answer: dict, task: str, logits: np.ndarray, ents: np.ndarray, intent: np.ndarray | None = None
+    ) -> list[int]:
+        """Position-biased clicks (and plays, by the session's taste with `intent`) on an answer; posts them;
+        returns the clicked entities."""
         positions = np.arange(len(ents))
         p_click = examination(positions) * _sigmoid(logits) * (ents > 0)
         clicked = self.rng.random(len(ents)) < p_click
         if not clicked.any():
             return []
         users = np.full(1, self.user)
-        p_play = play_probability(self.w.cat, users, ents[None, :])[0]
+        p_play = play_probability(self.w.cat, users, ents[None, :], intent)[0]
         played = clicked & (self.rng.random(len(ents)) < p_play)
         events = []
         for p in np.flatnonzero(clicked):
@@ -199,12 +211,23 @@ class SimulatedUser:
     def _ents(self, answer: dict) -> np.ndarray:
         return np.array([self.w.index(i["entity_id"]) for i in answer["items"]], np.int64)
 
-    async def search_session(self) -> None:
+    async def intent_session(self, intent: int) -> None:
+        """A session with an intent genre: home before (sometimes), the search, home after, the found title's page."""
+        if self.rng.random() < INTENT_BEFORE:
+            await self.home_session(intent, title_pages=False)
+        target = await self.search_session(intent)
+        await self.home_session(intent, title_pages=False)
+        if target and self.rng.random() < INTENT_MLT:
+            await self.title_page(target, intent)
+
+    async def search_session(self, intent: int = -1) -> int:
+        """Types a title it wants (by its taste, pulled toward `intent` when >= 0); returns that title."""
         cat, rng = self.w.cat, self.rng
+        session = np.full(1, intent)
         c = int(cat.user_country[self.user])
         weights = cat.pop_country[:, c] / cat.pop_country[:, c].sum()
         pool = rng.choice(len(weights), 30, p=weights)
-        taste = cat.log_taste(np.full(1, self.user), pool[None, :])[0]
+        taste = cat.log_taste(np.full(1, self.user), pool[None, :], session)[0]
         target = int(pool[np.argmax(taste + rng.gumbel(size=len(pool)))])
         text = cat.norm_titles[target]
         if rng.random() < self.w.params.keyword_rate:
@@ -222,29 +245,31 @@ class SimulatedUser:
             typed = query
             answer = await self._rank({"task": "search", "query": query, "k": SEARCH_K})
             if answer is None:
-                return
+                return target
             top = [self.w.index(i["entity_id"]) for i in answer["items"][:3]]
             if target in top or n >= patience + 2:
                 break
         if answer is None or not answer["items"]:
-            return
+            return target
         ents = self._ents(answer)
         users = np.full(1, self.user)
         prefix = np.array([[cat.norm_titles[e].startswith(query) if e > 0 else False for e in ents]])
-        logits = search_logit(cat, users, ents[None, :], (ents == target)[None, :], prefix)[0]
-        await self._react(answer, "search", logits, ents)
+        logits = search_logit(cat, users, ents[None, :], (ents == target)[None, :], prefix, session)[0]
+        await self._react(answer, "search", logits, ents, session)
+        return target
 
-    async def home_session(self) -> None:
+    async def home_session(self, intent: int = -1, title_pages: bool = True) -> None:
         answer = await self._rank({"task": "prequery", "k": HOME_K})
         if answer is None or not answer["items"]:
             return
         ents = self._ents(answer)
-        logits = prequery_logit(self.w.cat, np.full(1, self.user), ents[None, :])[0]
-        for clicked in await self._react(answer, "prequery", logits, ents):
-            if self.rng.random() < TITLE_PAGE_RATE:
+        session = np.full(1, intent)
+        logits = prequery_logit(self.w.cat, np.full(1, self.user), ents[None, :], session)[0]
+        for clicked in await self._react(answer, "prequery", logits, ents, session):
+            if title_pages and self.rng.random() < TITLE_PAGE_RATE:
                 await self.title_page(clicked)
 
-    async def title_page(self, source: int) -> None:
+    async def title_page(self, source: int, intent: int = -1) -> None:
         answer = await self._rank(
             {"task": "more_like_this", "source_entity_id": self.w.entity_id(source), "k": TITLE_K}
         )
@@ -255,8 +280,9 @@ class SimulatedUser:
         g_src, g = cat.genres[source], cat.genres[np.maximum(ents, 0)]
         jaccard = (g & g_src).sum(1) / np.maximum((g | g_src).sum(1), 1)
         same = (cat.franchise[np.maximum(ents, 0)] == cat.franchise[source]) & (cat.franchise[source] > 0)
-        logits = mlt_logit(cat, np.full(1, self.user), ents[None, :], jaccard[None, :], same[None, :])[0]
-        await self._react(answer, "more_like_this", logits, ents)
+        session = np.full(1, intent)
+        logits = mlt_logit(cat, np.full(1, self.user), ents[None, :], jaccard[None, :], same[None, :], session)[0]
+        await self._react(answer, "more_like_this", logits, ents, session)
 
 
 def pick_users(w: World, n: int, seed: int) -> list[int]:
