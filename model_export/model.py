@@ -17,6 +17,7 @@ from unirank.core.context import N_TASKS
 from unirank.core.features import DENSE_FEATURES
 from unirank.core.history import HISTORY_KINDS
 from unirank.core.lexical import LEXICAL_FEATURES
+from unirank.core.recency import RECENCY_FEATURES
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import KINDS
 from unirank.core.text import TOKEN_BUCKETS
@@ -216,8 +217,11 @@ class UnifiedRanker(nn.Module):
         self.register_buffer("dense_std", torch.tensor(spec.dense_std, dtype=torch.float32))
         self.numeric = PiecewiseLinear(spec.dense_edges, options.numeric_dim) if options.numeric_bins else None
         mask = None
-        if not options.lexical_features:  # the lexical columns read as zeros, whatever the input holds
-            mask = torch.tensor([f not in LEXICAL_FEATURES for f in DENSE_FEATURES], dtype=torch.float32)
+        off = (LEXICAL_FEATURES if not options.lexical_features else ()) + (
+            RECENCY_FEATURES if not options.recency_features else ()
+        )
+        if off:  # those columns read as zeros, whatever the input holds
+            mask = torch.tensor([f not in off for f in DENSE_FEATURES], dtype=torch.float32)
         self.register_buffer("dense_mask", mask)
         width, groups = spec.width, spec.feature_groups()
         self.task_gate = TaskGate(d, groups) if options.task_gate else None

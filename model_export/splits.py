@@ -70,7 +70,7 @@ def encode_events(
         seq = history_matrices(*clicks, req_user, req.timestamp, ENCODED_HISTORY)
     else:
         seq = (np.zeros((len(contexts), ENCODED_HISTORY), np.int64),) * 2
-    ctx = encoder.encode_contexts(contexts, hist, hist_text=hist_text)
+    ctx = encoder.encode_contexts(contexts, hist, hist_text=hist_text, recent=seq)
     cand = encoder.entity_indices(req.target_entity_id)
     inputs = encoder.encode_candidates(ctx, cand, req.row_request)
     inputs["ctx_hist"], inputs["ctx_hist_kind"] = seq

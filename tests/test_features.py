@@ -12,9 +12,10 @@ from service.model.context import build_request_context
 from service.model.features import History, ServingFeatures
 from tests.helpers import spec_for
 from unirank.core.context import build_context
-from unirank.core.features import HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
+from unirank.core.features import _RECENCY, HISTORY_INPUTS, INPUT_NAMES, FeatureEncoder, history_vector
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.lexical import TextIndex, lexical_evidence, match_features, match_features_many
+from unirank.core.recency import RECENCY_FEATURES
 from unirank.core.tables import FeatureTables, RuntimeEntity
 from unirank.core.text import normalize, normalize_unicode
 
@@ -178,7 +179,7 @@ def test_training_and_serving_build_identical_tensors(tables, data_dir):
     serving = ServingFeatures(tables, spec_for(tables, history_encoder=True, text_features=True))
     req = enc.requests
     rng = np.random.default_rng(0)
-    checked = set()
+    checked, recency_seen = set(), np.zeros(len(RECENCY_FEATURES), bool)
     for r in rng.choice(len(req), 60, replace=False):
         rows = np.flatnonzero(enc.inputs["cand_ctx"] == r)
         request = RankRequest(
@@ -204,7 +205,9 @@ def test_training_and_serving_build_identical_tensors(tables, data_dir):
                 want = want - r
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
         checked.add(req.task[r])
+        recency_seen |= (got["cand_dense"][:, _RECENCY] != 0).any(0)
     assert checked == {"search", "prequery", "more_like_this"}
+    assert recency_seen.all(), "every recency column was compared on non-zero values"
 
 
 def test_cold_start_candidates_get_zero_features(tables):
@@ -241,7 +244,10 @@ def test_the_service_encoder_equals_the_batch_encoder(bundle_dir):
                 unified = build_context(task, "US", user, query, source, tables.title_of)
                 hist = rng.normal(size=(1, tables.item_factors.shape[1])).astype(np.float32)
                 hist_text = rng.normal(size=(1, tables.text_vec.shape[1])).astype(np.float32)
-                ctx = encoder.encode_contexts([unified], hist, hist_text=hist_text)
+                # the last events: trained titles, an added one, padding; after a search or a recommendation
+                recent = np.array([[rng.integers(1, tables.n_model_entities + 1), added[0], 3, 0, 0]])
+                kinds = np.array([[int(rng.integers(1, 5)), 1, 3, 0, 0]])
+                ctx = encoder.encode_contexts([unified], hist, hist_text=hist_text, recent=(recent, kinds))
                 trained = rng.integers(1, tables.n_model_entities + 1, 150)
                 for cand in (np.concatenate([trained, [0, 0], added]), trained):  # and the all-trained shortcut
                     batch = encoder.encode_candidates(ctx, cand, np.zeros(len(cand), np.int64))
@@ -253,3 +259,31 @@ def test_the_service_encoder_equals_the_batch_encoder(bundle_dir):
                     looked_up |= (batch["cand_dense"][:, [3, 7]] > 0).any(0)
                     checked += 1
     assert checked == 48 and looked_up.all()
+
+
+def test_recency_columns_follow_their_definition(tables):
+    """Two recent events (a search click, then before it a recommendation click): weights 1 and 0.5; a
+    candidate sharing a genre with the older one only matches 0.5 / 1.5; the last event was a search."""
+    from unirank.core.features import _lookup
+    from unirank.core.recency import recency_columns
+
+    genre_sets = [set(np.flatnonzero(tables.genre_hot[e])) for e in range(len(tables.genre_hot))]
+    e1 = tables.n_model_entities + 1
+    pairs = ((a, b) for a in range(1, e1) for b in range(1, e1) if genre_sets[a] and genre_sets[b])
+    a, b = next((a, b) for a, b in pairs if not genre_sets[a] & genre_sets[b])
+    cand = np.array([b, a])  # b shares the older event's genres (its own), a the last one's
+    recent = np.array([[a, b, 0, 0, 0]])
+    kinds = np.array([[1, 3, 0, 0, 0]])
+    got = recency_columns(tables, recent, kinds, cand, np.zeros(2, np.int64), cand, e1, _lookup)
+    mean = (tables.item_factors[a] + 0.5 * tables.item_factors[b]) / 1.5
+    np.testing.assert_allclose(got[:, 0], tables.item_factors[cand] @ mean, rtol=1e-5)
+    np.testing.assert_allclose(got[:, 1], [0.5 / 1.5, 1.0 / 1.5], rtol=1e-6)
+    co = _lookup(tables.co_keys, tables.co_clicks, a * e1 + cand)
+    np.testing.assert_allclose(got[:, 2], np.log1p(co), rtol=1e-6)
+    assert got[:, 3].tolist() == [1.0, 1.0]
+    # after a recommendation click: not a search; no history: every column 0
+    assert recency_columns(tables, recent, np.array([[3, 1, 0, 0, 0]]), cand, np.zeros(2, np.int64), cand, e1, _lookup)[
+        :, 3
+    ].tolist() == [0.0, 0.0]
+    empty = np.zeros((1, 5), np.int64)
+    assert not recency_columns(tables, empty, empty, cand, np.zeros(2, np.int64), cand, e1, _lookup).any()

@@ -17,6 +17,7 @@ import numpy as np
 from service.model.context import RequestContext
 from unirank.core.features import FeatureEncoder, history_inputs, history_vector
 from unirank.core.history import HISTORY_LENGTH
+from unirank.core.recency import RECENT_EVENTS
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
 from unirank.core.vocab import Level
@@ -53,12 +54,24 @@ def parse_live(entry: bytes) -> tuple[str, int]:
     return entity, int(kind) if kind.isdigit() else 0
 
 
+def _recent(history: History | None) -> tuple[np.ndarray, np.ndarray]:
+    """The recency features' input from a history: its first RECENT_EVENTS events, (1, RECENT_EVENTS) each."""
+    if history is None:
+        empty = np.zeros((1, RECENT_EVENTS), np.int64)
+        return empty, empty
+    return history_inputs(history.entities, history.kinds, RECENT_EVENTS)
+
+
 class ServingFeatures:
     def __init__(self, tables: FeatureTables, spec: ModelSpec):
         """Builds only the inputs `spec`'s model reads (history tensors, text features)."""
         self.tables = tables
         self.encoder = FeatureEncoder(
-            tables, spec.personalization, text=spec.options.text_features, lexical=spec.options.lexical_features
+            tables,
+            spec.personalization,
+            text=spec.options.text_features,
+            lexical=spec.options.lexical_features,
+            recency=spec.options.recency_features,
         )
         self.history_length = spec.architecture.history_length
         self.history_encoder = spec.options.history_encoder
@@ -100,7 +113,11 @@ class ServingFeatures:
                 [np.zeros(width, np.float32) if h is None or h.text is None else h.text for h in histories]
             )
         unified = [j.ctx.unified for j in jobs]
-        contexts = self.encoder.encode_contexts(unified, hist_vec, level=level, hist_text=hist_text)
+        recent = None
+        if full:
+            rows = [_recent(h) for h in histories]
+            recent = (np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
+        contexts = self.encoder.encode_contexts(unified, hist_vec, level=level, hist_text=hist_text, recent=recent)
         sizes = [len(j.candidates) for j in jobs]
         cand_ctx = np.repeat(np.arange(len(jobs), dtype=np.int64), sizes)
         inputs = self.encoder.encode_candidates(contexts, np.concatenate([j.candidates for j in jobs]), cand_ctx)
@@ -125,7 +142,10 @@ class ServingFeatures:
         """The model's inputs for one request (history: None for levels below 'full')."""
         hist_vec = None if history is None else history.vector[None, :]
         hist_text = None if history is None or history.text is None else history.text[None, :]
-        contexts = self.encoder.encode_contexts([ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text)
+        recent = None if history is None else _recent(history)
+        contexts = self.encoder.encode_contexts(
+            [ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text, recent=recent
+        )
         inputs = self.encoder.encode_one(contexts, candidates)
         if self.history_encoder:
             inputs["ctx_hist"], inputs["ctx_hist_kind"] = self._history_rows(history, ctx.level)

@@ -16,6 +16,7 @@ import numpy as np
 from unirank.core.context import TASK_INDEX, UnifiedContext, personalization_rank
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.lexical import LEXICAL_FEATURES, lexical_evidence, match_features_many
+from unirank.core.recency import RECENCY_FEATURES, RECENT_EVENTS, recency_columns
 from unirank.core.tables import FeatureTables
 from unirank.core.text import MAX_QUERY_TOKENS, token_ids
 
@@ -33,8 +34,10 @@ DENSE_FEATURES = (
     "history_affinity",
     "query_length",
     *LEXICAL_FEATURES,
+    *RECENCY_FEATURES,
 )
-_LEXICAL = slice(DENSE_FEATURES.index(LEXICAL_FEATURES[0]), len(DENSE_FEATURES))
+_LEXICAL = slice(DENSE_FEATURES.index(LEXICAL_FEATURES[0]), DENSE_FEATURES.index(LEXICAL_FEATURES[-1]) + 1)
+_RECENCY = slice(DENSE_FEATURES.index(RECENCY_FEATURES[0]), DENSE_FEATURES.index(RECENCY_FEATURES[-1]) + 1)
 CTX_IDS = ("task", "country", "cluster", "source_entity", "user")
 CAND_IDS = ("entity", "kind")
 INPUT_NAMES = ("ctx_ids", "ctx_query", "cand_ids", "cand_genres", "cand_dense", "cand_ctx")
@@ -70,6 +73,8 @@ class EncodedContexts:
     hist_vec: np.ndarray  # (B, F) mean item factor of the recent history
     source: np.ndarray  # (B,) source entity index (ctx_ids[:, 3] holds 0 for one added after training)
     hist_text: np.ndarray | None  # (B, TEXT_DIM) mean title text vector of the recent history (None: no text features)
+    recent: np.ndarray  # (B, RECENT_EVENTS) entity indices of the last events, most recent first (0: none)
+    recent_kinds: np.ndarray  # (B, RECENT_EVENTS) their event kinds
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -147,14 +152,18 @@ def history_vector(tables: FeatureTables, recent: np.ndarray, table: np.ndarray 
 
 
 class FeatureEncoder:
-    def __init__(self, tables: FeatureTables, level: str, text: bool = True, lexical: bool = True):
+    def __init__(
+        self, tables: FeatureTables, level: str, text: bool = True, lexical: bool = True, recency: bool = True
+    ):
         """level: the personalization level of the model these features feed; text: whether to build
         `cand_text` (training encodes it for every option; the service only for models that read it);
-        lexical: whether to compute the LEXICAL_FEATURES (zeros otherwise: a model without them masks them)."""
+        lexical, recency: whether to compute the LEXICAL_FEATURES, the RECENCY_FEATURES (zeros otherwise: a
+        model without them masks them)."""
         self.tables = tables
         self.level = level
         self.text = text
         self.lexical = lexical
+        self.recency = recency
         self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
@@ -179,9 +188,11 @@ class FeatureEncoder:
         hist_vec: np.ndarray | None = None,
         level: str | None = None,
         hist_text: np.ndarray | None = None,
+        recent: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EncodedContexts:
         """hist_vec: (B, F) from `history_vector` (serving) or `history_vectors` (training); hist_text:
-        (B, TEXT_DIM), the same over the text table."""
+        (B, TEXT_DIM), the same over the text table; recent: (entities, kinds) of each context's history,
+        most recent first, (B, >= 1) each (the first RECENT_EVENTS are read; None: no history)."""
         t, B = self.tables, len(contexts)
         rank = personalization_rank(level or self.level)
         ids = np.zeros((B, len(CTX_IDS)), np.int64)
@@ -210,7 +221,14 @@ class FeatureEncoder:
         else:
             user_vec = np.zeros((B, F), np.float32)
             hist = np.zeros((B, F), np.float32)
-        return EncodedContexts(ids, query, [c.query for c in contexts], qids, user_vec, hist, source, text)
+        last = np.zeros((B, RECENT_EVENTS), np.int64)
+        last_kinds = np.zeros((B, RECENT_EVENTS), np.int64)
+        if rank >= 2 and recent is not None and self.recency:
+            k = min(RECENT_EVENTS, recent[0].shape[1])
+            last[:, :k], last_kinds[:, :k] = recent[0][:, :k], recent[1][:, :k]
+        return EncodedContexts(
+            ids, query, [c.query for c in contexts], qids, user_vec, hist, source, text, last, last_kinds
+        )
 
     def encode_candidates(self, ctx: EncodedContexts, cand: np.ndarray, cand_ctx: np.ndarray) -> dict[str, np.ndarray]:
         """The model's inputs for candidates `cand` (entity indices, 0 = unknown).
@@ -256,6 +274,7 @@ class FeatureEncoder:
         dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
         dense[:, 11] = np.minimum(qlen, 40.0) / 20.0
         dense[:, _LEXICAL] = lexical
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, _lookup)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
@@ -304,6 +323,7 @@ class FeatureEncoder:
         dense[:, 9] = np.einsum("f,nf->n", ctx.user_vec[0], items)
         dense[:, 10] = np.einsum("f,nf->n", ctx.hist_vec[0], items)
         dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, _lookup)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, ctx.source[cand_ctx])
 
     def _inputs(self, ctx, cand, cand_ctx, model_cand, dense, source) -> dict[str, np.ndarray]:

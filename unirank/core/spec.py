@@ -58,6 +58,9 @@ class ModelOptions:
     # the lexical evidence (LEXICAL_FEATURES: match position, BM25, typo and facet match); off, the graph
     # zeroes those columns and the service does not compute them (an ablation, and what it costs at /rank)
     lexical_features: bool = True
+    # what the user just did (RECENCY_FEATURES: the last events' affinity, genre match, co-clicks and whether
+    # the last was a search); off, the same masking as the lexical evidence
+    recency_features: bool = True
 
     def problems(self, personalization: str) -> list[str]:
         """What is wrong with these options for a model of this personalization level (empty: fine)."""
