@@ -7,7 +7,8 @@ same test requests for every row:
 - the research's options: task-conditioned feature gate, MMoE heads, the play head, the mixed-history
   encoder, title text features with the aspect gate, and gate + MMoE + play head together;
 - training choices: a listwise loss next to BCE, and it with new-entity training (DropoutNet);
-- baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART;
+- baselines: popularity, BM25 (search), implicit ALS (prequery, more_like_this), LightGBM LambdaMART,
+  SASRec (prequery, more_like_this: the sequential recommender a history-aware model must beat);
 - with `task_share`, some tasks thinned to a share of their fit requests: where one task's data is thin,
   does the unified model's sharing across tasks pay (UniCoRn's mechanism) where separate models cannot?
 
@@ -30,6 +31,7 @@ from model_export.data import Dataset
 from model_export.evaluate import METRICS, per_task, popularity_scores
 from model_export.event_log import IN_MEMORY_ROWS, sample_users
 from model_export.report import write_report
+from model_export.sasrec import sasrec_scores
 from model_export.splits import Encoded, click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
@@ -69,20 +71,25 @@ VARIANTS = {
     "+ text features": Variant(options=ModelOptions(text_features=True)),
     "+ numeric encodings": Variant(options=ModelOptions(numeric_bins=8)),
     "no lexical features": Variant(options=ModelOptions(lexical_features=False)),
+    "no recency features": Variant(options=ModelOptions(recency_features=False)),
     "+ task gate + mmoe + play head": Variant(options=ModelOptions(task_gate=True, mmoe_experts=3, play_head=True)),
     "no cold-user training": Variant(cold_user_rate=0.0),
     "+ listwise loss": Variant(listwise_weight=0.3),
     "+ listwise loss + new-entity training": Variant(listwise_weight=0.3, cold_entity_rate=0.2),
 }
-BASELINES = ("lightgbm lambdamart", "popularity", "bm25", "implicit als")
+BASELINES = ("lightgbm lambdamart", "popularity", "bm25", "implicit als", "sasrec")
+RECOMMENDATION = ("prequery", "more_like_this")
 # (comparison row, the row it is compared with, tasks)
 HEADLINES = [
     (REFERENCE, "separate per task (full)", TASKS),
     (REFERENCE, "unified (none)", TASKS),
     (REFERENCE, "lightgbm lambdamart", TASKS),
     (REFERENCE, "bm25", ("search",)),
-    (REFERENCE, "implicit als", ("prequery", "more_like_this")),
+    (REFERENCE, "implicit als", RECOMMENDATION),
+    (REFERENCE, "sasrec", RECOMMENDATION),
+    ("+ history encoder", "sasrec", RECOMMENDATION),
     ("+ history encoder", REFERENCE, TASKS),
+    (REFERENCE, "no recency features", TASKS),
     ("+ text features", REFERENCE, TASKS),
     ("+ numeric encodings", REFERENCE, TASKS),
     ("+ numeric encodings", "lightgbm lambdamart", TASKS),
@@ -233,7 +240,12 @@ class Study:
         if "bm25" in self.rows:
             per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
         if "implicit als" in self.rows:
-            per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), ("prequery", "more_like_this"))]
+            per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), RECOMMENDATION)]
+        if "sasrec" in self.rows:
+            per_seed["sasrec"] = [
+                per_task(test, sasrec_scores(self.tables, self._clicks, val_enc, test, s), RECOMMENDATION)
+                for s in self.seeds
+            ]
         return per_seed
 
 
