@@ -235,7 +235,7 @@ def tables_from(
     user_factors, item_factors = _als(cu, ce, U1, E1, factors, seed)
     user_factors[0] = 0.0
 
-    hist_ptr, hist_items, hist_kinds = _history_snapshot(*clicks.arrays(), U1)
+    hist_ptr, hist_items, hist_kinds = history_snapshot(*clicks.arrays(), U1)
     text_vec, projection = _text_table(ent_ids, entities, text)
     return FeatureTables(
         entity_ids=ent_ids,
@@ -297,7 +297,7 @@ def _als(users: np.ndarray, items: np.ndarray, U1: int, E1: int, factors: int, s
     return uf, itf
 
 
-def _history_snapshot(u: np.ndarray, ts: np.ndarray, e: np.ndarray, k: np.ndarray, U1: int):
+def history_snapshot(u: np.ndarray, ts: np.ndarray, e: np.ndarray, k: np.ndarray, U1: int):
     """Each user's last HISTORY_LENGTH clicked entities (most recent first) and their kinds, as CSR arrays;
     clicks at the same time keep the log's order."""
     order = np.argsort(-ts, kind="stable")

@@ -221,3 +221,60 @@ def test_retrieval_recall_counts_each_request_once_and_facets_find_genres(bundle
     pq.write_table(events.take(np.random.default_rng(0).permutation(events.num_rows)), shuffled / "events.parquet")
     shutil.copy(data_dir / "entities.parquet", shuffled / "entities.parquet")
     assert recall(bundle, _requests(bundle, shuffled), 100) == got
+
+
+def test_session_adaptation_compares_live_history_with_none_on_the_same_requests(bundle_dir, data_dir, tmp_path):
+    """`loadtest.session_adaptation --live`: the same requests with and without the live history, the first
+    setting the baseline, the difference's interval around it; the live history moves the row; the rows'
+    order in the log carries nothing."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from loadtest.session_adaptation import measure, write
+
+    got = measure(bundle_dir, data_dir, [50], limit=150, live=True)
+    assert list(got["settings"]) == ["no live history", "live history, 50 related"] and 50 <= got["requests"] <= 150
+    base, live = got["settings"]["no live history"], got["settings"]["live history, 50 related"]
+    assert base["vs_baseline"] == 0.0 and base["vs_baseline_ci95"] == [0.0, 0.0]
+    low, high = live["vs_baseline_ci95"]
+    assert low <= live["vs_baseline"] <= high and low < high  # the history changed some rankings
+    write(got, tmp_path / "out")
+    assert "live history" in (tmp_path / "out" / "session_adaptation.md").read_text()
+    assert (tmp_path / "out" / "session_adaptation.png").stat().st_size > 5_000
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    events = pq.read_table(data_dir / "events.parquet")
+    pq.write_table(events.take(np.random.default_rng(0).permutation(events.num_rows)), shuffled / "events.parquet")
+    shutil.copy(data_dir / "entities.parquet", shuffled / "entities.parquet")
+    assert measure(bundle_dir, shuffled, [50], limit=150, live=True) == got
+
+
+def test_the_replayed_snapshot_holds_only_clicks_before_the_replay(bundle_dir, data_dir):
+    """The bundle's snapshot holds each user's latest clicks up to the end of its log; the replay's holds
+    the last ones strictly before its start, most recent first, so no setting sees the clicks it predicts."""
+    from loadtest.session_adaptation import snapshot_at
+    from model_export.data import Dataset
+    from model_export.splits import click_log
+    from service.core.settings import Settings
+    from service.model.bundle import LoadedBundle
+    from unirank.core.history import HISTORY_LENGTH
+
+    bundle = LoadedBundle.load(bundle_dir, Settings(micro_batch=False))
+    dataset = Dataset.load(data_dir)
+    users, ts, ents, _ = click_log(bundle.features.encoder, dataset)
+    end = int(np.quantile(ts, 0.5))
+    latest_user = users[np.argmax(ts)]
+    assert bundle.tables.history_of(latest_user)[0] in ents[ts == ts.max()]  # the bundle's: up to the log's end
+    snapshot_at(bundle, dataset, end)
+    checked = 0
+    for u in np.unique(users[users > 0])[:50].tolist():
+        before = np.flatnonzero((users == u) & (ts < end))
+        got = bundle.tables.history_of(u)
+        if not len(before) or len(before) > HISTORY_LENGTH:  # at the cut, equal times may order either way
+            assert len(got) == min(len(before), HISTORY_LENGTH)
+            continue
+        assert sorted(got.tolist()) == sorted(ents[before].tolist())
+        assert got[0] in ents[before[ts[before] == ts[before].max()]]  # the most recent first
+        checked += len(got) > 0
+    assert checked > 10

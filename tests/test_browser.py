@@ -15,6 +15,7 @@ import shutil
 import socketserver
 import threading
 
+import numpy as np
 import pytest
 
 from tests.helpers import LiveServer, debian_binaries
@@ -195,3 +196,56 @@ def test_docs_render_from_the_service_alone(demo, browser):
     assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")  # the bearer scheme: "Authorize"
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(url.startswith(demo.url) for url in loaded), loaded
+
+
+def _genres(browser, row: str) -> list[set[str]]:
+    from selenium.webdriver.common.by import By
+
+    metas = [c.find_element(By.CSS_SELECTOR, ".meta").text for c in _cards(browser, row)]
+    return [{g.strip() for g in m.split("·")[-1].split(",") if g.strip()} for m in metas]
+
+
+def test_one_search_click_reranks_the_home_row_toward_it(demo, browser, bundle_dir):
+    """UniSAR's search -> recommendation transition on the page: a user with no live history clicks one
+    search result of a genre the home row barely shows; the row that follows shows more of that genre."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    tables = FeatureTables.load(bundle_dir / "tables")
+    browser.get(f"{demo.url}/demo")
+    _wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    users = Select(browser.find_element(By.ID, "user"))
+    users.select_by_index(len(users.options) - 1)  # not the user the other browser test clicks as
+    _wait(browser, lambda d: len(_cards(d, "prequery")) > 0)
+    before_ids, before = _ids(browser, "prequery"), _genres(browser, "prequery")
+
+    box = browser.find_element(By.ID, "q")
+    # a word whose results include a title of a genre the home row shows least
+    shown = [g for gs in before for g in gs]
+    rare = min((g for g in tables.genres[1:] if g), key=lambda g: (shown.count(g), g))
+    us = tables.country_index["US"]
+    words = dict.fromkeys(
+        w
+        for i, t in enumerate(tables.norm_titles)
+        if i and tables.avail[i, us] and rare in {tables.genres[g] for g in np.flatnonzero(tables.genre_hot[i])}
+        for w in t.split()
+        if len(w) >= 4
+    )
+    pick = None
+    for word in list(words)[:8]:  # the first word whose results show a title of that genre
+        box.clear()
+        _type(box, word)
+        _wait(
+            browser, lambda d, w=word: f'"{w}"' in d.find_element(By.ID, "results-title").text and _cards(d, "results")
+        )
+        cards = _cards(browser, "results")
+        pick = next((c for c, g in zip(cards, _genres(browser, "results"), strict=True) if rare in g), None)
+        if pick is not None:
+            break
+    assert pick is not None, f"a search result of genre {rare}"
+    clicked = pick.get_attribute("data-entity-id")
+    pick.click()
+    _wait(browser, lambda d: d.find_element(By.ID, "similar-section").get_attribute("data-source") == clicked)
+    _wait(browser, lambda d: _ids(d, "prequery") and _ids(d, "prequery") != before_ids)
+    after = _genres(browser, "prequery")
+    assert sum(rare in g for g in after) > sum(rare in g for g in before), (rare, before, after)
