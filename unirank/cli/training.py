@@ -57,6 +57,10 @@ def train(
     lexical_features: Annotated[
         bool, typer.Option(help="Match position, BM25, typo and facet match as features (off: an ablation)")
     ] = True,
+    recency_features: Annotated[
+        bool,
+        typer.Option(help="The last events' affinity, genre match, co-clicks and search-or-not (off: an ablation)"),
+    ] = True,
     cold_entity_rate: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Share of training rows shown as a new entity (DropoutNet)")
     ] = 0.0,
@@ -96,6 +100,7 @@ def train(
         rank_by=RankBy(rank_by).value,
         numeric_bins=numeric_bins,
         lexical_features=lexical_features,
+        recency_features=recency_features,
     )
     cfg = TrainConfig(
         personalization=Personalization(personalization).value,
@@ -235,14 +240,22 @@ def build_demo(
     data: Annotated[Path, typer.Option(help="Where the demo dataset goes")] = Path("artifacts/demo-data"),
     events: Annotated[int, typer.Option(min=1000)] = 200_000,
     seed: int = 0,
+    session_intent: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of search sessions with a short-term intent (docs/pipeline.md, the generator)"
+        ),
+    ] = 0.5,
 ) -> None:
-    """Small synthetic data -> train -> export, in one go (the bundle `make serve` uses)."""
+    """Small synthetic data -> train -> export, in one go (the bundle `make serve` uses). Half the search
+    sessions carry an intent by default, so the demo shows the pre-query row following what was just
+    searched and clicked."""
     from model_export.evaluate import format_table
     from model_export.synth import SynthParams, generate
     from model_export.train import TrainConfig, train_bundle
 
     started = time.perf_counter()
-    generate(SynthParams(users=4_000, entities=2_000, events=events, seed=seed), data)
+    generate(SynthParams(users=4_000, entities=2_000, events=events, seed=seed, session_intent=session_intent), data)
     manifest = train_bundle(data, out, TrainConfig(personalization="full", epochs=6, seed=seed), log=typer.echo)
     typer.echo(format_table(manifest["metrics"]))
     typer.echo(f"demo bundle ready in {time.perf_counter() - started:.0f}s: {out}")
