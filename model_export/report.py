@@ -32,7 +32,12 @@ def targets(result: dict) -> list[tuple[str, bool, str]]:
         at_least(f"unified >= LightGBM on {task}", u, nd("lightgbm lambdamart", task))
         at_least(f"unified >= {'BM25' if task == 'search' else 'ALS'} on {task}", u, other)
     test = next(
-        (t for t in result.get("paired_tests", ()) if t["a"] == "+ history encoder" and t["task"] == "prequery"), None
+        (
+            t
+            for t in result.get("paired_tests", ())
+            if (t["a"], t["b"], t["task"]) == ("+ history encoder", "unified (full)", "prequery")
+        ),
+        None,
     )
     if test is not None:
         lifted = test["diff"] > 0 and test["p_value"] < 0.05
@@ -43,6 +48,9 @@ def targets(result: dict) -> list[tuple[str, bool, str]]:
                 f"{test['relative']:+.1%}, p = {test['p_value']:.2g}",
             )
         )
+    for task in ("prequery", "more_like_this"):  # the sequential anchor a history-aware model must reach
+        at_least(f"unified >= SASRec on {task}", nd("unified (full)", task), nd("sasrec", task))
+        at_least(f"history encoder >= SASRec on {task}", nd("+ history encoder", task), nd("sasrec", task))
     return out
 
 

@@ -16,6 +16,8 @@ def test_study_writes_every_row_the_paired_tests_and_the_report(data_dir, tmp_pa
     for name in [*VARIANTS, "lightgbm lambdamart", "popularity"]:
         assert set(rows[name]) == {"search", "prequery", "more_like_this"}, name
     assert set(rows["bm25"]) == {"search"} and set(rows["implicit als"]) == {"prequery", "more_like_this"}
+    assert set(rows["sasrec"]) == {"prequery", "more_like_this"}
+    assert all(0.0 < rows["sasrec"][task]["ndcg@10"] <= 1.0 for task in ("prequery", "more_like_this"))
     # Every row is scored on the same test requests.
     for task in ("search", "prequery", "more_like_this"):
         assert len({r[task]["requests"] for r in rows.values() if task in r}) == 1
@@ -113,3 +115,23 @@ def test_lambdamart_gain_shares_cover_every_column_largest_first(data_dir):
     shares = gain_shares(data_dir, "search")
     assert set(shares) == set(COLUMNS) and abs(sum(shares.values()) - 1) < 1e-6
     assert list(shares.values()) == sorted(shares.values(), reverse=True) and max(shares.values()) > 0
+
+
+def test_the_history_encoder_target_reads_its_test_against_the_reference_not_sasrec():
+    from model_export.report import targets
+
+    def test(a, b, diff, p):
+        return {"a": a, "b": b, "task": "prequery", "diff": diff, "relative": diff / 0.5, "p_value": p}
+
+    row = {"prequery": {"ndcg@10": 0.50}, "more_like_this": {"ndcg@10": 0.60}}
+    result = {
+        "rows": {"unified (full)": row, "+ history encoder": row, "sasrec": {"prequery": {"ndcg@10": 0.40}}},
+        "paired_tests": [
+            test("+ history encoder", "sasrec", 0.10, 1e-9),  # listed first: a big lift over another row
+            test("+ history encoder", "unified (full)", 0.001, 0.7),
+        ],
+    }
+    got = {name: (ok, detail) for name, ok, detail in targets(result)}
+    assert got["history encoder lifts prequery over full (paired, p < 0.05)"] == (False, "+0.2%, p = 0.7")
+    assert got["unified >= SASRec on prequery"] == (True, "0.5000 vs 0.4000")
+    assert "unified >= SASRec on more_like_this" not in got  # a row that did not run is not judged
