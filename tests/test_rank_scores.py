@@ -12,9 +12,10 @@ import pytest
 from service.core.schemas import RankRequest
 from service.model.context import build_request_context
 from tests.helpers import rank
-from unirank.core.features import DENSE_FEATURES, FeatureEncoder, history_vector
+from unirank.core.features import DENSE_FEATURES, FeatureEncoder, history_inputs, history_vector
 from unirank.core.history import HISTORY_LENGTH, counters_key, history_key
 from unirank.core.lexical import LEXICAL_FEATURES
+from unirank.core.recency import RECENCY_FEATURES, RECENT_EVENTS
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
 from unirank.loop.redis_client import redis_client
@@ -38,8 +39,10 @@ def _reference_scores(reference, body: dict, seen_dense: list | None = None) -> 
     ctx = build_request_context(request, tables, spec.personalization, impute)
     encoder = FeatureEncoder(tables, spec.personalization, text=spec.options.text_features)
     recent = tables.history_of(ctx.user)[:HISTORY_LENGTH] if ctx.user and ctx.level == "full" else []
+    kinds = tables.history_kinds_of(ctx.user)[:HISTORY_LENGTH] if len(recent) else np.zeros(0, np.int64)
     hist = history_vector(tables, np.asarray(recent, np.int64))[None, :] if ctx.level == "full" else None
-    contexts = encoder.encode_contexts([ctx.unified], hist, level=ctx.level)
+    last = history_inputs(np.asarray(recent, np.int64), kinds, RECENT_EVENTS)  # (1, RECENT_EVENTS) each
+    contexts = encoder.encode_contexts([ctx.unified], hist, level=ctx.level, recent=last)
     ids = list(dict.fromkeys(c for c in request.candidates if c != request.source_entity_id))
     cand = encoder.entity_indices(ids)
     inputs = encoder.encode_candidates(contexts, cand, np.zeros(len(cand), np.int64))
@@ -83,6 +86,9 @@ def test_rank_scores_are_the_reference_pipelines(client, reference, redis_url):
     lexical = [DENSE_FEATURES.index(f) for f in LEXICAL_FEATURES]
     covered = (np.concatenate(dense)[:, lexical] != 0).any(0)
     assert covered.all(), dict(zip(LEXICAL_FEATURES, covered.tolist(), strict=True))  # the requests exercise each
+    recency = [DENSE_FEATURES.index(f) for f in RECENCY_FEATURES]
+    covered = (np.concatenate(dense)[:, recency] != 0).any(0)  # the users' snapshots: their last events
+    assert covered.all(), dict(zip(RECENCY_FEATURES, covered.tolist(), strict=True))
 
 
 def _typo_of_a_title(tables: FeatureTables) -> str:
