@@ -31,7 +31,7 @@ from model_export.data import Dataset
 from model_export.evaluate import METRICS, per_task, popularity_scores
 from model_export.event_log import IN_MEMORY_ROWS, sample_users
 from model_export.report import write_report
-from model_export.sasrec import sasrec_scores
+from model_export.sasrec import SASRecConfig, sasrec_scores
 from model_export.splits import Encoded, click_log, encode_split
 from model_export.table_builder import build_tables
 from model_export.train import TrainConfig, fit, predict
@@ -79,6 +79,7 @@ VARIANTS = {
 }
 BASELINES = ("lightgbm lambdamart", "popularity", "bm25", "implicit als", "sasrec")
 RECOMMENDATION = ("prequery", "more_like_this")
+SASREC_EPOCHS_PER_EPOCH = 10  # at most; validation NDCG@10 stops it earlier (the default study: 60)
 # (comparison row, the row it is compared with, tasks)
 HEADLINES = [
     (REFERENCE, "separate per task (full)", TASKS),
@@ -241,9 +242,10 @@ class Study:
             per_seed["bm25"] = [per_task(test, bm25_scores(self.tables, test), ("search",))]
         if "implicit als" in self.rows:
             per_seed["implicit als"] = [per_task(test, als_scores(self.tables, test), RECOMMENDATION)]
-        if "sasrec" in self.rows:
+        if "sasrec" in self.rows:  # its epochs are short and many: SASREC_EPOCHS_PER_EPOCH per study epoch
+            cfg = SASRecConfig(epochs=SASREC_EPOCHS_PER_EPOCH * self.epochs)
             per_seed["sasrec"] = [
-                per_task(test, sasrec_scores(self.tables, self._clicks, val_enc, test, s), RECOMMENDATION)
+                per_task(test, sasrec_scores(self.tables, self._clicks, val_enc, test, s, cfg), RECOMMENDATION)
                 for s in self.seeds
             ]
         return per_seed
