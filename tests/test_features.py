@@ -264,8 +264,8 @@ def test_the_service_encoder_equals_the_batch_encoder(bundle_dir):
 def test_recency_columns_follow_their_definition(tables):
     """Two recent events (a search click, then before it a recommendation click): weights 1 and 0.5; a
     candidate sharing a genre with the older one only matches 0.5 / 1.5; the last event was a search."""
-    from unirank.core.features import _lookup
     from unirank.core.recency import recency_columns
+    from unirank.core.sorted_lookup import lookup
 
     genre_sets = [set(np.flatnonzero(tables.genre_hot[e])) for e in range(len(tables.genre_hot))]
     e1 = tables.n_model_entities + 1
@@ -274,16 +274,16 @@ def test_recency_columns_follow_their_definition(tables):
     cand = np.array([b, a])  # b shares the older event's genres (its own), a the last one's
     recent = np.array([[a, b, 0, 0, 0]])
     kinds = np.array([[1, 3, 0, 0, 0]])
-    got = recency_columns(tables, recent, kinds, cand, np.zeros(2, np.int64), cand, e1, _lookup)
+    got = recency_columns(tables, recent, kinds, cand, np.zeros(2, np.int64), cand, e1)
     mean = (tables.item_factors[a] + 0.5 * tables.item_factors[b]) / 1.5
     np.testing.assert_allclose(got[:, 0], tables.item_factors[cand] @ mean, rtol=1e-5)
     np.testing.assert_allclose(got[:, 1], [0.5 / 1.5, 1.0 / 1.5], rtol=1e-6)
-    co = _lookup(tables.co_keys, tables.co_clicks, a * e1 + cand)
+    co = lookup(tables.co_keys, tables.co_clicks, a * e1 + cand)
     np.testing.assert_allclose(got[:, 2], np.log1p(co), rtol=1e-6)
     assert got[:, 3].tolist() == [1.0, 1.0]
     # after a recommendation click: not a search; no history: every column 0
-    assert recency_columns(tables, recent, np.array([[3, 1, 0, 0, 0]]), cand, np.zeros(2, np.int64), cand, e1, _lookup)[
+    assert recency_columns(tables, recent, np.array([[3, 1, 0, 0, 0]]), cand, np.zeros(2, np.int64), cand, e1)[
         :, 3
     ].tolist() == [0.0, 0.0]
     empty = np.zeros((1, 5), np.int64)
-    assert not recency_columns(tables, empty, empty, cand, np.zeros(2, np.int64), cand, e1, _lookup).any()
+    assert not recency_columns(tables, empty, empty, cand, np.zeros(2, np.int64), cand, e1).any()

@@ -17,6 +17,8 @@ from unirank.core.context import TASK_INDEX, UnifiedContext, personalization_ran
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.lexical import LEXICAL_FEATURES, lexical_evidence, match_features_many
 from unirank.core.recency import RECENCY_FEATURES, RECENT_EVENTS, recency_columns
+from unirank.core.sorted_lookup import lookup as _lookup
+from unirank.core.sorted_lookup import lookup_in_range as _lookup_in_range
 from unirank.core.tables import FeatureTables
 from unirank.core.text import MAX_QUERY_TOKENS, token_ids
 
@@ -75,29 +77,6 @@ class EncodedContexts:
     hist_text: np.ndarray | None  # (B, TEXT_DIM) mean title text vector of the recent history (None: no text features)
     recent: np.ndarray  # (B, RECENT_EVENTS) entity indices of the last events, most recent first (0: none)
     recent_kinds: np.ndarray  # (B, RECENT_EVENTS) their event kinds
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    if keys.size == 0 or query.size == 0:
-        return np.zeros(query.shape, np.float32)
-    if np.searchsorted(keys, query.min()) == np.searchsorted(keys, query.max(), side="right"):
-        return np.zeros(query.shape, np.float32)  # no key in [min, max] (prequery: no query id)
-    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
-    return np.where(keys[pos] == query, values[pos], 0.0).astype(np.float32)
-
-
-def _lookup_in_range(
-    keys: np.ndarray, columns: tuple[np.ndarray, ...], prefix: int, e1: int, query: np.ndarray
-) -> list[np.ndarray]:
-    """`_lookup` of several value columns sharing sorted `keys` (`prefix * e1 + entity`), for one prefix:
-    the prefix's slice is found once, each entity's position in it once."""
-    lo, hi = np.searchsorted(keys, (prefix * e1, (prefix + 1) * e1))
-    if hi == lo:
-        return [np.zeros(query.shape, np.float32) for _ in columns]
-    wanted = query + prefix * e1
-    pos = np.minimum(np.searchsorted(keys[lo:hi], wanted), hi - lo - 1) + lo
-    found = keys[pos] == wanted
-    return [np.where(found, values[pos], 0.0).astype(np.float32) for values in columns]
 
 
 def _dense_with_statistics(
@@ -274,7 +253,7 @@ class FeatureEncoder:
         dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
         dense[:, 11] = np.minimum(qlen, 40.0) / 20.0
         dense[:, _LEXICAL] = lexical
-        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, _lookup)
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
@@ -323,7 +302,7 @@ class FeatureEncoder:
         dense[:, 9] = np.einsum("f,nf->n", ctx.user_vec[0], items)
         dense[:, 10] = np.einsum("f,nf->n", ctx.hist_vec[0], items)
         dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
-        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, _lookup)
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, ctx.source[cand_ctx])
 
     def _inputs(self, ctx, cand, cand_ctx, model_cand, dense, source) -> dict[str, np.ndarray]:

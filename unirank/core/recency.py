@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from unirank.core.sorted_lookup import lookup, lookup_in_range
 from unirank.core.tables import FeatureTables
 
 RECENCY_FEATURES = ("recent_affinity", "recent_genre_match", "last_co_clicks", "last_from_search")
@@ -42,24 +43,30 @@ def recency_columns(
     cand_ctx: np.ndarray,
     model_cand: np.ndarray,
     e1: int,
-    lookup,
 ) -> np.ndarray:
-    """(N, len(RECENCY_FEATURES)) float32; `recent`/`recent_kinds` (B, RECENT_EVENTS); `lookup(keys, values,
-    query)` the exact sorted-key look-up of the statistics (`unirank.core.features._lookup`)."""
+    """(N, len(RECENCY_FEATURES)) float32; `recent`/`recent_kinds` (B, RECENT_EVENTS). One context (B = 1,
+    the service's path) finds the last title's co-clicks in its own slice of the table; the values are the
+    same either way."""
     out = np.zeros((len(cand), len(RECENCY_FEATURES)), np.float32)
     if not recent.any():
         return out
     w = recent_weights(recent)
     total = w.sum(1)
     has = total > 0
-    mean = np.einsum("bk,bkf->bf", w, t.item_factors[recent]) / np.where(has, total, 1.0)[:, None]
+    mean = np.matmul(w[:, None, :], t.item_factors[recent])[:, 0] / np.where(has, total, 1.0)[:, None]
     out[:, 0] = np.einsum("nf,nf->n", mean[cand_ctx], t.item_factors[cand])
     shared = (t.genre_bits[recent][cand_ctx] & t.genre_bits[cand][:, None, :]).any(-1)  # (N, k)
-    out[:, 1] = (w[cand_ctx] * shared).sum(1) / np.where(has, total, 1.0)[cand_ctx]
-    last = recent[:, 0][cand_ctx]
-    known = (last > 0) & (last < e1) & (cand < e1)
-    if known.any():
-        co = lookup(t.co_keys, t.co_clicks, last * e1 + model_cand)
-        out[:, 2] = np.where(known, np.log1p(co), 0.0)
-    out[:, 3] = np.isin(recent_kinds[:, 0], SEARCH_KINDS)[cand_ctx] & has[cand_ctx]
+    out[:, 1] = np.einsum("nk,nk->n", w[cand_ctx], shared) / np.where(has, total, 1.0)[cand_ctx]
+    last = recent[:, 0]
+    if len(last) == 1:
+        if 0 < last[0] < e1:
+            (co,) = lookup_in_range(t.co_keys, (t.co_clicks,), int(last[0]), e1, model_cand)
+            out[:, 2] = np.where(cand < e1, np.log1p(co), 0.0)
+    else:
+        last = last[cand_ctx]
+        known = (last > 0) & (last < e1) & (cand < e1)
+        if known.any():
+            out[:, 2] = np.where(known, np.log1p(lookup(t.co_keys, t.co_clicks, last * e1 + model_cand)), 0.0)
+    kind = recent_kinds[:, 0]
+    out[:, 3] = (((kind == SEARCH_KINDS[0]) | (kind == SEARCH_KINDS[1])) & has)[cand_ctx]
     return out
