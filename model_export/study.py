@@ -266,13 +266,14 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict:
     return rows
 
 
-def paired_tests(per_seed: dict[str, list[dict]], n_boot: int = 2000) -> list[dict]:
-    """Per-request NDCG@10 (averaged over seeds) of row a minus row b, on the same test requests."""
+def paired_tests(per_seed: dict[str, list[dict]], headlines=None, n_boot: int = 2000) -> list[dict]:
+    """Per-request NDCG@10 (averaged over seeds) of row a minus row b, on the same test requests, for each
+    (a, b, tasks) of `headlines` (HEADLINES by default) whose two rows ran."""
     from scipy import stats
 
     rng = np.random.default_rng(0)
     out = []
-    for a, b, tasks in HEADLINES:
+    for a, b, tasks in HEADLINES if headlines is None else headlines:
         if a not in per_seed or b not in per_seed:
             continue
         for task in tasks:

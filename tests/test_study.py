@@ -135,3 +135,42 @@ def test_the_history_encoder_target_reads_its_test_against_the_reference_not_sas
     assert got["history encoder lifts prequery over full (paired, p < 0.05)"] == (False, "+0.2%, p = 0.7")
     assert got["unified >= SASRec on prequery"] == (True, "0.5000 vs 0.4000")
     assert "unified >= SASRec on more_like_this" not in got  # a row that did not run is not judged
+
+
+def test_the_front_reports_quality_flops_and_measured_cost_per_architecture(data_dir, tmp_path):
+    from model_export.front import ARCHITECTURES, run_front
+
+    names = ("default", "no crossing")
+    out = run_front(data_dir, tmp_path, seeds=(0, 1), epochs=1, architectures=names, log=lambda *_: None)
+    result = json.loads((out / "front.json").read_text())
+    archs = result["architectures"]
+    assert set(archs) == set(names)
+    assert archs["no crossing"]["flops"] < archs["default"]["flops"]  # the cross layers' matmuls are gone
+    for a in archs.values():
+        assert a["onnx_us_200"] > 0 and set(a["tasks"]) == {"search", "prequery", "more_like_this"}
+        assert all(0 < a["tasks"][t]["ndcg@10"] <= 1 for t in a["tasks"])
+    # each task's best row is within noise of itself; the choice is the cheapest row within noise everywhere
+    for task, best in result["best"].items():
+        assert archs[best]["within_noise"][task]
+    within = [n for n, a in archs.items() if all(a["within_noise"].values())]
+    assert result["cheapest_within_noise"] == min(within, key=lambda n: archs[n]["flops"])
+    assert {t["a"] for t in result["vs_default"]} == {"no crossing"}
+    assert "Cheapest within noise" in (out / "front.md").read_text() and (out / "front.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="unknown architectures"):
+        run_front(data_dir, tmp_path, seeds=(0,), epochs=1, architectures=("huge",))
+    assert set(ARCHITECTURES) >= set(names)
+
+
+def test_the_cost_batch_is_one_context_with_200_candidates(data_dir):
+    from model_export.data import Dataset
+    from model_export.front import scoring_batch
+    from model_export.splits import encode_split
+    from model_export.table_builder import build_tables
+    from unirank.core.features import FeatureEncoder
+
+    dataset = Dataset.load(data_dir)
+    tables = build_tables(dataset.entities, dataset.split("feature"), dataset.events, seed=0)
+    enc = encode_split(FeatureEncoder(tables, "full"), dataset, "test")
+    batch = scoring_batch(enc)
+    assert batch["ctx_ids"].shape[0] == 1 and (batch["cand_ctx"] == 0).all()
+    assert all(batch[k].shape[0] == 200 for k in batch if k.startswith("cand"))

@@ -186,8 +186,16 @@ def study(
         list[str] | None,
         typer.Option(help="Thin a task's fit requests to a share (repeat; e.g. more_like_this=0.1): data-thin tasks"),
     ] = None,
+    front: Annotated[
+        bool,
+        typer.Option(help="The quality-cost front over architectures instead (NDCG@10 vs FLOPs and onnxruntime cost)"),
+    ] = False,
+    architecture: Annotated[
+        list[str] | None, typer.Option(help="With --front: only these architectures (repeat; e.g. default)")
+    ] = None,
 ) -> None:
-    """Unified vs separate models, personalization lift, ablations and baselines, with paired tests."""
+    """Unified vs separate models, personalization lift, ablations and baselines, with paired tests; with
+    --front, the quality-cost front over architectures."""
     from model_export.study import parse_task_shares, run_study
 
     shares = parse_task_shares(task_share)
@@ -201,6 +209,19 @@ def study(
             else:
                 params = SynthParams(users=12_000, entities=4_000, events=500_000, seed=0)
             generate(params, data)
+    if front:
+        from model_export.front import run_front
+
+        path = run_front(
+            data,
+            out,
+            seeds=(0,) if quick else tuple(range(seeds)),
+            epochs=epochs or (2 if quick else 6),
+            architectures=tuple(architecture) if architecture else None,
+            log=typer.echo,
+        )
+        typer.echo((path / "front.md").read_text())
+        return
     path = run_study(
         data,
         out,

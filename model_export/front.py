@@ -1,0 +1,221 @@
+"""`unirank study --front`: the quality–cost front over architectures.
+
+Contract: `run_front(data_dir, out_root, seeds, epochs, architectures)` trains each architecture of
+ARCHITECTURES as the study trains its reference row (the same splits, feature tables, seeds and test
+requests), and reports per architecture: NDCG@10 per task (mean and spread over seeds), FLOPs per
+candidate (`ModelSpec.flops_per_candidate`, what the benchmark's limit reads), and the measured cost of
+its exported graph — onnxruntime on one CPU thread, one context with 200 candidates, median of repeated
+calls. Each architecture is compared with `default` and with the best row of each task by the study's
+paired test (per-request NDCG@10 averaged over seeds). "Within noise of the best" on a task: not below the
+task's best row, or below it with p >= 0.05. The recommendation is the cheapest architecture (FLOPs) within
+noise of the best on every task. Writes front.json, front.md and front.png (NDCG@10 against FLOPs, a panel
+per task).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from model_export.evaluate import per_task
+from model_export.export import DYNAMIC_AXES, OPSET
+from model_export.splits import Encoded
+from model_export.study import REFERENCE, Study, Variant, paired_tests, summarise
+from model_export.train import predict
+from unirank.core.spec import Architecture
+from unirank.core.vocab import TASKS
+
+ARCHITECTURES = {
+    "default": Architecture(),
+    "no crossing": Architecture(cross_layers=0),
+    "1 cross layer": Architecture(cross_layers=1),
+    "cross rank 4": Architecture(cross_rank=4),
+    "narrow (dim 16, ctx 32, hidden 32)": Architecture(dim=16, ctx_dim=32, hidden=32),
+    "wide (dim 48, ctx 96, hidden 128)": Architecture(dim=48, ctx_dim=96, hidden=128),
+}
+COST_CANDIDATES, COST_CALLS = 200, 300
+NOISE_P = 0.05
+
+
+def scoring_batch(enc: Encoded, candidates: int = COST_CANDIDATES) -> dict[str, np.ndarray]:
+    """One context of the split (its first request) with `candidates` candidate rows of the split (cycled):
+    the shape of one /rank call."""
+    x = enc.inputs
+    rows = np.arange(candidates) % len(enc)
+    batch = {k: x[k][:1] for k in x if k.startswith("ctx")}
+    batch |= {k: x[k][rows] for k in x if k.startswith("cand") and k != "cand_ctx"}
+    batch["cand_ctx"] = np.zeros(candidates, np.int64)
+    return batch
+
+
+def onnx_cost_us(model, enc: Encoded, calls: int = COST_CALLS) -> float:
+    """Median microseconds of one onnxruntime call (1 thread) of the model's exported graph on a 200-candidate
+    batch."""
+    import onnxruntime as ort
+    import torch
+
+    names, outputs = model.spec.input_names(), model.spec.output_names()
+    batch = scoring_batch(enc)
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            model,
+            tuple(torch.from_numpy(batch[k]) for k in names),
+            str(path),
+            input_names=list(names),
+            output_names=outputs,
+            dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {k: batch[k] for k in names}
+    for _ in range(20):
+        session.run(None, feed)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e6)
+
+
+def within_noise(rows: dict, tests: list[dict]) -> dict[str, dict[str, bool]]:
+    """{architecture: {task: within noise of that task's best row}} from the tests of each row against the best."""
+    out: dict[str, dict[str, bool]] = {name: {} for name in rows}
+    for t in tests:
+        out[t["a"]][t["task"]] = t["diff"] >= 0 or t["p_value"] >= NOISE_P
+    return out
+
+
+def run_front(
+    data_dir: Path | str,
+    out_root: Path | str = "results",
+    seeds=(0, 1, 2),
+    epochs: int = 6,
+    architectures: tuple[str, ...] | None = None,
+    log=print,
+) -> Path:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    names = architectures or tuple(ARCHITECTURES)
+    if unknown := [n for n in names if n not in ARCHITECTURES]:
+        raise ValueError(f"unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
+    study = Study(Path(data_dir), tuple(seeds), epochs, rows=(REFERENCE,))
+    _, _, test = study.encoded("full", True)
+    per_seed: dict[str, list[dict]] = {}
+    cost: dict[str, dict] = {}
+    for name in tqdm(names, desc="front", unit="architecture"):
+        for seed in seeds:
+            model = study.fit_model(Variant(architecture=ARCHITECTURES[name]), seed)
+            per_seed.setdefault(name, []).append(per_task(test, predict(model, test), TASKS))
+            if name not in cost:
+                cost[name] = {"flops": model.spec.flops_per_candidate(), "onnx_us_200": onnx_cost_us(model, test)}
+    rows = summarise(per_seed)
+    best = {task: max(rows, key=lambda n, t=task: rows[n][t]["ndcg@10"]) for task in TASKS}
+    vs_best = paired_tests(per_seed, [(n, best[t], (t,)) for t in TASKS for n in names if n != best[t]])
+    noise = within_noise(rows, vs_best)
+    for task in TASKS:
+        noise[best[task]][task] = True
+    candidates = [n for n in names if all(noise[n].values())]
+    chosen = min(candidates, key=lambda n: (cost[n]["flops"], n)) if candidates else None
+    result = {
+        "data": str(data_dir),
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "architectures": {
+            n: {"architecture": asdict(ARCHITECTURES[n]), **cost[n], "tasks": rows[n], "within_noise": noise[n]}
+            for n in names
+        },
+        "best": best,
+        "vs_default": paired_tests(per_seed, [(n, "default", TASKS) for n in names if n != "default"]),
+        "vs_best": vs_best,
+        "cheapest_within_noise": chosen,
+        "seconds": time.perf_counter() - started,
+    }
+    out = Path(out_root) / f"front-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "front.json").write_text(json.dumps(result, indent=2))
+    (out / "front.md").write_text(markdown(result))
+    plot(result, out / "front.png")
+    log(f"front written to {out} in {result['seconds']:.0f}s")
+    return out
+
+
+def _table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def markdown(result: dict) -> str:
+    archs = result["architectures"]
+    lines = [
+        f"# Quality–cost front — {result['data']}",
+        "",
+        f"Seeds {result['seeds']}, {result['epochs']} epochs max. NDCG@10 (mean ± std over seeds); * within noise "
+        f"of the task's best (paired, p >= {NOISE_P}); onnxruntime µs for one context and 200 candidates, 1 thread.",
+        "",
+        _table(
+            ("architecture", "FLOPs / candidate", "onnxruntime µs / 200", *TASKS),
+            [
+                (
+                    name,
+                    f"{a['flops']:,}",
+                    f"{a['onnx_us_200']:.0f}",
+                    *(
+                        f"{a['tasks'][t]['ndcg@10']:.4f} ± {a['tasks'][t]['ndcg@10_std']:.4f}"
+                        + (" *" if a["within_noise"].get(t) else "")
+                        for t in TASKS
+                    ),
+                )
+                for name, a in sorted(archs.items(), key=lambda kv: kv[1]["flops"])
+            ],
+        ),
+        "",
+        "Against `default` (paired):",
+        "",
+        _table(
+            ("architecture", "task", "NDCG@10", "relative", "p"),
+            [
+                (t["a"], t["task"], f"{t['ndcg_a']:.4f}", f"{100 * t['relative']:+.1f} %", f"{t['p_value']:.2g}")
+                for t in result["vs_default"]
+            ],
+        ),
+        "",
+        f"Cheapest within noise of the best on every task: **{result['cheapest_within_noise'] or 'none'}**",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = result["architectures"]
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4.2 * len(TASKS), 3.6))
+    try:
+        for ax, task in zip(axes, TASKS, strict=True):
+            for name, a in archs.items():
+                m = a["tasks"][task]
+                ax.errorbar(a["flops"], m["ndcg@10"], yerr=m["ndcg@10_std"], fmt="o", capsize=3)
+                label = name.split(" (")[0]
+                ax.annotate(label, (a["flops"], m["ndcg@10"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_xlabel("FLOPs per candidate")
+            ax.set_title(task)
+        axes[0].set_ylabel("NDCG@10")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
