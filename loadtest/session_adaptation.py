@@ -134,9 +134,8 @@ def measure(
     shown: dict[int, np.ndarray] = {}
     if logged:
         wanted = {r for r, _ in chosen}
-        for row, r in enumerate(requests.row_request.tolist()):
-            if r in wanted:
-                shown.setdefault(r, []).append(requests.target_entity_id[row])
+        for row in np.flatnonzero(np.isin(requests.row_request, list(wanted))).tolist():
+            shown.setdefault(int(requests.row_request[row]), []).append(requests.target_entity_id[row])
         shown = {r: bundle.features.encoder.entity_indices(sorted(ids)) for r, ids in shown.items()}
     per_setting = {}
     for name, (n, with_live) in settings_for(session_candidates, live).items():

@@ -61,6 +61,22 @@ def _input_spec(batch: dict[str, np.ndarray], names) -> list[dict]:
     return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in names]
 
 
+def export_onnx(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> None:
+    """The model's graph at `path` (opset OPSET, dynamic context and candidate axes), traced on `batch`."""
+    names, outputs = model.spec.input_names(), model.spec.output_names()
+    model.eval()
+    torch.onnx.export(
+        model,
+        tuple(torch.from_numpy(batch[k]) for k in names),
+        str(path),
+        input_names=list(names),
+        output_names=outputs,
+        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+
+
 def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.ndarray]) -> float:
     import onnxruntime as ort
 
@@ -102,17 +118,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
     history_length = spec.architecture.history_length if spec.options.history_encoder else None
     batch = held_out_batch(val_enc, history_length=history_length)
     onnx_path = out / "model.onnx"
-    model.eval()
-    torch.onnx.export(
-        model,
-        tuple(torch.from_numpy(batch[k]) for k in names),
-        str(onnx_path),
-        input_names=list(names),
-        output_names=outputs,
-        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    export_onnx(model, batch, onnx_path)
     parity = check_parity(model, onnx_path, batch)
     # The torch weights travel too, for the eager-mode reference the benchmark compares against.
     torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.evaluate import per_task
-from model_export.export import DYNAMIC_AXES, OPSET
+from model_export.export import export_onnx
 from model_export.splits import Encoded
 from model_export.study import REFERENCE, Study, Variant, paired_tests, summarise
 from model_export.train import predict
@@ -57,23 +57,12 @@ def onnx_cost_us(model, enc: Encoded, calls: int = COST_CALLS) -> float:
     """Median microseconds of one onnxruntime call (1 thread) of the model's exported graph on a 200-candidate
     batch."""
     import onnxruntime as ort
-    import torch
 
-    names, outputs = model.spec.input_names(), model.spec.output_names()
+    names = model.spec.input_names()
     batch = scoring_batch(enc)
-    model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            model,
-            tuple(torch.from_numpy(batch[k]) for k in names),
-            str(path),
-            input_names=list(names),
-            output_names=outputs,
-            dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        export_onnx(model, batch, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -142,7 +142,10 @@ class ServingFeatures:
         """The model's inputs for one request (history: None for levels below 'full')."""
         hist_vec = None if history is None else history.vector[None, :]
         hist_text = None if history is None or history.text is None else history.text[None, :]
-        recent = None if history is None else _recent(history)
+        # views of the history's first events: encode_contexts copies them into its own arrays
+        recent = (
+            None if history is None else (history.entities[None, :RECENT_EVENTS], history.kinds[None, :RECENT_EVENTS])
+        )
         contexts = self.encoder.encode_contexts(
             [ctx.unified], hist_vec, level=ctx.level, hist_text=hist_text, recent=recent
         )
