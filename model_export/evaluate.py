@@ -18,7 +18,7 @@ from model_export.metrics import ranking_metrics, summarize
 from model_export.splits import Encoded, click_log, encode_events
 from model_export.table_builder import ClickLog, Vocabularies
 from unirank.core.context import personalization_rank
-from unirank.core.features import HISTORY_INPUTS, FeatureEncoder
+from unirank.core.features import ENTITY_SIDE_INPUT, HISTORY_INPUTS, FeatureEncoder
 from unirank.core.tables import FeatureTables
 
 METRICS = ("auc", "ndcg@10", "hr@10", "mrr")
@@ -27,7 +27,9 @@ METRICS = ("auc", "ndcg@10", "hr@10", "mrr")
 def onnx_session(bundle: Path | str):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(Path(bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # a graph with the entity side inside warns that its table is overridable
+    return ort.InferenceSession(str(Path(bundle) / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
 
 def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000, session=None) -> np.ndarray:
@@ -46,6 +48,8 @@ def score_onnx(bundle: Path | str, enc: Encoded, chunk: int = 2000, session=None
             "cand_dense": x["cand_dense"][rows],
             "cand_ctx": x["cand_ctx"][rows] - s,
             "cand_text": x["cand_text"][rows],
+            # a graph with the entity side inside: the entity indices (every one the model's at training)
+            ENTITY_SIDE_INPUT: x["cand_ids"][rows, 0],
         } | {k: x[k][s : s + chunk] for k in HISTORY_INPUTS if k in x}
         out[rows] = session.run(None, {i.name: _fit(feed[i.name], i.shape) for i in session.get_inputs()})[0]
     return out

@@ -1,7 +1,9 @@
 """Export: the versioned bundle the service loads.
 
 bundle/
-  model.onnx      opset 17, dynamic context (B) and candidate (N) axes
+  model.onnx      opset 17, dynamic context (B) and candidate (N) axes; the entity side inside (its table
+                  an initializer: model_export.entity_graph)
+  entity_side.onnx  that table's rows from (model entity id, kind, genres), for entities added at run time
   checkpoint.pt   the torch weights (the service never reads them; the benchmark's reference does)
   manifest.json   the whole contract with the service (see `export_bundle`)
   tables/         feature tables (entities, statistics, users, clusters, factors, histories)
@@ -21,8 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_export.entity_graph import export_entity_graph, graph_batch, reference_batch
 from unirank.core.bundle_files import content_hash, file_hashes
-from unirank.core.features import CAND_IDS, CTX_IDS, DENSE_FEATURES, HISTORY_INPUTS, INPUT_NAMES, TEXT_INPUTS
+from unirank.core.features import (
+    CAND_IDS,
+    CTX_IDS,
+    DENSE_FEATURES,
+    ENTITY_SIDE_INPUT,
+    HISTORY_INPUTS,
+    INPUT_NAMES,
+    TEXT_INPUTS,
+    graph_input_names,
+)
 from unirank.core.history import HISTORY_LENGTH
 from unirank.core.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
@@ -55,14 +67,19 @@ def _input_spec(batch: dict[str, np.ndarray], names) -> list[dict]:
         "cand_genres": ["N", 3],
         "cand_dense": ["N", len(DENSE_FEATURES)],
         "cand_ctx": ["N"],
+        ENTITY_SIDE_INPUT: ["N"],
     }
     axes |= {k: ["B", int(batch[k].shape[1])] for k in HISTORY_INPUTS if k in batch}
     axes |= {k: ["N", int(batch[k].shape[1])] for k in TEXT_INPUTS if k in batch}
     return [{"name": k, "dtype": str(batch[k].dtype), "shape": axes[k]} for k in names]
 
 
-def export_onnx(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path) -> None:
-    """The model's graph at `path` (opset OPSET, dynamic context and candidate axes), traced on `batch`."""
+def export_onnx(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path, tables=None) -> dict | None:
+    """The model's graph at `path` (opset OPSET, dynamic context and candidate axes), traced on `batch`.
+    With `tables`, the graph with the entity side inside (`model_export.entity_graph`) and the table's
+    description; without, the model's own inputs and None."""
+    if tables is not None:
+        return export_entity_graph(model, tables, batch, path, DYNAMIC_AXES)
     names, outputs = model.spec.input_names(), model.spec.output_names()
     model.eval()
     torch.onnx.export(
@@ -75,14 +92,25 @@ def export_onnx(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path
         opset_version=OPSET,
         dynamo=False,
     )
+    return None
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.ndarray]) -> float:
+def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.ndarray], tables=None) -> float:
+    """The largest difference between onnxruntime's scores and torch's on `batch` (with `tables`: the graph
+    with the entity side inside, fed the batch's entity indices, against the torch model fed those
+    entities' ids, kinds and genres). Raises ParityError beyond PARITY_TOLERANCE."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the entity side's table is overridable by design: no warning about it
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     names = model.spec.input_names()
-    got = session.run(None, {k: batch[k] for k in names})
+    feed = {k: batch[k] for k in names}
+    if tables is not None:
+        feed = graph_batch(batch)
+        batch = reference_batch(feed, tables, model.spec.vocabulary.n_entities)
+        feed = {k: feed[k] for k in graph_input_names(names)}
+    got = session.run(None, feed)
     with torch.no_grad():
         want = model(*(torch.from_numpy(batch[k]) for k in names))
     want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
@@ -118,8 +146,9 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
     history_length = spec.architecture.history_length if spec.options.history_encoder else None
     batch = held_out_batch(val_enc, history_length=history_length)
     onnx_path = out / "model.onnx"
-    export_onnx(model, batch, onnx_path)
-    parity = check_parity(model, onnx_path, batch)
+    entity_side = export_onnx(model, batch, onnx_path, tables)
+    parity = check_parity(model, onnx_path, batch, tables)
+    graph_names = graph_input_names(names)
     # The torch weights travel too, for the eager-mode reference the benchmark compares against.
     torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
     tables.save(out / "tables")
@@ -143,8 +172,11 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
         "onnx": {
             "file": "model.onnx",
             "opset": OPSET,
-            "inputs": _input_spec(batch, names),
+            "inputs": _input_spec(graph_batch(batch), graph_names),
             "outputs": [{"name": n, "dtype": "float32", "shape": ["N"]} for n in outputs],
+            # the entity side's table inside the graph (an initializer the service overrides with entities
+            # added at run time, their rows from `file`)
+            "entity_side": entity_side,
         },
         "rank_by": spec.options.rank_by,
         "features": {

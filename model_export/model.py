@@ -264,8 +264,20 @@ class UnifiedRanker(nn.Module):
         ]
         return self.ctx_out(self.ctx_proj(torch.cat(parts, dim=1)))
 
+    def entity_side(self, entity: torch.Tensor, kind: torch.Tensor, genres: torch.Tensor) -> torch.Tensor:
+        """(N, dim + kind_dim + genre_dim): what the network makes of a candidate alone — its id's
+        embedding, its kind's and the bag of its genres' — from (N,) model entity ids, (N,) kinds and
+        (N, 3) genre ids. The export computes it once per entity into a table the graph gathers from
+        (`model_export.export`)."""
+        return torch.cat([self.entity(entity), self.kind(kind), _candidate_bag(self.genre, genres)], 1)
+
     def heads(self, ctx_ids, ctx_query, cand_ids, cand_genres, cand_dense, cand_ctx, *optional):
         """Logits of P(click) and, with the play head, of P(play | click) (else None); one per candidate."""
+        side = self.entity_side(cand_ids[:, 0], cand_ids[:, 1], cand_genres)
+        return self.heads_from_side(ctx_ids, ctx_query, side, cand_dense, cand_ctx, *optional)
+
+    def heads_from_side(self, ctx_ids, ctx_query, side, cand_dense, cand_ctx, *optional):
+        """`heads` with each candidate's `entity_side` row given."""
         # split per context, then gathered per candidate: no (N, width) slice copies
         ctx = self.context(ctx_ids, ctx_query)
         if self.dense_mask is not None:
@@ -273,11 +285,12 @@ class UnifiedRanker(nn.Module):
         dense = (cand_dense - self.dense_mean) / self.dense_std
         if self.numeric is not None:  # the encodings beside the values: thresholds without losing the slope
             dense = torch.cat([dense, self.numeric(cand_dense)], 1)
-        entity = self.entity(cand_ids[:, 0])
+        d = self.arch.dim
+        entity = side[:, :d]
         parts = [ctx[:, : self.arch.ctx_dim].index_select(0, cand_ctx), entity]
         if self.arch.interaction:
             parts.append(ctx[:, self.arch.ctx_dim :].index_select(0, cand_ctx) * entity)
-        parts += [self.kind(cand_ids[:, 1]), _candidate_bag(self.genre, cand_genres), dense]
+        parts += [side[:, d:], dense]  # the kind's embedding and the genres' bag, side by side
         optional = list(optional)  # in spec.input_names() order: history tensors, then text features
         if self.history is not None:
             ctx_hist, ctx_hist_kind = optional.pop(0), optional.pop(0)

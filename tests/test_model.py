@@ -35,11 +35,13 @@ def test_manifest_is_the_contract(bundle_dir):
     assert [i["name"] for i in m["onnx"]["inputs"]] == [
         "ctx_ids",
         "ctx_query",
-        "cand_ids",
-        "cand_genres",
+        "cand_entity",
         "cand_dense",
         "cand_ctx",
     ]
+    side = m["onnx"]["entity_side"]  # the candidates' own part: a table in the graph, one row per entity
+    tables = FeatureTables.load(bundle_dir / "tables")
+    assert side["rows"] == tables.n_entities + 1 and (bundle_dir / side["file"]).is_file()
     assert m["version"].endswith(m["content_hash"][:12])
     assert m["personalization"] == "full" and m["parity_max_abs_diff"] <= 1e-4
     for path in m["tables"]:

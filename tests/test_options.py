@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from model_export.data import Dataset
+from model_export.entity_graph import graph_batch
 from model_export.export import export_bundle
 from model_export.splits import encode_split
 from model_export.table_builder import build_tables
@@ -86,7 +87,8 @@ def test_numeric_encodings_carry_their_fit_window_edges_and_stay_finite(option_b
     assert np.array_equal(edges, np.asarray(dense_edges(fit_enc, 8), np.float32))  # from the fit window alone
     session = ort.InferenceSession(str(option_bundles["numeric"] / "model.onnx"))
     names = [i.name for i in session.get_inputs()]
-    scores = session.run(None, {n: val_enc.inputs[n] for n in names})[0]
+    feed = graph_batch(val_enc.inputs)  # the graph takes the entity indices (docs/model.md)
+    scores = session.run(None, {n: feed[n] for n in names})[0]
     assert np.isfinite(scores).all() and 0 < scores.min() < scores.max() < 1
 
 
@@ -101,7 +103,8 @@ def test_without_lexical_features_the_graph_ignores_them_and_the_service_skips_t
     assert (val_enc.inputs["cand_dense"][:, lexical] != 0).any()  # training computes them for every option
     session = ort.InferenceSession(str(option_bundles["no_lexical"] / "model.onnx"))
     names = [i.name for i in session.get_inputs()]
-    inputs = {n: val_enc.inputs[n] for n in names}
+    feed = graph_batch(val_enc.inputs)
+    inputs = {n: feed[n] for n in names}
     changed = dict(inputs, cand_dense=inputs["cand_dense"].copy())
     changed["cand_dense"][:, lexical] = np.random.default_rng(0).normal(size=(len(changed["cand_dense"]), 4))
     assert np.array_equal(session.run(None, inputs)[0], session.run(None, changed)[0])
@@ -208,11 +211,15 @@ def test_the_bundle_text_encoder_gives_the_training_text_features(option_bundles
         RankRequest(task="more_like_this", country="US", source_entity_id=t.entity_ids[source]), t, "cluster"
     )
     inputs = bundle.features.inputs(rc, np.array(added))
-    assert (inputs["cand_ids"][:, 0] == 0).all()  # the model's id embedding: unknown
+    assert (inputs["cand_entity"] == added).all()
+    rows = bundle.entity_side.override(catalog.generation)[added]
+    dim = bundle.spec.architecture.dim
+    unknown = bundle.entity_side.rows_of(np.array([0]))[0, :dim]
+    np.testing.assert_allclose(rows[:, :dim], np.stack([unknown, unknown]), atol=1e-6)  # the model's id: unknown
     cosine = inputs["cand_text"][:, -2]
     assert cosine[0] > cosine[1] + 0.2
     assert not np.allclose(
-        bundle.scorer.score(inputs), bundle.scorer.score(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"])))
+        bundle.score_inputs(inputs), bundle.score_inputs(dict(inputs, cand_text=np.zeros_like(inputs["cand_text"])))
     )
 
 

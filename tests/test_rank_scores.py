@@ -12,7 +12,7 @@ import pytest
 from service.core.schemas import RankRequest
 from service.model.context import build_request_context
 from tests.helpers import rank
-from unirank.core.features import DENSE_FEATURES, FeatureEncoder, history_inputs, history_vector
+from unirank.core.features import DENSE_FEATURES, ENTITY_SIDE_INPUT, FeatureEncoder, history_inputs, history_vector
 from unirank.core.history import HISTORY_LENGTH, counters_key, history_key
 from unirank.core.lexical import LEXICAL_FEATURES
 from unirank.core.recency import RECENCY_FEATURES, RECENT_EVENTS
@@ -48,6 +48,7 @@ def _reference_scores(reference, body: dict, seen_dense: list | None = None) -> 
     inputs = encoder.encode_candidates(contexts, cand, np.zeros(len(cand), np.int64))
     if seen_dense is not None:
         seen_dense.append(inputs["cand_dense"])
+    inputs[ENTITY_SIDE_INPUT] = cand  # the graph gathers the rest of each candidate's own part by its index
     scores = session.run(["score"], {i.name: inputs[i.name] for i in session.get_inputs()})[0]
     return dict(zip(ids, scores.tolist(), strict=True))
 

@@ -25,11 +25,13 @@ from service.model.bundle_store import BundleInvalid, read_manifest
 from service.model.catalog import RuntimeCatalog
 from service.model.context import RequestContext, build_request_context
 from service.model.display import Entities
+from service.model.entity_side import EntitySide
 from service.model.features import ScoringJob, ServingFeatures
 from service.model.retrieval import Retriever
 from service.model.scoring import Scorer
 from service.model.text_encoder import TextEncoder
 from unirank.core.context import UnifiedContext
+from unirank.core.features import ENTITY_SIDE_TABLE, graph_input_names
 from unirank.core.spec import ModelSpec
 from unirank.core.tables import FeatureTables
 from unirank.core.vocab import Level, Task
@@ -50,6 +52,7 @@ class LoadedBundle:
     features: ServingFeatures
     catalog: RuntimeCatalog
     spec: ModelSpec
+    entity_side: EntitySide | None = None  # the graph holds the entity side (its table, for runtime entities)
     batcher: MicroBatcher | None = None
     entities: Entities = field(init=False)
 
@@ -77,7 +80,7 @@ class LoadedBundle:
             parts = [self.features.batch_inputs([jobs[i] for i in group]) for group in levels.values()]
             inputs = parts[0] if len(parts) == 1 else concatenate(parts)[0]
         encoded = time.perf_counter()
-        scores = self.scorer.score(inputs)
+        scores = self.score_inputs(inputs)
         scored = time.perf_counter()
         out: list[np.ndarray] = [scores] * len(jobs)
         if len(jobs) > 1:
@@ -86,6 +89,15 @@ class LoadedBundle:
         for job in jobs:
             job.features_s, job.inference_s = encoded - started, scored - encoded
         return out
+
+    def score_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The scores of model inputs (`ServingFeatures`): one onnxruntime call, fed the entity-side table
+        that covers the entities added at run time when there are any (else the graph's own serves)."""
+        if self.entity_side is not None:
+            table = self.entity_side.override(self.catalog.generation)
+            if table is not None:
+                inputs = inputs | {ENTITY_SIDE_TABLE: table}
+        return self.scorer.score(inputs)
 
     def request_scope(self) -> AbstractContextManager:
         """Brackets one request that may call `score` (the micro-batcher waits only for such requests)."""
@@ -158,6 +170,8 @@ class LoadedBundle:
         manifest = read_manifest(path)
         tables = FeatureTables.load(path / "tables")
         spec = ModelSpec.from_dict(manifest["model"])
+        side = manifest["onnx"].get("entity_side")
+        entity_side = EntitySide(path / side["file"], side["rows"], tables) if side else None
         text_encoder = None
         if manifest.get("text_encoder") and tables.text_projection is not None:
             text_encoder = TextEncoder(
@@ -176,11 +190,13 @@ class LoadedBundle:
                 settings.intra_op_threads,
                 settings.cuda_io_binding,
                 RANK_OUTPUTS[settings.rank_by or manifest.get("rank_by", "click")],
+                quiet=entity_side is not None,
             ),
             retriever=retriever,
-            features=ServingFeatures(tables, spec),
+            features=ServingFeatures(tables, spec, entity_in_graph=entity_side is not None),
             catalog=RuntimeCatalog(tables, retriever, text_encoder),
             spec=spec,
+            entity_side=entity_side,
         )
         bundle._warm_up()
         gpu = bundle.scorer.device == "cuda"
@@ -213,7 +229,8 @@ class LoadedBundle:
     def check(self) -> None:
         """Raises BundleInvalid unless the ONNX graph takes what the manifest says and one real request of
         each of the bundle's tasks scores (finite probabilities, one per candidate). Warms every path up."""
-        expected = set(self.spec.input_names())
+        names = self.spec.input_names()
+        expected = set(graph_input_names(names) if self.entity_side is not None else names)
         graph = set(self.scorer.input_names)
         if graph != expected:
             raise BundleInvalid(f"model.onnx takes {sorted(graph)}, the manifest's model spec says {sorted(expected)}")
@@ -232,7 +249,7 @@ class LoadedBundle:
             if candidates.size == 0:
                 candidates = np.arange(1, min(50, tables.n_entities) + 1)
             history = self.features.history([], ctx.user) if ctx.level == Level.FULL else None
-            scores = self.scorer.score(self.features.inputs(ctx, candidates, history))
+            scores = self.score_inputs(self.features.inputs(ctx, candidates, history))
             if (
                 scores.shape != (len(candidates),)
                 or not np.all(np.isfinite(scores))
@@ -249,4 +266,4 @@ class LoadedBundle:
         ctx = RequestContext(UnifiedContext("search", None, None, "a", None), "none", 0, 0, 0, 0)
         candidates = np.arange(1, min(200, self.tables.n_entities) + 1)
         for _ in range(3):
-            self.scorer.score(self.features.inputs(ctx, candidates))
+            self.score_inputs(self.features.inputs(ctx, candidates))

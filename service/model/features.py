@@ -63,8 +63,9 @@ def _recent(history: History | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ServingFeatures:
-    def __init__(self, tables: FeatureTables, spec: ModelSpec):
-        """Builds only the inputs `spec`'s model reads (history tensors, text features)."""
+    def __init__(self, tables: FeatureTables, spec: ModelSpec, entity_in_graph: bool = False):
+        """Builds only the inputs `spec`'s model reads (history tensors, text features); entity_in_graph:
+        its graph gathers the entity side by entity index (`FeatureEncoder`)."""
         self.tables = tables
         self.encoder = FeatureEncoder(
             tables,
@@ -72,6 +73,7 @@ class ServingFeatures:
             text=spec.options.text_features,
             lexical=spec.options.lexical_features,
             recency=spec.options.recency_features,
+            entity_in_graph=entity_in_graph,
         )
         self.history_length = spec.architecture.history_length
         self.history_encoder = spec.options.history_encoder

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from unirank.core.features import ENTITY_SIDE_TABLE
+
 log = logging.getLogger("unirank.scoring")
 
 
@@ -37,8 +39,13 @@ class Scorer:
         intra_op_threads: int = 1,
         io_binding: bool = False,
         output: str = "score",
+        quiet: bool = False,
     ):
+        """quiet: onnxruntime's warnings off (a graph whose entity-side table is overridable by design
+        warns that it is at every load)."""
         options = ort.SessionOptions()
+        if quiet:
+            options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -65,7 +72,8 @@ class Scorer:
                 f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?"
             )
         self.output = output
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        overridable = {i.name for i in self.session.get_overridable_initializers()}
+        self.input_names = [i.name for i in self.session.get_inputs() if i.name not in overridable]
         self.io_binding = io_binding and self.device == "cuda"
         self._buckets: dict[tuple[int, int], tuple] = {}
         log.info(
@@ -77,9 +85,14 @@ class Scorer:
         )
 
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The inputs the graph takes, plus, when present, the table that overrides its entity-side
+        initializer (`service.model.entity_side`)."""
         if self.io_binding:
             return self._score_bound(inputs)
-        return self.session.run([self.output], {k: inputs[k] for k in self.input_names})[0]
+        feed = {k: inputs[k] for k in self.input_names}
+        if ENTITY_SIDE_TABLE in inputs:
+            feed[ENTITY_SIDE_TABLE] = inputs[ENTITY_SIDE_TABLE]
+        return self.session.run([self.output], feed)[0]
 
     def _score_bound(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         n, b = len(inputs["cand_ctx"]), len(inputs["ctx_ids"])
@@ -92,6 +105,8 @@ class Scorer:
             padded = np.zeros((value.shape()[0], *inputs[name].shape[1:]), inputs[name].dtype)
             padded[:rows] = inputs[name]
             value.update_inplace(padded)
+        if ENTITY_SIDE_TABLE in inputs:  # entities added at run time: the longer table, copied each call
+            binding.bind_cpu_input(ENTITY_SIDE_TABLE, inputs[ENTITY_SIDE_TABLE])
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0][:n]
 

@@ -47,6 +47,36 @@ HISTORY_INPUTS = ("ctx_hist", "ctx_hist_kind")  # (B, H): entity index and event
 TEXT_INPUTS = ("cand_text",)  # (N, TEXT_DIM + 2): the candidate title's text features
 
 
+# The graph of a bundle with the entity side inside (model_export.entity_graph) gathers each candidate's
+# id embedding, kind embedding and genre bag from the table ENTITY_SIDE_TABLE by its entity index
+# (ENTITY_SIDE_INPUT) instead of taking the ENTITY_COLUMNS.
+ENTITY_SIDE_INPUT = "cand_entity"
+ENTITY_SIDE_TABLE = "entity_side"
+ENTITY_COLUMNS = ("cand_ids", "cand_genres")
+
+
+def graph_input_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The inputs of the graph with the entity side inside, from the model's (`ModelSpec.input_names`)."""
+    out: list[str] = []
+    for name in names:
+        if name in ENTITY_COLUMNS:
+            name = ENTITY_SIDE_INPUT
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def entity_side_inputs(tables: FeatureTables, entities: np.ndarray, n_model_entities: int) -> dict[str, np.ndarray]:
+    """What the entity-side rows of `entities` (indices into `tables`) are made from: the model's id of each
+    (0, the unknown entity, for one added after training), its kind and its genre ids."""
+    entities = np.asarray(entities, np.int64)
+    return {
+        "entity": np.where(entities <= n_model_entities, entities, 0),
+        "kind": tables.kind[entities],
+        "genres": np.ascontiguousarray(tables.genre_ids[entities]),
+    }
+
+
 def input_names(history_encoder: bool, text_features: bool = False) -> tuple[str, ...]:
     """The model's inputs: the base six, plus the history tensors and the text features when it uses them."""
     return INPUT_NAMES + (HISTORY_INPUTS if history_encoder else ()) + (TEXT_INPUTS if text_features else ())
@@ -132,17 +162,25 @@ def history_vector(tables: FeatureTables, recent: np.ndarray, table: np.ndarray 
 
 class FeatureEncoder:
     def __init__(
-        self, tables: FeatureTables, level: str, text: bool = True, lexical: bool = True, recency: bool = True
+        self,
+        tables: FeatureTables,
+        level: str,
+        text: bool = True,
+        lexical: bool = True,
+        recency: bool = True,
+        entity_in_graph: bool = False,
     ):
         """level: the personalization level of the model these features feed; text: whether to build
         `cand_text` (training encodes it for every option; the service only for models that read it);
         lexical, recency: whether to compute the LEXICAL_FEATURES, the RECENCY_FEATURES (zeros otherwise: a
-        model without them masks them)."""
+        model without them masks them); entity_in_graph: the candidates' entity indices (ENTITY_SIDE_INPUT)
+        instead of the ENTITY_COLUMNS, for a graph that gathers those itself."""
         self.tables = tables
         self.level = level
         self.text = text
         self.lexical = lexical
         self.recency = recency
+        self.entity_in_graph = entity_in_graph
         self._e1 = tables.n_model_entities + 1  # indices from here on: added at run time, unknown to the model
 
     def entity_indices(self, entity_ids) -> np.ndarray:
@@ -302,20 +340,20 @@ class FeatureEncoder:
         dense[:, 9] = np.einsum("f,nf->n", ctx.user_vec[0], items)
         dense[:, 10] = np.einsum("f,nf->n", ctx.hist_vec[0], items)
         dense[:, 11] = np.minimum(np.float32(len(query)), 40.0) / 20.0
-        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1)
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, items)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, ctx.source[cand_ctx])
 
     def _inputs(self, ctx, cand, cand_ctx, model_cand, dense, source) -> dict[str, np.ndarray]:
         """The model's input tensors from the encoded parts (`source`: each candidate's source entity)."""
         t = self.tables
-        inputs = {
-            "ctx_ids": ctx.ctx_ids,
-            "ctx_query": ctx.ctx_query,
-            "cand_ids": _columns(model_cand, t.kind[cand]),
-            "cand_genres": t.genre_ids[cand],
-            "cand_dense": dense,
-            "cand_ctx": cand_ctx,
-        }
+        inputs = {"ctx_ids": ctx.ctx_ids, "ctx_query": ctx.ctx_query}
+        if self.entity_in_graph:
+            inputs[ENTITY_SIDE_INPUT] = cand
+        else:
+            inputs["cand_ids"] = _columns(model_cand, t.kind[cand])
+            inputs["cand_genres"] = t.genre_ids[cand]
+        inputs["cand_dense"] = dense
+        inputs["cand_ctx"] = cand_ctx
         if self.text:
             inputs["cand_text"] = text_features(t.text_vec, source, cand, ctx.hist_text[cand_ctx])
         return inputs
