@@ -43,10 +43,12 @@ def recency_columns(
     cand_ctx: np.ndarray,
     model_cand: np.ndarray,
     e1: int,
+    items: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N, len(RECENCY_FEATURES)) float32; `recent`/`recent_kinds` (B, RECENT_EVENTS). One context (B = 1,
-    the service's path) finds the last title's co-clicks in its own slice of the table; the values are the
-    same either way."""
+    """(N, len(RECENCY_FEATURES)) float32; `recent`/`recent_kinds` (B, RECENT_EVENTS); `items`: the
+    candidates' item factors when the caller has them. One context (B = 1, the service's path) uses its
+    vectors as they are and finds the last title's co-clicks in its own slice of the table; the values
+    are the same either way."""
     out = np.zeros((len(cand), len(RECENCY_FEATURES)), np.float32)
     if not recent.any():
         return out
@@ -54,9 +56,17 @@ def recency_columns(
     total = w.sum(1)
     has = total > 0
     mean = np.matmul(w[:, None, :], t.item_factors[recent])[:, 0] / np.where(has, total, 1.0)[:, None]
-    out[:, 0] = np.einsum("nf,nf->n", mean[cand_ctx], t.item_factors[cand])
-    shared = (t.genre_bits[recent][cand_ctx] & t.genre_bits[cand][:, None, :]).any(-1)  # (N, k)
-    out[:, 1] = np.einsum("nk,nk->n", w[cand_ctx], shared) / np.where(has, total, 1.0)[cand_ctx]
+    items = t.item_factors[cand] if items is None else items
+    cand_bits = t.genre_bits[cand]
+    if len(recent) == 1:  # one context: its vectors against every row, no per-candidate copies of them
+        out[:, 0] = np.einsum("f,nf->n", mean[0], items)
+        shared = (cand_bits[:, None, :] & t.genre_bits[recent[0]][None, :, :]).any(-1)  # (N, k)
+        # sums of at most k powers of RECENT_DECAY: exact in float32, the same in any order
+        out[:, 1] = np.einsum("k,nk->n", w[0], shared) / (total[0] if has[0] else 1.0)
+    else:
+        out[:, 0] = np.einsum("nf,nf->n", mean[cand_ctx], items)
+        shared = (t.genre_bits[recent][cand_ctx] & cand_bits[:, None, :]).any(-1)  # (N, k)
+        out[:, 1] = np.einsum("nk,nk->n", w[cand_ctx], shared) / np.where(has, total, 1.0)[cand_ctx]
     last = recent[:, 0]
     if len(last) == 1:
         if 0 < last[0] < e1:
