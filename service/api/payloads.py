@@ -1,7 +1,8 @@
 """Request bodies in, JSON out: the raw-body parsing every POST route shares.
 
 Contract: `parse(raw, Model)` validates with pydantic-core's JSON parser (no intermediate dict) and
-raises `InvalidInput` naming each bad field; `json_response` encodes with orjson. `json_body(Model)`
+raises `InvalidInput` naming each bad field (`parse_rank`: the same for a /rank body, with its candidates
+checked as one list when the body holds no control character); `json_response` encodes with orjson. `json_body(Model)`
 declares the body in the OpenAPI document, since the routes read the raw body themselves.
 """
 
@@ -14,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from service.core.errors import InvalidInput, pydantic_problems
+from service.core.schemas import RankRequest, UnescapedRankRequest, holds_no_control_character
 
 JSON = "application/json"
 M = TypeVar("M", bound=BaseModel)
@@ -25,6 +27,17 @@ def parse(raw: bytes, model: type[M], root: str | None = None) -> M:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise InvalidInput(pydantic_problems(exc.errors(include_url=False), root)) from None
+
+
+def parse_rank(raw: bytes) -> RankRequest:
+    """A /rank body: with no control character anywhere in it, its candidates are checked as one list
+    (`UnescapedRankRequest`); any error is reported as `RankRequest` words it."""
+    if holds_no_control_character(raw):
+        try:
+            return UnescapedRankRequest.model_validate_json(raw)
+        except ValidationError:
+            pass
+    return parse(raw, RankRequest)
 
 
 def json_response(payload, status: int = 200, headers: dict | None = None) -> Response:

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from service.api.deps import ready_state
 from service.api.direct_route import DirectRoute
-from service.api.payloads import JSON, json_body, parse
+from service.api.payloads import JSON, json_body, parse_rank
 from service.api.responses import RankResponse, errors, ok
 from service.core.errors import InvalidInput, problem
 from service.core.rollout import INTERLEAVED
@@ -54,7 +54,7 @@ def request_budget_s(request: Request, budget_ms: float) -> float:
 async def rank(request: Request) -> Response:
     """Rank candidates (given, or retrieved) for the unified context; the fields: docs/api.md."""
     timings = Timings()
-    body = parse(await request.body(), RankRequest)
+    body = parse_rank(await request.body())
     if problems := body.task_input_problems():
         raise InvalidInput(problems)
     timings.add("parse", timings.started)
