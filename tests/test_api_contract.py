@@ -92,3 +92,45 @@ def test_admin_endpoints_are_off_without_a_token(bundle_dir, redis_url):
         _ready(client)
         [problem] = assert_error_shape(client.post("/entities", json=[{"entity_id": "x", "title": "X"}]), 403)
         assert "UNIRANK_ADMIN_TOKEN" in problem["message"]
+
+
+CANDIDATE_BODIES = {
+    "valid": {"candidates": ["e000001", "e000002"]},
+    "escaped NUL": {"candidates": ["e000001", "e0\u0000"]},
+    "newline": {"candidates": ["a\nb", "e000002"]},
+    "DEL as itself": {"candidates": ["e000001", "e\x7f"]},
+    "non-ASCII, no control": {"candidates": ["café", "e000002"]},
+    "too long": {"candidates": ["e" * 129]},
+    "empty id": {"candidates": [""]},
+    "not a string": {"candidates": ["e000001", 7]},
+    "too many": {"candidates": [f"e{i}" for i in range(1001)]},
+    "a quote inside": {"candidates": ['say "hi"']},
+}
+
+
+@pytest.mark.parametrize("case", CANDIDATE_BODIES)
+def test_candidates_checked_as_one_list_answer_as_the_id_pattern_does(case):
+    """`parse_rank` skips the id pattern on each candidate of a body without control characters; what it
+    accepts and how it words each refusal are exactly RankRequest's."""
+    import orjson
+
+    from service.api.payloads import parse, parse_rank
+    from service.core.errors import InvalidInput
+    from service.core.schemas import RankRequest
+
+    raw = orjson.dumps({"task": "prequery", "country": "US"} | CANDIDATE_BODIES[case])
+    outcomes = []
+    for parser in (parse_rank, lambda body: parse(body, RankRequest)):
+        try:
+            outcomes.append(("ok", parser(raw).model_dump()))
+        except InvalidInput as exc:
+            outcomes.append(("refused", exc.problems))
+    assert outcomes[0] == outcomes[1]
+    if case in ("escaped NUL", "newline", "DEL as itself"):
+        assert outcomes[0][0] == "refused" and outcomes[0][1][0]["field"].startswith("candidates.")
+
+
+def test_a_control_character_in_a_candidate_is_a_422_naming_it(api):
+    body = {"task": "prequery", "country": "US", "candidates": ["e000001", "bad\u0001id"]}
+    (problem,) = assert_error_shape(api.post("/rank", json=body), 422)
+    assert problem["field"] == "candidates.1"
