@@ -22,6 +22,7 @@ import numpy as np
 
 from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
+from service.api.payloads import parse_rank
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
 from service.model.batching import concatenate
@@ -83,7 +84,7 @@ def profile(bundle_dir: Path, n: int = 300, repeats: int = 5) -> dict:
     inputs = features.inputs(ctx, cand, history)
     scores = bundle.scorer.score(inputs)
     parts = {
-        "parse (200 ids)": lambda: RankRequest.model_validate_json(body),
+        "parse (200 ids)": lambda: parse_rank(body),
         "context": lambda: build_request_context(request, bundle.tables, bundle.level, bundle.impute),
         "id -> index": lambda: features.encoder.entity_indices(ids),
         "history (5 live events)": lambda: features.history(live, ctx.user),
