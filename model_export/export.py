@@ -10,7 +10,8 @@ bundle/
   text_encoder.onnx, tokenizer.json   with text features only: the MiniLM title encoder, for
                   entities added at run time (model_export.text_encoder)
 
-Export fails unless onnxruntime and torch agree within PARITY_TOLERANCE on a held-out batch.
+Export fails unless onnxruntime and torch agree within PARITY_TOLERANCE on a held-out batch (checked
+before an int8 bundle's quantization, whose own difference the manifest records).
 """
 
 from __future__ import annotations
@@ -122,6 +123,26 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.nd
     return diff
 
 
+def quantize_int8(path: Path, batch: dict[str, np.ndarray]) -> float:
+    """Replaces the graph at `path` by its int8 dynamic quantization (onnxruntime's: MatMul and Gemm weights
+    as int8, activations quantized per call); returns the largest score difference from the float graph on
+    `batch` (given as the graph takes it)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_suffix(".int8.onnx")
+    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    before, after = (
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (path, quantized)
+    )
+    feed = {i.name: batch[i.name] for i in before.get_inputs()}
+    diff = float(np.max(np.abs(before.run(None, feed)[0] - after.run(None, feed)[0])))
+    quantized.replace(path)
+    return diff
+
+
 def held_out_batch(enc, n_requests: int = 64, history_length: int | None = None) -> dict[str, np.ndarray]:
     """The first n_requests requests of an encoded split, as one batch of B contexts and N candidates."""
     x = enc.inputs
@@ -149,6 +170,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
     entity_side = export_onnx(model, batch, onnx_path, tables)
     parity = check_parity(model, onnx_path, batch, tables)
     graph_names = graph_input_names(names)
+    int8 = {"max_abs_diff_vs_float": quantize_int8(onnx_path, graph_batch(batch))} if cfg.int8 else None
     # The torch weights travel too, for the eager-mode reference the benchmark compares against.
     torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, out / "checkpoint.pt")
     tables.save(out / "tables")
@@ -177,6 +199,7 @@ def export_bundle(model, tables, val_enc, out: Path | str, cfg, training: dict, 
             # the entity side's table inside the graph (an initializer the service overrides with entities
             # added at run time, their rows from `file`)
             "entity_side": entity_side,
+            "int8": int8,  # the weights quantized (`unirank train --int8`), with the scores' largest change
         },
         "rank_by": spec.options.rank_by,
         "features": {

@@ -69,6 +69,9 @@ class TrainConfig:
     # "lazy Adam") instead of AdamW over every row each step, whose cost grows with the tables, not the
     # batch. None: when the users and entities are more than SPARSE_ID_ROWS (and no weight decay).
     sparse_embeddings: bool | None = None
+    # the exported graph's matrix weights as int8 (onnxruntime's dynamic quantization: activations quantized
+    # per call); the bundle records how far its scores are from the float graph's
+    int8: bool = False
     architecture: Architecture = field(default_factory=Architecture)
     options: ModelOptions = field(default_factory=ModelOptions)
 

@@ -148,3 +148,23 @@ def test_the_candidate_genre_bag_scores_as_the_batched_matmul_did_bit_for_bit(bu
     assert sum(len(s) for s in onnx) == 10_001
     for now, before in zip(eager + onnx, eager_before + onnx_before, strict=True):
         assert np.array_equal(now, before)
+
+
+def test_an_int8_bundle_records_how_far_it_moved_and_serves(data_dir, tmp_path):
+    """`unirank train --int8`: the graph's weights quantized after the float graph's parity check; the
+    manifest says how far the scores moved, and the service loads and checks it as any bundle."""
+    import onnx
+
+    from model_export.train import TrainConfig, train_bundle
+    from service.core.settings import Settings
+    from service.model.bundle import LoadedBundle
+
+    out = tmp_path / "int8"
+    cfg = TrainConfig(personalization="full", epochs=1, seed=0, int8=True)
+    manifest = train_bundle(data_dir, out, cfg, log=lambda *_: None)
+    moved = manifest["onnx"]["int8"]["max_abs_diff_vs_float"]
+    assert 0 < moved < 0.05 and manifest["parity_max_abs_diff"] <= 1e-4
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    bundle = LoadedBundle.load(out, Settings())
+    bundle.check()

@@ -76,6 +76,10 @@ def train(
             show_default=False,
         ),
     ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(help="Quantize the exported graph's weights to int8 (dynamic quantization; docs/model.md)"),
+    ] = False,
     nproc: Annotated[
         int, typer.Option(min=1, help="Data-parallel processes on this machine (torchrun, DDP: gloo, or NCCL on GPUs)")
     ] = 1,
@@ -111,6 +115,7 @@ def train(
         cold_entity_rate=cold_entity_rate,
         listwise_weight=listwise_weight,
         sparse_embeddings=sparse_embeddings,
+        int8=int8,
         options=options,
     )
     if nproc > 1:
