@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from loadtest.bench import _drive, _write, machine
 from loadtest.processes import AppServer, RedisServer
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
 from loadtest.scenarios import Scenarios
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
@@ -31,6 +31,7 @@ from service.model.batching import concatenate
 from service.model.bundle import LoadedBundle
 from service.model.context import build_request_context
 from service.model.scoring import Scorer
+from unirank.core.markdown import markdown_table
 
 SIZES = (1, 10, 100, 1_000, 10_000, 100_000)
 CONCURRENCY = (1, 4, 16, 64)

@@ -25,9 +25,10 @@ import httpx
 import numpy as np
 
 from loadtest.processes import ROOT, AppServer, RedisServer
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
 from loadtest.scenarios import Scenarios
 from loadtest.typing import browser_cache_share, search_url, visits
+from unirank.core.markdown import markdown_table
 from unirank.core.spec import ModelSpec
 
 ROLLOUT_EVERY_S = 2.0

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 from service.core.schemas import RankRequest
 from service.core.settings import Settings
 from service.model.bundle import LoadedBundle
 from service.model.context import build_request_context
+from unirank.core.markdown import markdown_table
 
 
 def rank_200_inputs(bundle: LoadedBundle, bundle_dir: Path, candidates: int) -> dict[str, np.ndarray]:

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from loadtest.bench import machine
 from loadtest.processes import AppServer, RedisServer
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
 from loadtest.scenarios import Scenarios
+from unirank.core.markdown import markdown_table
 from unirank.core.spec import ModelOptions, ModelSpec
 
 TARGET_P99_RATIO = 1.5  # the options may cost at most this much of the baseline's /rank p99

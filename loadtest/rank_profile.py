@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
 from service.api.payloads import parse_rank
 from service.core.schemas import RankRequest
@@ -29,6 +28,7 @@ from service.model.batching import concatenate
 from service.model.bundle import LoadedBundle
 from service.model.context import build_request_context
 from service.ranking.ranker import top_k
+from unirank.core.markdown import markdown_table
 
 
 def _time(fn, n: int, repeats: int) -> float:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from loadtest.bench import _cpus
 from loadtest.processes import RedisServer
-from loadtest.report import markdown_table
 from service.store.redis_client import connect
+from unirank.core.markdown import markdown_table
 
 WAYS = ("one at a time", "one at a time, auto-pipelined", "8 at once", "8 at once, auto-pipelined")
 

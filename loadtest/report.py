@@ -1,9 +1,9 @@
-"""How the benchmarks report: a markdown table, a PNG figure, and the three files of a run.
+"""How the benchmarks report: a PNG figure and the three files of a run (their tables:
+`unirank.core.markdown`).
 
-Contract: `markdown_table(headers, rows)` is a GitHub markdown table (one line per row; cells are written with
-`str()`, so format numbers before). `figure(path, ncols, size)` yields `(fig, axes)` on matplotlib's Agg
-backend (no display needed) and on leaving lays the figure out, saves it as a PNG at `path` and closes it,
-also when the plotting failed. `save_results(result, out_dir, name, markdown, plot_to)` writes
+Contract: `figure(path, ncols, size)` yields `(fig, axes)` on matplotlib's Agg backend (no display needed)
+and on leaving lays the figure out, saves it as a PNG at `path` and closes it, also when the plotting
+failed. `save_results(result, out_dir, name, markdown, plot_to)` writes
 `<name>-<timestamp>.json`, `.md` (`markdown`) and, given `plot_to`, `.png` (`plot_to(result, path)`),
 and records their paths in `result["files"]`.
 """
@@ -12,18 +12,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        if len(row) != len(headers):
-            raise ValueError(f"a row of {len(row)} cells under {len(headers)} headers: {row!r}")
-        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
-    return "\n".join(lines)
 
 
 @contextmanager

@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
 from service.core.settings import Settings
 from service.model.bundle import LoadedBundle
+from unirank.core.markdown import markdown_table
 from unirank.core.schema import events_path
 from unirank.core.text import normalize
 

@@ -29,8 +29,8 @@ import psutil
 
 from loadtest.bench import _cpus, _drive, _write
 from loadtest.processes import AppServer, RedisServer
-from loadtest.report import markdown_table
 from loadtest.scenarios import Scenarios
+from unirank.core.markdown import markdown_table
 
 SCENARIOS = ("rank_200", "keystroke_hit", "keystroke_miss", "ceiling")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from loadtest.report import figure, markdown_table
+from loadtest.report import figure
 from model_export.data import SPLIT_BOUNDS, Dataset, Requests
 from model_export.metrics import ranking_metrics
 from model_export.splits import click_log
@@ -40,6 +40,7 @@ from service.model.bundle import LoadedBundle
 from service.model.context import build_request_context
 from service.ranking.ranker import Ranker, Timings
 from unirank.core.history import HISTORY_LENGTH, event_kind
+from unirank.core.markdown import markdown_table
 from unirank.core.vocab import Task
 
 K = 10

@@ -28,7 +28,8 @@ from pathlib import Path
 import psutil
 
 from loadtest.bench import machine
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
+from unirank.core.markdown import markdown_table
 
 CLI = [sys.executable, "-m", "unirank.cli"]
 

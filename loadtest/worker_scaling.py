@@ -20,8 +20,9 @@ from pathlib import Path
 
 from loadtest.bench import _drive, _write, machine
 from loadtest.processes import AppServer, RedisServer
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
 from loadtest.scenarios import Scenarios
+from unirank.core.markdown import markdown_table
 
 
 def run(bundle: Path, workers: list[int], duration: float, warmup: float, per_worker: int) -> dict:

@@ -20,10 +20,9 @@ import onnx
 import torch
 from torch import nn
 
+from model_export.onnx_trace import trace_to_onnx
 from unirank.core.features import ENTITY_SIDE_INPUT, ENTITY_SIDE_TABLE, entity_side_inputs, graph_input_names
 from unirank.core.tables import FeatureTables
-
-OPSET = 17
 
 
 def side_inputs_of(tables: FeatureTables, n_model_entities: int) -> dict[str, np.ndarray]:
@@ -81,34 +80,15 @@ def reference_batch(batch: dict[str, np.ndarray], tables: FeatureTables, n_model
 def export_entity_graph(model: nn.Module, tables: FeatureTables, batch: dict, path: Path, dynamic_axes: dict) -> dict:
     """Writes the in-graph model at `path` and `entity_side.onnx` beside it; returns the manifest's
     description of the table (its rows, width and file)."""
-    wrapped = InGraphEntities(model, tables).eval()
+    wrapped = InGraphEntities(model, tables)
     names = graph_input_names(model.spec.input_names())
-    outputs = model.spec.output_names()
-    feed = graph_batch(batch)
-    torch.onnx.export(
-        wrapped,
-        tuple(torch.from_numpy(feed[k]) for k in names),
-        str(path),
-        input_names=list(names),
-        output_names=outputs,
-        dynamic_axes={k: v for k, v in dynamic_axes.items() if k in names or k in outputs}
-        | {ENTITY_SIDE_INPUT: {0: "N"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    trace_to_onnx(wrapped, graph_batch(batch), names, model.spec.output_names(), path, dynamic_axes)
     table = getattr(wrapped, ENTITY_SIDE_TABLE)
     _make_overridable(path, ENTITY_SIDE_TABLE)
     side_path = path.with_name("entity_side.onnx")
-    torch.onnx.export(
-        EntitySideGraph(model).eval(),
-        tuple(torch.from_numpy(v[:4]) for v in side_inputs_of(tables, model.spec.vocabulary.n_entities).values()),
-        str(side_path),
-        input_names=["entity", "kind", "genres"],
-        output_names=["rows"],
-        dynamic_axes={"entity": {0: "E"}, "kind": {0: "E"}, "genres": {0: "E"}, "rows": {0: "E"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    sample = {k: v[:4] for k, v in side_inputs_of(tables, model.spec.vocabulary.n_entities).items()}
+    rows_axes = {k: {0: "E"} for k in (*sample, "rows")}
+    trace_to_onnx(EntitySideGraph(model), sample, sample, ["rows"], side_path, rows_axes)
     return {"rows": int(table.shape[0]), "width": int(table.shape[1]), "file": side_path.name}
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from model_export.entity_graph import export_entity_graph, graph_batch, reference_batch
+from model_export.onnx_trace import OPSET, trace_to_onnx
 from unirank.core.bundle_files import content_hash, file_hashes
 from unirank.core.features import (
     CAND_IDS,
@@ -40,7 +41,6 @@ from unirank.core.history import HISTORY_LENGTH
 from unirank.core.text import MAX_QUERY_TOKENS, TOKEN_BUCKETS
 
 PARITY_TOLERANCE = 1e-4
-OPSET = 17
 IMPUTATION = {
     "search": "source_entity_id is set to null",
     "prequery": "query and source_entity_id are set to null",
@@ -54,7 +54,8 @@ class ParityError(RuntimeError):
 
 # Contexts (B) and candidates (N) vary independently; one symbol for both would let onnxruntime
 # assume they are equal and reuse buffers wrongly.
-DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in INPUT_NAMES + HISTORY_INPUTS + TEXT_INPUTS} | {
+_INPUTS = INPUT_NAMES + HISTORY_INPUTS + TEXT_INPUTS + (ENTITY_SIDE_INPUT,)
+DYNAMIC_AXES = {k: {0: "B" if k.startswith("ctx") else "N"} for k in _INPUTS} | {
     "score": {0: "N"},
     "play": {0: "N"},
 }
@@ -81,18 +82,7 @@ def export_onnx(model: torch.nn.Module, batch: dict[str, np.ndarray], path: Path
     description; without, the model's own inputs and None."""
     if tables is not None:
         return export_entity_graph(model, tables, batch, path, DYNAMIC_AXES)
-    names, outputs = model.spec.input_names(), model.spec.output_names()
-    model.eval()
-    torch.onnx.export(
-        model,
-        tuple(torch.from_numpy(batch[k]) for k in names),
-        str(path),
-        input_names=list(names),
-        output_names=outputs,
-        dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in names or k in outputs},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    trace_to_onnx(model, batch, model.spec.input_names(), model.spec.output_names(), path, DYNAMIC_AXES)
     return None
 
 
@@ -106,11 +96,12 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, batch: dict[str, np.nd
     options.log_severity_level = 3  # the entity side's table is overridable by design: no warning about it
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     names = model.spec.input_names()
-    feed = {k: batch[k] for k in names}
-    if tables is not None:
-        feed = graph_batch(batch)
-        batch = reference_batch(feed, tables, model.spec.vocabulary.n_entities)
-        feed = {k: feed[k] for k in graph_input_names(names)}
+    if tables is not None:  # the reference's ids, kinds and genres are those of the graph's entity indices
+        graph = graph_batch(batch)
+        batch = reference_batch(graph, tables, model.spec.vocabulary.n_entities)
+        feed = {k: graph[k] for k in graph_input_names(names)}
+    else:
+        feed = {k: batch[k] for k in names}
     got = session.run(None, feed)
     with torch.no_grad():
         want = model(*(torch.from_numpy(batch[k]) for k in names))

@@ -31,6 +31,7 @@ from model_export.splits import Encoded
 from model_export.study import REFERENCE, Study, Variant, paired_tests, summarise
 from model_export.train import predict
 from unirank.core.features import graph_input_names
+from unirank.core.markdown import markdown_table
 from unirank.core.spec import Architecture
 from unirank.core.vocab import TASKS
 
@@ -67,11 +68,12 @@ def exported_session(model, enc: Encoded, tables, int8: bool = False):
     inside, from `tables`; with `int8`, its weights quantized)."""
     import onnxruntime as ort
 
+    batch = scoring_batch(enc)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(model, scoring_batch(enc), path, tables)
+        export_onnx(model, batch, path, tables)
         if int8:
-            quantize_int8(path, graph_batch(scoring_batch(enc)))
+            quantize_int8(path, graph_batch(batch))
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the entity side's table is overridable by design: no warning about it
@@ -183,11 +185,6 @@ def run_front(
     return out
 
 
-def _table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
 def markdown(result: dict) -> str:
     archs = result["architectures"]
     lines = [
@@ -196,7 +193,7 @@ def markdown(result: dict) -> str:
         f"Seeds {result['seeds']}, {result['epochs']} epochs max. NDCG@10 (mean ± std over seeds); * within noise "
         f"of the task's best (paired, p >= {NOISE_P}); onnxruntime µs for one context and 200 candidates, 1 thread.",
         "",
-        _table(
+        markdown_table(
             ("architecture", "FLOPs / candidate", "onnxruntime µs / 200", *TASKS),
             [
                 (
@@ -215,7 +212,7 @@ def markdown(result: dict) -> str:
         "",
         "Against `default` (paired):",
         "",
-        _table(
+        markdown_table(
             ("architecture", "task", "NDCG@10", "relative", "p"),
             [
                 (t["a"], t["task"], f"{t['ndcg_a']:.4f}", f"{100 * t['relative']:+.1f} %", f"{t['p_value']:.2g}")
@@ -225,7 +222,7 @@ def markdown(result: dict) -> str:
         "",
         f"Against `{PREVIOUS_DEFAULT}` (paired):",
         "",
-        _table(
+        markdown_table(
             ("architecture", "task", "NDCG@10", "relative", "p"),
             [
                 (t["a"], t["task"], f"{t['ndcg_a']:.4f}", f"{100 * t['relative']:+.1f} %", f"{t['p_value']:.2g}")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.report import figure, markdown_table, save_results
+from loadtest.report import figure, save_results
+from unirank.core.markdown import markdown_table
 
 
 def test_a_markdown_table_has_its_headers_a_separator_and_a_line_per_row():

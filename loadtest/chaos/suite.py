@@ -13,7 +13,8 @@ from loadtest.chaos.load_cases import events_under_overload_case, overload_case
 from loadtest.chaos.process_cases import bundle_case, sigterm_case, worker_kill_case
 from loadtest.chaos.redis_cases import redis_hang_case, redis_kill_case
 from loadtest.processes import RedisServer
-from loadtest.report import markdown_table, save_results
+from loadtest.report import save_results
+from unirank.core.markdown import markdown_table
 
 CASES = [
     schemathesis_case,

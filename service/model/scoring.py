@@ -72,8 +72,7 @@ class Scorer:
                 f"the model has no output '{output}' (it has {outputs}); was it trained with the play head?"
             )
         self.output = output
-        overridable = {i.name for i in self.session.get_overridable_initializers()}
-        self.input_names = [i.name for i in self.session.get_inputs() if i.name not in overridable]
+        self.input_names = [i.name for i in self.session.get_inputs()]  # not the overridable entity-side table
         self.io_binding = io_binding and self.device == "cuda"
         self._buckets: dict[tuple[int, int], tuple] = {}
         log.info(
