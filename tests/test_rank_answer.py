@@ -7,6 +7,7 @@ fails too. `RankAnswer.encode` is also checked on its own: the one place a ranki
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import jsonschema
 import orjson
@@ -142,3 +143,25 @@ def test_encode_is_the_one_body():
     answer.context = {"task": "search"}
     body = orjson.loads(answer.encode())
     assert body["degraded"] is True and body["items"][0]["title"] == "T" and body["context"] == {"task": "search"}
+
+
+def test_the_body_cut_around_the_request_id_is_encode_with_any_id():
+    """A repeated request's body (`service.ranking.repeats`) is `encode()` with the new id put in: even when
+    a title, a warning or the explained context spells out a request_id member of its own."""
+    decoy = '"request_id":"x"'
+    shown = orjson.dumps([{"entity_id": "e1", "score": 0.5, "title": decoy}])
+    answer = RankAnswer(
+        items=orjson.dumps([{"entity_id": "e1", "score": 0.5}]),
+        task="search",
+        cache="hit",
+        model="default",
+        model_version="v1",
+        shown=shown,
+        warnings=[{"field": "user_id", "message": decoy, "type": "unknown"}],
+        context={"request_id": "ctx", "query": decoy},
+        request_id="first",
+    )
+    head, tail = answer.encode_around_request_id()
+    for rid in ("0123456789abcdef", "", "f" * 16):
+        assert head + rid.encode() + tail == replace(answer, request_id=rid).encode()
+        assert orjson.loads(head + rid.encode() + tail)["request_id"] == rid

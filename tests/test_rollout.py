@@ -245,6 +245,23 @@ def test_switching_the_default_under_traffic_fails_no_request(replica, loaded):
     route(replica, {"default": "default"})
 
 
+def test_a_repeated_request_follows_a_switch_of_the_default(replica, loaded):
+    """A worker answers repeated bytes from memory (`service.ranking.repeats`) only while the model that
+    answered them is still the default: after a switch, each worker answers with the new default."""
+    body = {"task": "search", "country": "US", "query": "th", "k": 11, "personalization": "cluster"}
+
+    def models_answering(n: int = 12) -> set[str]:
+        return {fresh(replica.url, "POST", "/rank", json=body).json()["model"] for _ in range(n)}
+
+    for default in ("default", "b", "default"):
+        route(replica, {"default": default})
+        deadline = time.monotonic() + 5
+        while (seen := models_answering()) != {default}:  # every worker polls the routing (0.1 s here)
+            assert time.monotonic() < deadline, seen
+        for _ in range(3):  # the keep-alive connection's worker, repeating
+            assert replica.client.post("/rank", json=body).json()["model"] == default
+
+
 def test_routing_survives_a_restart(replica, loaded, bundle_dir, redis_url, control_env):
     route(replica, {"default": "b"})
     restarted = LiveServer(bundle_dir, redis_url, control_env)

@@ -20,13 +20,14 @@ from service.state import AppState
 
 
 def state_of(request: Request) -> AppState:
-    return request.app.state.unirank
+    """The state, read from the request's lifespan state (a dict look-up) when the server passes it, as
+    uvicorn does; else from the app."""
+    return request.scope.get("state", {}).get("unirank") or request.app.state.unirank
 
 
 def ready_state(request: Request) -> AppState:
-    """The state, once the routing's default model is loaded (else NotReady). Read from the request's
-    lifespan state (a dict look-up) when the server passes it, as uvicorn does; else from the app."""
-    state = request.scope.get("state", {}).get("unirank") or request.app.state.unirank
+    """The state, once the routing's default model is loaded (else NotReady)."""
+    state = state_of(request)
     if not state.ready:
         raise NotReady(f"model not loaded: {state.load_error}")
     return state

@@ -35,6 +35,9 @@ class RankAnswer:
     request_id: str = ""
     experiment: str | None = None
     variant: str | None = None
+    # a cached ranking's: until when (the cache's in-memory layer's clock) the same request may get this
+    # answer again without asking the cache (`service.ranking.repeats`); None: not to be reused. Not encoded.
+    fresh_until: float | None = None
 
     @property
     def degraded(self) -> bool:
@@ -60,3 +63,18 @@ class RankAnswer:
         if self.context is not None:
             body["context"] = self.context
         return orjson.dumps(body)
+
+    def encode_around_request_id(self) -> tuple[bytes, bytes]:
+        """`encode()` cut where the request id's characters go: `head + rid + tail` is the body of this
+        answer with request id `rid`, for an id with nothing to escape in JSON (`new_request_id`'s hex)."""
+        marked = _REQUEST_ID_MEMBER % orjson.dumps(self.request_id)
+        body = self.encode()
+        # inside a JSON string a quote is escaped, and the members before this one have fixed names (the
+        # items' included): its first bare occurrence is the member itself, whatever `context` holds after it
+        head, found, tail = body.partition(marked)
+        if not found:
+            raise ValueError("the encoded answer holds no request_id member")
+        return head + _REQUEST_ID_MEMBER % b'"', b'"' + tail
+
+
+_REQUEST_ID_MEMBER = b'"request_id":%s'

@@ -35,6 +35,7 @@ from service.core.settings import Settings
 from service.model.bundle_store import BundleMissing
 from service.ops import heap
 from service.ranking.ranker import Ranker
+from service.ranking.repeats import RepeatedRequests
 from service.ranking.served_model import ModelLoadError, ServedModel, load_model
 from service.store.cache import RankCache
 from service.store.control import DEFAULT_MODEL, ControlDoc, ControlStore
@@ -64,6 +65,9 @@ class Fleet:
             str, dict
         ] = {}  # model -> {"version", "error"}: did not load here (not retried until it changes)
         self._shadow_rankers: dict[str, Ranker] = {}
+        # repeated requests are answered for as long as the cache's in-memory layer would serve their ranking
+        clock = cache.local.clock if cache.local is not None else time.monotonic
+        self.repeats = RepeatedRequests(settings.local_cache_size if cache.local is not None else 0, clock)
         self._lock = asyncio.Lock()  # one reconciliation or admin change at a time in this worker
         # set once the start-up model loaded (or its first try failed) and the control document was read once:
         # the worker serves the same models as its siblings from its first request (AppState.start waits)

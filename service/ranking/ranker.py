@@ -106,6 +106,7 @@ class _Ranked(NamedTuple):
     cache: str  # how the cache was used: hit, miss or bypass
     available: int | None  # how many candidates they came from (None: cached without the count)
     unknown: list[str] | None  # the request's candidates the model does not know (None: not looked up yet)
+    fresh_until: float | None = None  # a cached ranking's expiry in this worker's memory (`RankAnswer`)
 
 
 class Ranker:
@@ -127,6 +128,11 @@ class Ranker:
         self.observe = observe
         results = ("hit", "miss", "bypass")
         self._cache_results = {r: buffered_counter(CACHE.labels(result=r, model=name)) for r in results}
+
+    def count_cache(self, result: str) -> None:
+        """One cache look-up's result (hit, miss or bypass) made elsewhere (a repeated request's)."""
+        if self.observe:
+            self._cache_results[result].inc()
 
     def context(self, request: RankRequest) -> RequestContext:
         try:
@@ -179,6 +185,7 @@ class Ranker:
             warnings=self.warnings(request, ctx, unknown) if ctx.unknown or unknown or degraded_reason else [],
             context=ctx.explain() if request.explain else None,
             degraded_reason=degraded_reason,
+            fresh_until=ranked.fresh_until,
         )
 
     def warnings(self, request: RankRequest, ctx: RequestContext, unknown: list[str] | None = None) -> list[dict]:
@@ -251,7 +258,7 @@ class Ranker:
                 )
                 status = "miss"
             items, available = split_available(value)
-            return _Ranked(items, status, available, [])
+            return _Ranked(items, status, available, [], self.cache.local_expiry(key))
         candidates, status = await self._stage_one(ctx, timings, deadline)
         history = await self._history(ctx, timings)
         candidates = self.with_session(ctx, candidates, history)

@@ -1,7 +1,7 @@
 """One /rank request through the fleet: the routing picks the model (or two, interleaved), the model's
 ranker answers, the shadow gets a copy.
 
-Contract: `serve_rank(fleet, shadow, impressions, request, timings, budget_s)` never fails for the model's
+Contract: `serve_rank(fleet, shadow, impressions, request, timings, budget_s, raw)` never fails for the model's
 sake: when the budget runs out before the model scored, or the model call fails, the answer is the
 ranker's fallback (`"degraded": true`, counted in `unirank_degraded_total{reason}`). It records the answer
 in the impression log (when on) and returns it (a `RankAnswer` with `request_id`, `experiment` and
@@ -9,6 +9,11 @@ in the impression log (when on) and returns it (a `RankAnswer` with `request_id`
 random one. Interleaved answers hold each id once, each item with the `variant` (model) whose team
 contributed it; both variants rank the same candidates (the union of what each retrieves, or the
 request's own).
+
+Given the request's raw bytes (`raw`), a cached answer is kept in the fleet's memo of repeated requests
+(`service.ranking.repeats`); `repeated(fleet, raw)` finds it again and `serve_repeat` serves it as
+`serve_rank` would have (a new request id, the impression record, the shadow's copy, the metrics),
+without parsing, context or cache look-up.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from service.core.schemas import RankRequest
 from service.ops.metrics import DEGRADED
 from service.ranking.fleet import Fleet
 from service.ranking.ranker import Timings
+from service.ranking.repeats import Repeat
 from service.ranking.routing import assign, team_draft
 from service.ranking.served_model import ServedModel
 from service.ranking.shadow import ShadowScorer
@@ -47,8 +53,10 @@ async def serve_rank(
     request: RankRequest,
     timings: Timings,
     budget_s: float = float("inf"),
+    raw: bytes | None = None,
 ) -> RankAnswer:
-    """`timings`: the request's, started when it arrived (the budget counts from then)."""
+    """`timings`: the request's, started when it arrived (the budget counts from then); `raw`: the bytes
+    the request was parsed from, to answer them again from memory while the ranking is cached."""
     deadline = timings.started + budget_s
     request_id = request.request_id or new_request_id()
     routing = fleet.routing
@@ -70,7 +78,32 @@ async def serve_rank(
     answer.variant = assignment.variant
     if impressions is not None:
         impressions.record(request, answer)
+    if raw is not None and answer.fresh_until is not None and assignment.partner is None:
+        fleet.repeats.remember(raw, request, answer, model, routing)
     return answer
+
+
+def repeated(fleet: Fleet, raw: bytes) -> Repeat | None:
+    """The answer remembered for these bytes, while it is still the one `serve_rank` would give."""
+    return fleet.repeats.lookup(raw, fleet.routing, fleet.models)
+
+
+def serve_repeat(shadow: ShadowScorer, impressions: ImpressionLog | None, repeat: Repeat, timings: Timings) -> bytes:
+    """A repeated request's response body: the remembered answer under a new request id, recorded and
+    counted as `serve_rank` records and counts a cache hit (outside experiments: `Repeat` holds none)."""
+    model = repeat.model
+    model.requests += 1
+    model.ranker.count_cache("hit")
+    model.ranker.cache.count_local_hit()
+    request_id = new_request_id()
+    shadow_model = repeat.routing.shadow
+    if shadow_model and shadow_model != model.name:
+        shadow.offer(shadow_model, repeat.request, repeat.answer.items)
+    if impressions is not None:
+        impressions.record_row(repeat.impression(request_id))
+    timings.add("cache", timings.started)
+    timings.finish(model.ranker.observe)
+    return repeat.body(request_id)
 
 
 def _degraded(model: ServedModel, request: RankRequest, timings: Timings, exc: Exception) -> RankAnswer:

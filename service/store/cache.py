@@ -55,6 +55,11 @@ class LocalLayer:
             return None
         return entry[0]
 
+    def expiry(self, key: str) -> float | None:
+        """When the value under `key` expires (on `clock`), or None when there is none."""
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[1] > self.clock() else None
+
     def __setitem__(self, key: str, value: bytes) -> None:
         entries, now = self._entries, self.clock()
         entries.pop(key, None)  # set again: its TTL starts again, at the end of the order
@@ -99,6 +104,15 @@ class RankCache:
     def local_get(self, key: str) -> bytes | None:
         """This worker's in-memory layer only (no Redis round trip)."""
         return self.local.get(key) if self.local is not None else None
+
+    def local_expiry(self, key: str) -> float | None:
+        """Until when this worker's in-memory layer serves its value of `key` (None: it holds none, or
+        the layer is off)."""
+        return self.local.expiry(key) if self.local is not None else None
+
+    def count_local_hit(self) -> None:
+        """A hit served from this worker's memory without `get` (a repeated request's: `service.ranking.repeats`)."""
+        self._local_hits.inc()
 
     async def get(self, key: str) -> bytes | None:
         if self.local is not None and (value := self.local.get(key)) is not None:

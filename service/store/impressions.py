@@ -55,6 +55,11 @@ def row(request: RankRequest, answer: RankAnswer) -> tuple:
     )
 
 
+def served_again(row: tuple, request_id: str) -> tuple:
+    """`row` for the same answer served again now, under another request id."""
+    return (request_id, int(time.time() * 1000), *row[2:])
+
+
 _RID, _EXPERIMENT, _VARIANT, _ITEMS = (
     IMPRESSION_SCHEMA.get_field_index(n) for n in ("rid", "experiment", "variant", "items")
 )
@@ -109,6 +114,13 @@ class ImpressionLog:
         self._buffer.append(row(request, answer))
         if answer.experiment is not None:
             self._experiment_counter(answer.experiment, answer.variant).inc()
+
+    def record_row(self, row: tuple) -> None:
+        """A row already made (`served_again`; an answer outside any experiment)."""
+        if len(self._buffer) >= self.capacity:
+            self._dropped.inc()
+            return
+        self._buffer.append(row)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -28,7 +28,7 @@ from service.core.rollout import INTERLEAVED
 from service.core.schemas import RankRequest
 from service.ops.metrics import REQUEST_LATENCY, buffered
 from service.ranking.ranker import Timings
-from service.ranking.serving import serve_rank
+from service.ranking.serving import repeated, serve_rank, serve_repeat
 from service.state import AppState
 from unirank.core.context import personalization_rank
 
@@ -121,23 +121,36 @@ def _parse(request: Request, task: str, level: str) -> RankRequest:
 async def _answer(request: Request, task: str) -> Response:
     timings = Timings()
     state = ready_state(request)
-    body = _parse(request, task, _level(state))
-    if problems := body.task_input_problems():
-        raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems])
-    timings.add("parse", timings.started)
+    raw = b"/%s?%s" % (task.encode(), request.scope["query_string"])  # never a POST /rank body ("{...}")
+    repeat = repeated(state.fleet, raw)
+    if repeat is not None:  # these parameters were answered from the cache: the same request again
+        body = repeat.request
+    else:
+        body = _parse(request, task, _level(state))
+        if problems := body.task_input_problems():
+            raise InvalidInput([p | {"field": PARAM_OF.get(p["field"], p["field"])} for p in problems])
+        timings.add("parse", timings.started)
     etag = _etag(state)
     cache_control = f"{'private' if body.user_id else 'public'}, max-age={state.settings.cache_max_age_s}"
     if etag and _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
-    _latency(f"/{task}", body.task, answer.model or INTERLEAVED).observe(time.perf_counter() - timings.started)
+    if repeat is not None:
+        content, model, degraded = (
+            serve_repeat(state.shadow, state.impressions, repeat, timings),
+            repeat.model.name,
+            False,
+        )
+    else:
+        answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget, raw)
+        content, model, degraded = answer.encode(), answer.model or INTERLEAVED, answer.degraded
+    _latency(f"/{task}", body.task, model).observe(time.perf_counter() - timings.started)
     headers = {"Server-Timing": timings.header()}
-    if etag and not answer.degraded:
+    if etag and not degraded:
         headers |= {"ETag": etag, "Cache-Control": cache_control}
     else:
         headers["Cache-Control"] = "no-store"
-    return Response(answer.encode(), media_type=JSON, headers=headers)
+    return Response(content, media_type=JSON, headers=headers)
 
 
 def _route(task: str, summary: str):

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ready_state
+from service.api.deps import ready_state, state_of
 from service.api.direct_route import DirectRoute
 from service.api.payloads import JSON, json_body, parse_rank
 from service.api.responses import RankResponse, errors, ok
@@ -17,7 +17,7 @@ from service.core.rollout import INTERLEAVED
 from service.core.schemas import RankRequest
 from service.ops.metrics import REQUEST_LATENCY, buffered
 from service.ranking.ranker import Timings
-from service.ranking.serving import serve_rank
+from service.ranking.serving import repeated, serve_rank, serve_repeat
 
 router = APIRouter(route_class=DirectRoute)
 
@@ -54,12 +54,19 @@ def request_budget_s(request: Request, budget_ms: float) -> float:
 async def rank(request: Request) -> Response:
     """Rank candidates (given, or retrieved) for the unified context; the fields: docs/api.md."""
     timings = Timings()
-    body = parse_rank(await request.body())
+    raw = await request.body()
+    state = state_of(request)
+    if state.fleet is not None and (repeat := repeated(state.fleet, raw)) is not None:  # answered from memory
+        request_budget_s(request, state.settings.request_budget_ms)  # a bad header is still refused
+        content = serve_repeat(state.shadow, state.impressions, repeat, timings)
+        _latency(repeat.answer.task, repeat.model.name).observe(time.perf_counter() - timings.started)
+        return Response(content, media_type=JSON, headers={"Server-Timing": timings.header()})
+    body = parse_rank(raw)
     if problems := body.task_input_problems():
         raise InvalidInput(problems)
     timings.add("parse", timings.started)
     state = ready_state(request)
     budget = request_budget_s(request, state.settings.request_budget_ms)
-    answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget)
+    answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget, raw)
     _latency(body.task, answer.model or INTERLEAVED).observe(time.perf_counter() - timings.started)
     return Response(answer.encode(), media_type=JSON, headers={"Server-Timing": timings.header()})
