@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         '["*"]: any; empty: CORS off',
     )
     demo_page: bool = Field(False, description="Serve the demo page at GET /demo (`make serve` turns it on)")
-    local_cache_size: int = Field(20_000, description="Rankings each worker also keeps in memory (0: off)")
+    local_cache_size: int = Field(
+        20_000, description="Rankings each worker also keeps in memory, and answers to repeated requests (0: off)"
+    )
     local_cache_ttl_s: float = Field(30.0, description="TTL of a ranking in a worker's memory")
     history_ttl_s: int = Field(30 * 86400, description="TTL of a user's recent history and counters")
     execution_provider: Literal["auto", "cuda", "cpu"] = Field("auto", description="onnxruntime provider")
