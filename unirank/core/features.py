@@ -291,7 +291,7 @@ class FeatureEncoder:
         dense[:, 10] = np.einsum("nf,nf->n", ctx.hist_vec[cand_ctx], items)
         dense[:, 11] = np.minimum(qlen, 40.0) / 20.0
         dense[:, _LEXICAL] = lexical
-        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1)
+        dense[:, _RECENCY] = recency_columns(t, ctx.recent, ctx.recent_kinds, cand, cand_ctx, model_cand, e1, items)
         return self._inputs(ctx, cand, cand_ctx, model_cand, dense, source)
 
     def encode_one(self, ctx: EncodedContexts, cand: np.ndarray) -> dict[str, np.ndarray]:
