@@ -35,7 +35,7 @@ class Repeat:
     """One remembered answer; its body around the request id and its impression row are prepared at its
     first repeat (most remembered requests are never asked again)."""
 
-    __slots__ = ("request", "answer", "model", "routing", "cache_version", "fresh_until", "_parts", "_row")
+    __slots__ = ("request", "answer", "model", "routing", "cache_version", "_parts", "_row")
 
     def __init__(self, request: RankRequest, answer: RankAnswer, model: ServedModel, routing: Routing):
         self.request = request
@@ -43,7 +43,6 @@ class Repeat:
         self.model = model
         self.routing = routing
         self.cache_version = model.bundle.cache_version
-        self.fresh_until: float = answer.fresh_until  # on the cache's in-memory layer's clock
         self._parts: tuple[bytes, bytes] | None = None
         self._row: tuple | None = None
 
@@ -90,7 +89,7 @@ class RepeatedRequests:
         if repeat is None:
             return None
         if (
-            repeat.fresh_until <= self.clock()
+            repeat.answer.fresh_until <= self.clock()  # on the cache's in-memory layer's clock
             or repeat.routing is not routing
             or models.get(routing.default) is not repeat.model
             or repeat.model.bundle.cache_version != repeat.cache_version

@@ -78,7 +78,7 @@ async def serve_rank(
     answer.variant = assignment.variant
     if impressions is not None:
         impressions.record(request, answer)
-    if raw is not None and answer.fresh_until is not None and assignment.partner is None:
+    if raw is not None:  # kept only when cached in memory, outside experiments (`RepeatedRequests.remember`)
         fleet.repeats.remember(raw, request, answer, model, routing)
     return answer
 

@@ -108,15 +108,12 @@ class ImpressionLog:
 
     def record(self, request: RankRequest, answer: RankAnswer) -> None:
         """The answer as served for the request (neither is changed afterwards: the flush reads them)."""
-        if len(self._buffer) >= self.capacity:
-            self._dropped.inc()
-            return
-        self._buffer.append(row(request, answer))
+        self.record_row(row(request, answer))
         if answer.experiment is not None:
             self._experiment_counter(answer.experiment, answer.variant).inc()
 
     def record_row(self, row: tuple) -> None:
-        """A row already made (`served_again`; an answer outside any experiment)."""
+        """A row already made (`row`, or `served_again` for an answer outside any experiment)."""
         if len(self._buffer) >= self.capacity:
             self._dropped.inc()
             return

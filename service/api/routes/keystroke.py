@@ -136,11 +136,8 @@ async def _answer(request: Request, task: str) -> Response:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
     budget = request_budget_s(request, state.settings.request_budget_ms)
     if repeat is not None:
-        content, model, degraded = (
-            serve_repeat(state.shadow, state.impressions, repeat, timings),
-            repeat.model.name,
-            False,
-        )
+        content = serve_repeat(state.shadow, state.impressions, repeat, timings)
+        model, degraded = repeat.model.name, False
     else:
         answer = await serve_rank(state.fleet, state.shadow, state.impressions, body, timings, budget, raw)
         content, model, degraded = answer.encode(), answer.model or INTERLEAVED, answer.degraded
