@@ -23,14 +23,22 @@ from loadtest.processes import RedisServer
 from service.store.redis_client import connect
 from unirank.core.markdown import markdown_table
 
-WAYS = ("one at a time", "one at a time, auto-pipelined", "8 at once", "8 at once, auto-pipelined")
+WAYS = (
+    "one at a time",
+    "one at a time, auto-pipelined",
+    "one at a time, fast reads",
+    "8 at once",
+    "8 at once, auto-pipelined",
+    "8 at once, fast reads",
+)
 
 
 async def _measure(url: str, n: int, repeats: int) -> dict[str, float]:
     keys = [f"ur:h:{{bench-{i}}}" for i in range(8)]
     out = {}
     for way in WAYS:
-        client = connect(url, 1.0, 64, auto_pipeline=way.endswith("auto-pipelined"))
+        plain = way.endswith(("at a time", "at once"))
+        client = connect(url, 1.0, 64, auto_pipeline=not plain, fast_reads=way.endswith("fast reads"))
         for key in keys:
             await client.delete(key)
             await client.lpush(key, *[f"e{j}|1".encode() for j in range(20)])

@@ -1,6 +1,7 @@
 """Auto-pipelining against a real Redis (or the Redis Cluster): concurrent commands go together and each
 gets its own reply or error; a lone command goes alone; a failed pipeline fails each of its commands; a
-caller that gives up loses nothing for the others."""
+caller that gives up loses nothing for the others. (A single server's reads go through
+`service.store.fast_reads` in the service: off here, so that they exercise the pipelines.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _run(coro):
 
 def test_concurrent_commands_share_pipelines_and_get_their_own_replies(redis_url):
     async def go():
-        client = connect(redis_url, 2.0, 8, auto_pipeline=True)
+        client = connect(redis_url, 2.0, 8, auto_pipeline=True, fast_reads=False)
         tag = uuid.uuid4().hex
         keys = [f"ur:test:ap:{tag}:{i}" for i in range(40)]
         await asyncio.gather(*(client.rpush(k, *[f"{k}|{j}" for j in range(i % 5 + 1)]) for i, k in enumerate(keys)))
@@ -41,7 +42,7 @@ def test_concurrent_commands_share_pipelines_and_get_their_own_replies(redis_url
 
 def test_a_lone_command_goes_alone_and_errors_stay_with_their_command(redis_url):
     async def go():
-        client = connect(redis_url, 2.0, 8, auto_pipeline=True)
+        client = connect(redis_url, 2.0, 8, auto_pipeline=True, fast_reads=False)
         tag = uuid.uuid4().hex
         string, missing = f"ur:test:ap:{tag}:s", f"ur:test:ap:{tag}:none"
         await client.set(string, b"v", ex=60)
@@ -74,7 +75,7 @@ def test_a_failed_pipeline_fails_each_of_its_commands():
 
 def test_a_caller_that_gives_up_loses_nothing_for_the_others(redis_url):
     async def go():
-        client = connect(redis_url, 2.0, 8, auto_pipeline=True)
+        client = connect(redis_url, 2.0, 8, auto_pipeline=True, fast_reads=False)
         key = f"ur:test:ap:{uuid.uuid4().hex}"
         await client.set(key, b"x", ex=60)
         first = asyncio.ensure_future(client.get(key))
@@ -94,7 +95,7 @@ def test_a_caller_that_gives_up_loses_nothing_for_the_others(redis_url):
 
 def test_concurrent_gets_go_as_one_mget_beside_the_other_commands(redis_url):
     async def go():
-        client = connect(redis_url, 2.0, 8, auto_pipeline=True)
+        client = connect(redis_url, 2.0, 8, auto_pipeline=True, fast_reads=False)
         tag = uuid.uuid4().hex
         keys = [f"ur:test:ap:{{{tag}}}:{i}" for i in range(6)]
         listed = f"ur:test:ap:{{{tag}}}:list"

@@ -53,7 +53,7 @@ BATCH_CANDIDATES = Histogram(
 )
 REDIS_BATCH = Histogram(
     "unirank_redis_batch_commands",
-    "Auto-pipelining: request-path Redis commands sent together (1: alone)",
+    "Request-path Redis commands sent together (auto-pipelined, or one write of the fast reads; 1: alone)",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 ERRORS = Counter("unirank_errors_total", "Errors by type", ["type"])

@@ -18,15 +18,24 @@ from redis.exceptions import ConnectionError
 
 from service.store.autopipeline import AutoPipeline
 from service.store.breaker import CircuitBreaker
+from service.store.fast_reads import READS, FastReads
 from unirank.core.redis_url import is_cluster as is_cluster_url
 from unirank.core.redis_url import node_url
 
 
 class GuardedRedis(aioredis.Redis):
     """Every command and pipeline goes through the worker's circuit breaker; with `auto_pipeline`,
-    concurrent commands go together (`service.store.autopipeline`)."""
+    concurrent commands go together (`service.store.autopipeline`), and with `fast_reads` the reads of
+    `service.store.fast_reads` go on a connection of their own."""
 
-    def __init__(self, *args, breaker: CircuitBreaker | None = None, auto_pipeline: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        breaker: CircuitBreaker | None = None,
+        auto_pipeline: bool = False,
+        fast_reads: FastReads | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.breaker = breaker or CircuitBreaker(failures=1 << 30)
         self.auto = (
@@ -34,11 +43,20 @@ class GuardedRedis(aioredis.Redis):
             if auto_pipeline
             else None
         )
+        self.fast_reads = fast_reads
 
     async def execute_command(self, *args, **options):
+        if self.fast_reads is not None and args[0] in READS and options.keys() <= {"keys"}:
+            async with self.breaker:
+                return await self.fast_reads.execute(*args)
         if self.auto is not None:
             return await self.auto.execute(*args, **options)
         return await self._execute(*args, **options)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.fast_reads is not None:
+            await self.fast_reads.aclose()
+        await super().aclose(close_connection_pool)
 
     async def _execute(self, *args, **options):
         async with self.breaker:
@@ -132,12 +150,14 @@ def connect(
     max_connections: int,
     breaker: CircuitBreaker | None = None,
     auto_pipeline: bool = False,
+    fast_reads: bool = True,
 ) -> GuardedRedis | GuardedRedisCluster:
     """A client whose pool makes a request wait (up to `timeout_s`) for a free connection when all
     `max_connections` are busy, instead of failing at once: a burst of concurrent requests queues on the
     pool rather than turning into errors. With a breaker, no call is attempted while it is open. For a
     cluster, `max_connections` bounds each node's pool. `auto_pipeline`: concurrent commands are sent
-    together (the request path's reads)."""
+    together, and (`fast_reads`, not over TLS) a single server's GET, MGET and LRANGE on a connection of their
+    own (the request path's reads: `service.store.fast_reads`)."""
     if is_cluster_url(url):
         return GuardedRedisCluster.from_url(
             node_url(url),
@@ -156,7 +176,8 @@ def connect(
         socket_connect_timeout=max(timeout_s, 0.5),
         retry_on_timeout=False,
     )
-    return GuardedRedis(connection_pool=pool, breaker=breaker, auto_pipeline=auto_pipeline)
+    reads = FastReads.for_url(url, timeout_s) if auto_pipeline and fast_reads else None
+    return GuardedRedis(connection_pool=pool, breaker=breaker, auto_pipeline=auto_pipeline, fast_reads=reads)
 
 
 def is_cluster(client) -> bool:
