@@ -1,5 +1,6 @@
 """What one request-path Redis read costs the worker's CPU: the service's client one command at a time and
-8 at once, each plain and auto-pipelined (`service.store.autopipeline`).
+8 at once, each plain, auto-pipelined (`service.store.autopipeline`) and through the fast reads
+(`service.store.fast_reads`, what the service uses on one server).
 
 Contract: starts its own redis-server (on the second core where there is one; the client process on the
 first), reads a user's history (LRANGE of 20 entries, what /rank with `full` does) `--n` times per way,

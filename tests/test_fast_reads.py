@@ -6,6 +6,7 @@ connection failing its waiting commands and replaced by the next one, a caller t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -15,6 +16,7 @@ import redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from loadtest.processes import RedisServer
+from service.store.breaker import BreakerOpen, CircuitBreaker
 from service.store.fast_reads import FastReads
 from service.store.redis_client import connect
 
@@ -23,6 +25,13 @@ def _run(coro):
     import uvloop
 
     return uvloop.run(coro)
+
+
+def _reads(url: str, timeout_s: float) -> FastReads:
+    reads = FastReads.for_url(url, timeout_s)
+    if reads is None:
+        pytest.skip(f"no fast reads for {url.split(':')[0]}:// (REDIS_URL)")
+    return reads
 
 
 def test_the_replies_are_redis_pys_and_one_iterations_commands_go_in_one_write(redis_url):
@@ -45,7 +54,7 @@ def test_the_replies_are_redis_pys_and_one_iterations_commands_go_in_one_write(r
     want = [plain.execute_command(*c) for c in commands]
 
     async def go():
-        reads = FastReads.for_url(redis_url, 1.0)
+        reads = _reads(redis_url, 1.0)
         first = await reads.execute("GET", strings[0])  # opens the connection
         writes = reads.writes
         got = await asyncio.gather(*(reads.execute(*c) for c in commands))
@@ -64,7 +73,7 @@ def test_an_error_reply_stays_with_its_command(redis_url):
     redis.Redis.from_url(redis_url).set(key, b"x", ex=60)
 
     async def go():
-        reads = FastReads.for_url(redis_url, 1.0)
+        reads = _reads(redis_url, 1.0)
         got = await asyncio.gather(
             reads.execute("GET", key),
             reads.execute("LRANGE", key, 0, 1),
@@ -134,7 +143,7 @@ def test_a_dropped_connection_fails_its_waiting_reads_and_the_next_one_reconnect
     plain.set(key, b"x", ex=60)
 
     async def go():
-        reads = FastReads.for_url(redis_url, 2.0)
+        reads = _reads(redis_url, 2.0)
         own_id = await reads.execute("CLIENT", "ID")
         # a command that holds the connection while Redis closes it: BLPOP waits, CLIENT KILL drops it
         blocked = asyncio.ensure_future(reads.execute("BLPOP", f"{key}:never", 5))
@@ -155,7 +164,7 @@ def test_a_caller_that_gives_up_loses_nothing_for_the_others(redis_url):
     redis.Redis.from_url(redis_url).set(key, b"x", ex=60)
 
     async def go():
-        reads = FastReads.for_url(redis_url, 1.0)
+        reads = _reads(redis_url, 1.0)
         await reads.execute("GET", key)
         first = asyncio.ensure_future(reads.execute("GET", key))
         others = [
@@ -175,20 +184,29 @@ def test_a_caller_that_gives_up_loses_nothing_for_the_others(redis_url):
 
 def test_the_service_client_reads_through_it_under_the_breaker(redis_url):
     """`connect(..., auto_pipeline=True)`: GET, MGET and LRANGE take the fast path (nothing goes through
-    the auto-pipeline), other commands do not; over TLS there is no fast path."""
+    the auto-pipeline), other commands do not; an open breaker refuses a read before it is sent; over TLS
+    there is no fast path."""
+    _reads(redis_url, 1.0)
     key = f"ur:test:fr:{uuid.uuid4().hex}"
 
     async def go():
-        client = connect(redis_url, 1.0, 8, auto_pipeline=True)
+        breaker = CircuitBreaker(failures=1, open_s=60)
+        client = connect(redis_url, 1.0, 8, breaker, auto_pipeline=True)
         await client.set(key, b"x", ex=60)
         pipelines = client.auto.pipelines
         got = await asyncio.gather(client.get(key), client.mget(key, f"{key}:no"), client.lrange(key + ":l", 0, 1))
         reads = client.fast_reads.commands
-        await client.delete(key)
+        pipelined = client.auto.pipelines - pipelines
+        with contextlib.suppress(ConnectionError):
+            async with breaker:  # one unreachable failure opens it
+                raise ConnectionError("down")
+        with pytest.raises(BreakerOpen):
+            await client.get(key)
+        refused = client.fast_reads.commands - reads
         await client.aclose()
-        return got, client.auto.pipelines - pipelines, reads
+        return got, pipelined, reads, refused
 
-    got, pipelined, reads = _run(go())
+    got, pipelined, reads, refused = _run(go())
     assert got == [b"x", [b"x", None], []]
-    assert reads == 3 and pipelined == 1  # the DELETE
+    assert reads == 3 and pipelined == 0 and refused == 0
     assert FastReads.for_url("rediss://127.0.0.1:6380/0", 1.0) is None
