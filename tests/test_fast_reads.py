@@ -1,6 +1,6 @@
 """The request path's reads on their own connection (`service.store.fast_reads`), against real
 redis-servers: the replies redis-py gives, one write for the commands of one iteration, an error reply
-kept by its command, AUTH and SELECT from the URL, a hung Redis given up after the timeout, a dropped
+kept by its command, AUTH and SELECT from the URL, a unix socket, a hung Redis given up after the timeout, a dropped
 connection failing its waiting commands and replaced by the next one, a caller that gives up."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from loadtest.processes import RedisServer
 from service.store.breaker import BreakerOpen, CircuitBreaker
 from service.store.fast_reads import FastReads
 from service.store.redis_client import connect
+from service.store.redis_server import EmbeddedRedis
 
 
 def _run(coro):
@@ -108,6 +109,24 @@ def test_auth_and_select_come_from_the_url():
             _run(go(f"redis://:wrong@127.0.0.1:{port}/3"))
     finally:
         own.stop()
+
+
+def test_a_unix_socket_url_is_served():
+    """`make serve`'s embedded Redis listens on a unix socket (`unix://path`, db from the query)."""
+    own = EmbeddedRedis()
+    try:
+        redis.Redis.from_url(own.url + "?db=2").set("k", b"over the socket")
+
+        async def go():
+            reads = FastReads.for_url(own.url + "?db=2", 1.0)
+            try:
+                return await asyncio.gather(reads.execute("GET", "k"), reads.execute("LRANGE", "none", 0, 1))
+            finally:
+                await reads.aclose()
+
+        assert own.url.startswith("unix://") and _run(go()) == [b"over the socket", []]
+    finally:
+        own.close()
 
 
 def test_a_hung_redis_is_given_up_after_the_timeout_and_the_next_read_reconnects():
