@@ -71,7 +71,8 @@ class AppState:
         # the request path's clients share one circuit breaker: no call waits on a Redis known to be down;
         # the background readers (catalog, control) retry on their own and keep out of the breaker
         self.breaker = CircuitBreaker(s.redis_breaker_failures, s.redis_breaker_open_s)
-        # the request path's reads go to Redis together when requests run concurrently (auto-pipelining)
+        # the request path's reads go to Redis together when requests run concurrently (auto-pipelining;
+        # on one server its GET, MGET and LRANGE on a connection of their own: service.store.fast_reads)
         self.redis = connect(url, s.redis_timeout_s, s.redis_max_connections, self.breaker, auto_pipeline=True)
         self.events_redis = connect(url, s.events_timeout_s, s.redis_max_connections, self.breaker)
         self.catalog_redis = connect(url, s.catalog_block_s + 2.0, 64)  # one blocking reader per model
