@@ -119,7 +119,8 @@ def quantize_int8(path: Path, batch: dict[str, np.ndarray]) -> float:
     as int8, activations quantized per call); returns the largest score difference from the float graph on
     `batch` (given as the graph takes it). The weights use 7 bits (`reduce_range`): on x86 CPUs without
     VNNI (AVX2 only, where a bundle may be served) onnxruntime's uint8 x int8 kernels saturate with full
-    8-bit weights (`tests/test_model.py`'s int8 bundle on an AVX2 EPYC: scores moved up to 0.050 with 8 bits, 0.008 with 7)."""
+    8-bit weights (`tests/test_model.py`'s int8 bundle on an AVX2 EPYC: scores moved up to 0.050 with 8
+    bits, 0.008 with 7)."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
