@@ -90,9 +90,10 @@ class _Connection(asyncio.Protocol):
         self.transport.write(b"".join(commands))
         self._written += len(commands)
         loop = asyncio.get_running_loop()
-        self._writes.append((loop.time(), self._written))
+        now = loop.time()
+        self._writes.append((now, self._written))
         if self._timer is None:
-            self._timer = loop.call_at(loop.time() + self.timeout_s, self._check)
+            self._timer = loop.call_at(now + self.timeout_s, self._check)
 
     def _check(self) -> None:
         """The oldest write not fully answered: given up once it is `timeout_s` old, else checked again then."""
@@ -142,8 +143,8 @@ class _Connection(asyncio.Protocol):
 
 
 class FastReads:
-    def __init__(self, url: str, timeout_s: float):
-        options = parse_url(url)
+    def __init__(self, options: dict, timeout_s: float):
+        """options: redis-py's `parse_url` of the server's URL (`for_url`)."""
         self.path: str | None = options.get("path")
         self.host: str = options.get("host", "localhost")
         self.port: int = int(options.get("port", 6379))
@@ -161,9 +162,10 @@ class FastReads:
 
     @classmethod
     def for_url(cls, url: str, timeout_s: float) -> FastReads | None:
-        if parse_url(url).get("connection_class") is SSLConnection:
+        options = parse_url(url)
+        if options.get("connection_class") is SSLConnection:
             return None
-        return cls(url, timeout_s)
+        return cls(options, timeout_s)
 
     async def execute(self, *args) -> Any:
         connection = self._connection
